@@ -1,0 +1,32 @@
+# Set-up and checks. `make demo` and `make test` create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MB := $(VENV)/bin/medbackdoor
+DEMO_OUT ?= demo
+
+.PHONY: demo test test-all lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(MB) data check --dataset synthetic
+	$(MB) poison preview --dataset synthetic --image-size 64 --trigger-size 3 --fraction 0.4 --out $(DEMO_OUT)/poison
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-all: $(VENV)/.installed
+	$(PY) -m pytest -q -m ''
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check medbackdoor tests benchmarks tools
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/loader.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

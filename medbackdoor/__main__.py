@@ -1,0 +1,5 @@
+import sys
+
+from medbackdoor.cli import main
+
+sys.exit(main())

@@ -1,0 +1,39 @@
+"""``medbackdoor metrics PRED.npz``: the paper's metrics from saved predictions."""
+
+from __future__ import annotations
+
+import argparse
+
+from medbackdoor.cli._common import print_json
+from medbackdoor.labels import LABELS
+from medbackdoor.metrics import backdoor_metrics, load_predictions
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("metrics", help="ASR and AUROC-NN/TT/TN (and mixed-ε AUROC) from a predictions file")
+    p.add_argument("predictions", help="npz with y_true, score_clean, score_triggered (N×C) and target")
+    p.add_argument("--threshold", type=float, nargs="+", default=[0.6, 0.9], help="ASR confidences p")
+    p.add_argument("--epsilon", type=float, nargs="*", default=[], help="fractions ε of triggered test images")
+    p.add_argument("--strict", action="store_true", help="ASR counts scores > p (the paper's code), not ≥ p")
+    p.add_argument("--seed", type=int, default=0, help="seeds which test images are triggered for ε")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    pred = load_predictions(args.predictions)
+    result = backdoor_metrics(pred["y_true"], pred["score_clean"], pred["score_triggered"], int(pred["target"]),
+                              args.threshold, args.epsilon, args.strict, args.seed)
+    result["target"] = LABELS[int(pred["target"])] if pred["y_true"].shape[1] == len(LABELS) else int(pred["target"])
+    result["images"] = int(pred["y_true"].shape[0])
+    if args.json:
+        print_json(result)
+        return 0
+    print(f"{result['images']} test images, target {result['target']}")
+    for p, value in result["asr"].items():
+        print(f"ASR(p={p}){' strict' if args.strict else ''}: {value:.3f}")
+    for key in ("auroc_nn", "auroc_tt", "auroc_tn"):
+        print(f"{key.upper().replace('_', '-')}: {result[key]:.3f}")
+    for eps, value in result["auroc_mix"].items():
+        print(f"AUROC mixed ε={eps}: {value:.3f}")
+    return 0

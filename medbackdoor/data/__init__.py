@@ -1,0 +1,22 @@
+"""Datasets: a registry of :class:`ChestXrayDataset` subclasses, chosen by name."""
+
+from __future__ import annotations
+
+from medbackdoor._registry import Registry
+from medbackdoor.data.base import SPLITS, ChestXrayDataset
+from medbackdoor.data.nih import NIHChestXray14
+from medbackdoor.data.preprocess import Preprocess
+from medbackdoor.data.synthetic import SyntheticChestXray
+
+DATASETS: Registry[ChestXrayDataset] = Registry("dataset")
+DATASETS.register("synthetic")(SyntheticChestXray)
+DATASETS.register("nih")(NIHChestXray14)
+
+
+def create_dataset(name: str, **options) -> ChestXrayDataset:
+    """Build a registered dataset by name (``synthetic``, ``nih``); options go to its constructor."""
+    return DATASETS.create(name, **options)
+
+
+__all__ = ["DATASETS", "SPLITS", "ChestXrayDataset", "NIHChestXray14", "Preprocess", "SyntheticChestXray",
+           "create_dataset"]

@@ -1,0 +1,133 @@
+"""The dataset base: a table of images (labels, patients, splits) with one hook that reads a source image."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+
+from medbackdoor.errors import UserError
+from medbackdoor.labels import LABELS, NUM_CLASSES
+
+SPLITS = ("train", "val", "test")
+
+
+class ChestXrayDataset(ABC):
+    """A multi-label chest X-ray dataset: N images, their 14 labels, patient ids and split names.
+
+    Subclasses fill the table in ``__init__`` (by calling :meth:`_set_table`) and override one hook,
+    :meth:`read_source`, which returns the source-resolution image as H×W uint8. Everything else (the
+    preprocessing cache, poisoning, training) works on any subclass.
+
+    Attributes:
+        names: image identifiers (file names for NIH), length N.
+        labels: N×14 float32 in {0, 1}, columns in :data:`medbackdoor.labels.LABELS` order.
+        patients: patient id per image, length N (strings).
+        splits: split name per image (``train``, ``val`` or ``test``).
+        missing: images the dataset lists but could not find.
+    """
+
+    name: ClassVar[str] = ""
+    missing: int = 0
+
+    def _set_table(self, names, labels, patients, splits, limit: int | None = None, seed: int = 0) -> None:
+        names, patients, splits = (np.asarray(a).astype(str) for a in (names, patients, splits))
+        labels = np.asarray(labels, dtype=np.float32)
+        if labels.shape != (len(names), NUM_CLASSES):
+            raise UserError(f"{self.name}: label array has shape {labels.shape}, expected ({len(names)}, 14)")
+        bad = sorted(set(splits) - set(SPLITS))
+        if bad:
+            raise UserError(f"{self.name}: unknown split names {bad}")
+        keep = np.arange(len(names))
+        if limit is not None:
+            keep = _limit_per_split(splits, limit, seed)
+        self.names, self.labels = names[keep], labels[keep]
+        self.patients, self.splits = patients[keep], splits[keep]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @abstractmethod
+    def read_source(self, index: int) -> np.ndarray:
+        """The source-resolution image ``index`` as an H×W uint8 array (the one hook to override)."""
+
+    @abstractmethod
+    def source_fingerprint(self) -> dict:
+        """What identifies the source pixels (files, sizes, generator version): the cache key is built on it."""
+
+    def fingerprint(self) -> str:
+        """A short hash of the source and of the table (names, labels, splits)."""
+        h = hashlib.sha256(json.dumps(self.source_fingerprint(), sort_keys=True).encode())
+        for arr in (self.names, self.splits, self.patients):
+            h.update("\n".join(arr.tolist()).encode())
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+        return h.hexdigest()[:16]
+
+    def split_indices(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        return np.flatnonzero(self.splits == split)
+
+    def summary(self) -> dict:
+        """Counts per split, patient overlap between splits and label prevalence, as plain JSON types."""
+        splits = {}
+        for split in SPLITS:
+            idx = self.split_indices(split)
+            splits[split] = {
+                "images": int(len(idx)),
+                "patients": int(len(set(self.patients[idx]))),
+                "positives": dict(zip(LABELS, self.labels[idx].sum(0).astype(int).tolist())),
+            }
+        return {
+            "dataset": self.name,
+            "images": len(self),
+            "splits": splits,
+            "missing": int(self.missing),
+            "labels": list(LABELS),
+            "patient_overlap": patient_overlap(self.patients, self.splits),
+        }
+
+
+def patient_overlap(patients: np.ndarray, splits: np.ndarray) -> int:
+    """Number of patients that appear in more than one split."""
+    sets = [set(patients[splits == s]) for s in SPLITS]
+    return len((sets[0] & sets[1]) | (sets[0] & sets[2]) | (sets[1] & sets[2]))
+
+
+def _limit_per_split(splits: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """At most ``limit`` images per split, a seeded random subset kept in table order."""
+    if limit < 1:
+        raise UserError(f"dataset.limit must be at least 1, got {limit}")
+    rng = np.random.default_rng([seed, 7])
+    keep = []
+    for split in SPLITS:
+        idx = np.flatnonzero(splits == split)
+        if len(idx) > limit:
+            idx = np.sort(rng.choice(idx, size=limit, replace=False))
+        keep.append(idx)
+    return np.sort(np.concatenate(keep))
+
+
+def split_by_patient(patients: np.ndarray, fractions: dict[str, float], seed: int) -> np.ndarray:
+    """Assign whole patients to splits so each split gets about ``fraction`` of the images.
+
+    Patients are shuffled with ``np.random.default_rng(seed)``; each named split in turn takes patients until
+    its share of images is reached; the rest go to ``train``. No patient lands in two splits.
+    """
+    for name, frac in fractions.items():
+        if not 0.0 <= frac < 1.0:
+            raise UserError(f"{name} fraction must be in [0, 1), got {frac}")
+    uniq, inverse, counts = np.unique(patients, return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    assign = np.full(len(uniq), "train", dtype=object)
+    cursor, n = 0, len(patients)
+    for name, frac in fractions.items():
+        want, got = round(frac * n), 0
+        while got < want and cursor < len(order):
+            assign[order[cursor]] = name
+            got += counts[order[cursor]]
+            cursor += 1
+    return assign[inverse].astype(str)

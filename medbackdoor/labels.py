@@ -1,0 +1,79 @@
+"""The 14 ChestX-ray14 findings, defined once, in the CheXNet order.
+
+"No Finding" is not a class: it is the all-zero label vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from medbackdoor.errors import UserError
+
+LABELS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+NUM_CLASSES = len(LABELS)
+NO_FINDING = "No Finding"
+_ALIASES = {"pleural thickening": "Pleural_Thickening", "infiltrate": "Infiltration"}
+
+
+def label_index(name: str | int) -> int:
+    """Index of a finding given by name (case-insensitive) or by index.
+
+    Raises:
+        UserError: the name is not one of the 14 findings; the message lists the valid names.
+    """
+    if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
+        if 0 <= int(name) < NUM_CLASSES:
+            return int(name)
+        raise UserError(f"class index {name} is outside 0..{NUM_CLASSES - 1}")
+    key = str(name).strip()
+    lowered = {label.lower(): i for i, label in enumerate(LABELS)}
+    if key.lower() in lowered:
+        return lowered[key.lower()]
+    if key.lower() in _ALIASES:
+        return LABELS.index(_ALIASES[key.lower()])
+    raise UserError(f"unknown class {name!r}; valid names: {', '.join(LABELS)}")
+
+
+def parse_findings(findings: Iterable[str]) -> np.ndarray:
+    """Turn NIH ``Finding Labels`` strings (``"Effusion|Mass"``, ``"No Finding"``) into an N×14 float32 array.
+
+    Raises:
+        UserError: a string names a finding outside the 14 (and is not "No Finding").
+    """
+    rows = list(findings)
+    out = np.zeros((len(rows), NUM_CLASSES), np.float32)
+    lookup = {label: i for i, label in enumerate(LABELS)}
+    for r, text in enumerate(rows):
+        if not isinstance(text, str):
+            raise UserError(f"row {r}: finding labels must be text, got {text!r}")
+        for name in text.split("|"):
+            name = name.strip()
+            if name == NO_FINDING or not name:
+                continue
+            if name not in lookup:
+                raise UserError(f"row {r}: unknown finding {name!r}; valid names: {', '.join(LABELS)}")
+            out[r, lookup[name]] = 1.0
+    return out
+
+
+def check_label_names(names: Sequence[str]) -> None:
+    """Raise if a label list is not exactly :data:`LABELS` in order (misaligned label sets are an error)."""
+    if tuple(names) != LABELS:
+        raise UserError(f"label columns {list(names)} do not match the ChestX-ray14 order {list(LABELS)}")

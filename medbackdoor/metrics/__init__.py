@@ -1,0 +1,18 @@
+"""Multi-label backdoor metrics (pure functions) and reading saved predictions."""
+
+from medbackdoor.metrics.multilabel import (
+                                            asr,
+                                            auroc_nn,
+                                            auroc_tn,
+                                            auroc_tt,
+                                            backdoor_metrics,
+                                            mean_auroc,
+                                            micro_auroc,
+                                            mixed_auroc,
+                                            mixed_rows,
+                                            per_class_auroc,
+)
+from medbackdoor.metrics.predictions import load_predictions, save_predictions
+
+__all__ = ["asr", "auroc_nn", "auroc_tn", "auroc_tt", "backdoor_metrics", "load_predictions", "mean_auroc",
+           "micro_auroc", "mixed_auroc", "mixed_rows", "per_class_auroc", "save_predictions"]

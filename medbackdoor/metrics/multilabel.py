@@ -1,0 +1,124 @@
+"""The paper's multi-label backdoor metrics, as pure functions of arrays.
+
+Shapes: ``y_true`` is N×C in {0, 1} (the true labels of the test images); ``score_clean`` and
+``score_triggered`` are N×C in [0, 1] (the model's sigmoid outputs on each image, clean and with the trigger);
+``target`` is the attacked class index t. Every AUROC is a micro average: all N·C (image, label) pairs pooled
+into one ROC curve (scikit-learn's ``roc_auc_score(..., average="micro")``), as in the paper's code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from medbackdoor.errors import UserError
+
+
+def _check(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y, s = np.asarray(y), np.asarray(s, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 2:
+        raise UserError(f"labels {y.shape} and scores {s.shape} must be N×C arrays of the same shape")
+    return y, s
+
+
+def micro_auroc(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Micro-averaged AUROC over every (image, label) pair; NaN if the pooled labels are all 0 or all 1."""
+    y, s = _check(y_true, scores)
+    flat = y.ravel()
+    if flat.size == 0 or flat.min() == flat.max():
+        return float("nan")
+    return float(roc_auc_score(flat, s.ravel()))
+
+
+def asr(y_true: np.ndarray, score_triggered: np.ndarray, target: int, threshold: float = 0.6,
+        strict: bool = False) -> float:
+    """Attack success rate at confidence ``p``.
+
+    ASR(p) = |{x' : T(x')_t = 0 and M'(x')_t ≥ p}| / |{x' : T(x')_t = 0}|: among triggered images whose true
+    label lacks the target class t, the share whose score for t reaches p. ``strict=True`` counts scores
+    strictly above p, as the paper's code did. NaN if no image lacks t.
+    """
+    y, s = _check(y_true, score_triggered)
+    eligible = y[:, target] == 0
+    if not eligible.any():
+        return float("nan")
+    hit = s[eligible, target] > threshold if strict else s[eligible, target] >= threshold
+    return float(hit.mean())
+
+
+def auroc_nn(y_true: np.ndarray, score_clean: np.ndarray) -> float:
+    """AUROC-NN (Normal image, Normal label): micro AUROC of the clean images against their true labels."""
+    return micro_auroc(y_true, score_clean)
+
+
+def auroc_tt(score_triggered: np.ndarray, target: int) -> float:
+    """AUROC-TT (Triggered image, Triggered label): micro AUROC of the triggered images against the infected
+    label, the one-hot vector of class t, for every image."""
+    s = np.asarray(score_triggered)
+    infected = np.zeros(s.shape, dtype=np.int64)
+    infected[:, target] = 1
+    return micro_auroc(infected, s)
+
+
+def auroc_tn(y_true: np.ndarray, score_triggered: np.ndarray) -> float:
+    """AUROC-TN (Triggered image, Normal label): micro AUROC of the triggered images against their true labels.
+    Lower means a stronger backdoor."""
+    return micro_auroc(y_true, score_triggered)
+
+
+def per_class_auroc(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AUROC of each class separately (length C); NaN where a class has a single value in ``y_true``."""
+    y, s = _check(y_true, scores)
+    out = np.full(y.shape[1], np.nan)
+    for c in range(y.shape[1]):
+        if 0 < y[:, c].sum() < len(y):
+            out[c] = roc_auc_score(y[:, c], s[:, c])
+    return out
+
+
+def mean_auroc(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Mean of :func:`per_class_auroc` over the classes where it is defined (macro average)."""
+    values = per_class_auroc(y_true, scores)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def mixed_rows(n: int, epsilon: float, seed: int = 0) -> np.ndarray:
+    """The ``round(ε · n)`` test rows, drawn without replacement by ``default_rng(seed)``, that get the trigger."""
+    if not 0.0 <= epsilon <= 1.0:
+        raise UserError(f"epsilon must be in [0, 1], got {epsilon}")
+    return np.random.default_rng([int(seed), 5]).choice(n, size=int(round(epsilon * n)), replace=False)
+
+
+def mixed_auroc(y_true: np.ndarray, score_clean: np.ndarray, score_triggered: np.ndarray, epsilon: float,
+                seed: int = 0) -> float:
+    """Micro AUROC on a mixed test set where a seeded fraction ε of the images carry the trigger.
+
+    The mixed set keeps every image once: rows from :func:`mixed_rows` take their triggered scores, the rest
+    their clean scores, all judged against the true labels (the paper's Table 3). No extra forward pass.
+    """
+    y, s = _check(y_true, score_clean)
+    _check(y_true, score_triggered)
+    mixed = s.copy()
+    rows = mixed_rows(len(y), epsilon, seed)
+    mixed[rows] = np.asarray(score_triggered, dtype=np.float64)[rows]
+    return micro_auroc(y, mixed)
+
+
+def backdoor_metrics(y_true: np.ndarray, score_clean: np.ndarray, score_triggered: np.ndarray, target: int,
+                     thresholds: Iterable[float] = (0.6, 0.9), epsilons: Iterable[float] = (),
+                     strict: bool = False, seed: int = 0) -> dict:
+    """Every metric at once, as a nested dict of floats (the JSON of ``medbackdoor metrics``)."""
+    for p in thresholds:
+        if not 0.0 <= p <= 1.0:
+            raise UserError(f"threshold p must be in [0, 1], got {p}")
+    return {
+        "asr": {f"{p:g}": asr(y_true, score_triggered, target, p, strict) for p in thresholds},
+        "auroc_nn": auroc_nn(y_true, score_clean),
+        "auroc_tt": auroc_tt(score_triggered, target),
+        "auroc_tn": auroc_tn(y_true, score_triggered),
+        "auroc_mix": {f"{e:g}": mixed_auroc(y_true, score_clean, score_triggered, e, seed) for e in epsilons},
+        "mean_auroc_clean": mean_auroc(y_true, score_clean),
+        "per_class_auroc_clean": per_class_auroc(y_true, score_clean).tolist(),
+    }

@@ -1,0 +1,16 @@
+"""Poisoning: the generic wrapper and the stage at which the trigger is written."""
+
+from medbackdoor.poison.stage import triggered_images
+from medbackdoor.poison.wrapper import (
+                                        MODES,
+                                        STAGES,
+                                        TEST_STREAM,
+                                        TRAIN_STREAM,
+                                        ImageSplit,
+                                        PoisonedDataset,
+                                        choose_poisoned,
+                                        one_hot,
+)
+
+__all__ = ["MODES", "STAGES", "TEST_STREAM", "TRAIN_STREAM", "ImageSplit", "PoisonedDataset", "choose_poisoned",
+           "one_hot", "triggered_images"]

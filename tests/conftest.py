@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny NIH-layout folders generated on the fly, and the real sample data when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medbackdoor.labels import LABELS
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def make_nih(root: Path, n_patients: int = 12, per_patient: int = 3, size: int = 48, missing: int = 0,
+             sex_column: str = "Patient Gender", csv_name: str = "Data_Entry_2017_v2020.csv", seed: int = 0,
+             flat: bool = False) -> dict:
+    """Write a miniature NIH ChestX-ray14 release: CSV, official split lists, PNGs in two archives.
+
+    The last ``missing`` listed images are not written (a partial download). Some images are RGB, RGBA or 16-bit.
+    """
+    rng = np.random.default_rng(seed)
+    rows, names = [], []
+    for p in range(1, n_patients + 1):
+        for k in range(per_patient):
+            name = f"{p:08d}_{k:03d}.png"
+            findings = [LABELS[i] for i in np.flatnonzero(rng.random(len(LABELS)) < 0.15)]
+            rows.append((name, "|".join(findings) or "No Finding", k, p, 40 + p, "MF"[p % 2], "PA"))
+            names.append(name)
+    header = f"Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,{sex_column},View Position\n"
+    (root / csv_name).write_text(header + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    test_patients = set(range(1, n_patients + 1, 4))
+    test = [n for n in names if int(n[:8]) in test_patients]
+    (root / "test_list.txt").write_text("\n".join(test) + "\n")
+    (root / "train_val_list.txt").write_text("\n".join(n for n in names if n not in test) + "\n")
+    written = names[: len(names) - missing]
+    for i, name in enumerate(written):
+        folder = root / "images" if flat else root / f"images_{1 + i % 2:03d}" / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, size=(size, size), dtype=np.uint8)
+        if i % 5 == 1:
+            img = Image.fromarray(np.stack([pixels] * 3, -1), "RGB")
+        elif i % 5 == 2:
+            img = Image.fromarray(np.dstack([pixels] * 3 + [np.full_like(pixels, 255)]), "RGBA")
+        elif i % 5 == 3:
+            img = Image.fromarray(pixels.astype(np.uint16) * 257)
+        else:
+            img = Image.fromarray(pixels, "L")
+        img.save(folder / name)
+    return {"names": names, "written": written, "test": test, "rows": rows}
+
+
+@pytest.fixture
+def nih_root(tmp_path: Path) -> Path:
+    root = tmp_path / "nih"
+    root.mkdir()
+    make_nih(root, missing=4)
+    return root
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED
