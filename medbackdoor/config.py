@@ -1,0 +1,206 @@
+"""Typed run configuration: dataclasses loaded from YAML, with ``--set dotted.key=value`` overrides.
+
+Defaults run with no file at all: the embedded ``synthetic`` dataset at 64 px, a 3×3 black centre trigger on
+40% of the training images, target Atelectasis. ``trigger.fraction: 0`` is the clean control (trained on clean
+data, still evaluated with the trigger on the test set: the paper's "Clean" column).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medbackdoor.errors import UserError
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "synthetic"
+    root: str | None = None
+    limit: int | None = None
+    split: str = "auto"
+    val_fraction: float = 0.1
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreprocessConfig:
+    crop: float = 1.0
+    resize: str = "area"
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "densenet121"
+    pretrained: str = "none"
+
+
+@dataclass
+class TriggerConfig:
+    kind: str = "square"
+    size: int = 3
+    location: str = "center"
+    value: float = 0.0
+    target: str = "Atelectasis"
+    fraction: float = 0.4
+    mode: str = "replace"
+    stage: str = "input"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    workers: int = 0
+    amp: bool = True
+    class_weights: bool = False
+    augment: bool = False
+    poisoned_val: bool = False
+    lr_patience: int = 1
+    lr_factor: float = 0.1
+    keep_checkpoints: list[int] | None = None
+    device: str = "auto"
+
+
+@dataclass
+class EvalConfig:
+    thresholds: list[float] = field(default_factory=lambda: [0.6, 0.9])
+    epsilons: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 0.5])
+    strict: bool = False
+    batch_size: int = 128
+
+
+@dataclass
+class RunConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    image_size: int = 64
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cache_dir: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a type hint; ints are accepted for floats. Raises UserError naming ``key``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except UserError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise UserError(f"config key {key} must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config key {key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise UserError(f"config key {key} must be true or false, got {value!r}")
+    if hint in (int, float) and isinstance(value, bool):
+        raise UserError(f"config key {key} must be a number, got {value!r}")
+    if not isinstance(value, hint):
+        raise UserError(f"config key {key} must be of type {hint.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, refusing unknown keys and wrong types."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise UserError(f"config section {prefix.rstrip('.') or '(top)'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(f"unknown config key {prefix}{unknown[0]}; known keys: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def set_dotted(data: dict, assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override to a nested dict (value parsed as YAML)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set expects dotted.key=value, got {assignment!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults ← YAML file ← ``--set`` overrides, validated into a :class:`RunConfig`."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise UserError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    for assignment in overrides:
+        set_dotted(data, assignment)
+    config = from_dict(RunConfig, data)
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Range checks that types alone cannot express."""
+    t = config.trigger
+    if not 0.0 <= t.fraction <= 1.0:
+        raise UserError(f"trigger.fraction must be in [0, 1], got {t.fraction}")
+    for eps in config.eval.epsilons:
+        if not 0.0 <= eps <= 1.0:
+            raise UserError(f"eval.epsilons must be in [0, 1], got {eps}")
+    for p in config.eval.thresholds:
+        if not 0.0 <= p <= 1.0:
+            raise UserError(f"eval.thresholds must be in [0, 1], got {p}")
+    if config.image_size < 32:
+        raise UserError(f"image_size must be at least 32 (DenseNet-121), got {config.image_size}")
+    for key in ("epochs", "batch_size"):
+        if getattr(config.train, key) < 1:
+            raise UserError(f"train.{key} must be at least 1")
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,62 @@
+"""DenseNet-121 for 14-label chest X-ray classification (CheXNet), from torchvision."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from medbackdoor.errors import UserError
+from medbackdoor.models.registry import MODELS
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class GrayToImageNet(nn.Module):
+    """B×1×H×W gray in [0, 1] → B×3×H×W, replicated and normalised with the ImageNet statistics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+
+
+@MODELS.register("densenet121")
+class DenseNet121(nn.Module):
+    """torchvision DenseNet-121 with a 14-logit head, taking gray images in [0, 1].
+
+    Split as ``forward_features`` (up to the final feature map, after its ReLU) and ``forward_head`` (pool and
+    linear). torchvision applies that last ReLU in place inside ``forward``; here it is an explicit,
+    non-in-place module ``relu`` so hooks on it see its true output (the Keras layer ``relu``).
+    Middle layer for Grad-CAM: ``features.transition3.relu`` (14×14 at 224 px).
+
+    Args:
+        num_classes: outputs (logits; apply a sigmoid for probabilities).
+        imagenet: start from torchvision's ImageNet weights (downloaded once by torchvision).
+    """
+
+    def __init__(self, num_classes: int = 14, imagenet: bool = False) -> None:
+        super().__init__()
+        weights = torchvision.models.DenseNet121_Weights.IMAGENET1K_V1 if imagenet else None
+        try:
+            net = torchvision.models.densenet121(weights=weights)
+        except Exception as exc:  # noqa: BLE001 - no network, no cached file
+            raise UserError(f"cannot get torchvision's ImageNet weights for DenseNet-121: {exc}") from None
+        self.input = GrayToImageNet()
+        self.features = net.features
+        self.relu = nn.ReLU(inplace=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(net.classifier.in_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.features(self.input(x)))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(features), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,109 @@
+"""One epoch of training, and scoring arrays of images: the pieces the run driver calls."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when ``enabled``; nothing on CPU (keeps CPU runs exactly reproducible)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def to_input(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """B×H×W uint8 → B×1×H×W float in [0, 1] on ``device``."""
+    x = images.to(device, non_blocking=True).float().div_(255.0).unsqueeze(1)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def class_weights(labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """CheXNet-Keras class balance: positives weighted by the negative share, negatives by the positive share."""
+    pos = labels.mean(0)
+    return torch.tensor(1.0 - pos, dtype=torch.float32), torch.tensor(pos, dtype=torch.float32)
+
+
+def bce_loss(logits: torch.Tensor, targets: torch.Tensor, weights=None) -> torch.Tensor:
+    if weights is None:
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    w_pos, w_neg = (w.to(logits.device) for w in weights)
+    return F.binary_cross_entropy_with_logits(logits, targets, weight=targets * w_pos + (1 - targets) * w_neg)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, max_degrees: float = 5.0) -> torch.Tensor:
+    """Random horizontal flip and a small rotation per image, drawn from ``generator`` (on the CPU)."""
+    n = x.shape[0]
+    flip = torch.rand(n, generator=generator) < 0.5
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_degrees)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    sign = torch.where(flip, -1.0, 1.0)
+    theta = torch.stack([torch.stack([cos * sign, -sin, torch.zeros(n)], 1),
+                         torch.stack([sin * sign, cos, torch.zeros(n)], 1)], 1).to(x)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+def train_epoch(model: nn.Module, dataset, optimizer, device, *, epoch: int, seed: int, batch_size: int,
+                workers: int = 0, amp: bool = True, weights=None, do_augment: bool = False, progress=None) -> float:
+    """Train one epoch; the sample order and augmentation depend only on (seed, epoch). Returns the mean loss."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=RandomSampler(dataset, generator=generator),
+                        num_workers=workers, drop_last=len(dataset) > batch_size, collate_fn=collate,
+                        persistent_workers=False, pin_memory=device.type == "cuda")
+    channels_last = device.type == "cuda"
+    model.train()
+    total, count = 0.0, 0
+    for batch in loader:
+        x = to_input(batch["image"], device, channels_last)
+        if do_augment:
+            x = augment(x, generator)
+        y = batch["labels"].to(device)
+        with autocast(device, amp):
+            logits = model(x)
+        loss = bce_loss(logits.float(), y, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(y)
+        count += len(y)
+        if progress is not None:
+            progress.update(len(y))
+    return total / max(count, 1)
+
+
+def collate(items: list[dict]) -> dict:
+    return {"image": torch.from_numpy(np.stack([it["image"] for it in items])),
+            "labels": torch.from_numpy(np.stack([it["labels"] for it in items]))}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, device, batch_size: int = 128, amp: bool = True) -> np.ndarray:
+    """Sigmoid scores N×C for an N×H×W uint8 array."""
+    model.eval()
+    out = []
+    channels_last = device.type == "cuda"
+    for lo in range(0, len(images), batch_size):
+        x = to_input(torch.from_numpy(np.ascontiguousarray(images[lo : lo + batch_size])), device, channels_last)
+        with autocast(device, amp):
+            out.append(torch.sigmoid(model(x).float()).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 14), np.float32)
+
+
+def dataset_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Stack a dataset of sample dicts into (images, labels) arrays."""
+    items = [dataset[i] for i in range(len(dataset))]
+    return np.stack([it["image"] for it in items]), np.stack([it["labels"] for it in items])

@@ -1,0 +1,260 @@
+"""``medbackdoor run``: train one backdoored (or clean-control) model, evaluating every epoch.
+
+A run folder holds ``config.yaml`` (resolved), ``metrics.csv`` (one row per epoch), ``predictions/epoch_NNN.npz``
+(the format of ``medbackdoor metrics``), ``checkpoints/epoch_NNN.pt`` and ``manifest.json``. Every file is written
+atomically, so a run killed at any moment resumes (``resume=True``) from its last completed epoch and ends with
+the same numbers as one never stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import medbackdoor
+from medbackdoor._io import atomic_path, write_json, write_text
+from medbackdoor.config import RunConfig, dump_config, from_dict
+from medbackdoor.errors import UserError
+from medbackdoor.labels import LABELS
+from medbackdoor.metrics import backdoor_metrics, micro_auroc, save_predictions
+from medbackdoor.models import create_model
+from medbackdoor.train.data import RunData, build_run_data
+from medbackdoor.train.loop import class_weights, dataset_arrays, pick_device, predict, train_epoch
+
+IGNORED_ON_RESUME = {("train", "epochs"), ("train", "workers"), ("train", "device"), ("cache_dir",),
+                     ("eval", "batch_size")}
+
+
+def metric_row(epoch: int, m: dict, train_loss: float, val_loss: float, val_auroc: float, lr: float,
+               seconds: float, images_per_s: float) -> dict:
+    """Flatten one epoch's numbers into a CSV row (fixed column order)."""
+    row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auroc": val_auroc,
+           "auroc_nn": m["auroc_nn"], "auroc_tt": m["auroc_tt"], "auroc_tn": m["auroc_tn"]}
+    row.update({f"asr_{p}": v for p, v in m["asr"].items()})
+    row.update({f"auroc_mix_{e}": v for e, v in m["auroc_mix"].items()})
+    row["mean_auroc_clean"] = m["mean_auroc_clean"]
+    row.update({f"auroc_{label}": v for label, v in zip(LABELS, m["per_class_auroc_clean"])})
+    row.update({"lr": lr, "seconds": seconds, "train_images_per_s": images_per_s})
+    return row
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text(path, buf.getvalue())
+
+
+def _config_diff(a: dict, b: dict, prefix: tuple = ()) -> str | None:
+    for key in sorted(set(a) | set(b)):
+        path = (*prefix, key)
+        if path in IGNORED_ON_RESUME:
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            found = _config_diff(va, vb, path)
+            if found:
+                return found
+        elif va != vb:
+            return f"{'.'.join(path)} ({va!r} there, {vb!r} now)"
+    return None
+
+
+def prepare_folder(out: Path, config: RunConfig, resume: bool, force: bool) -> int:
+    """Check the run folder and return the first epoch to train (1 for a fresh run)."""
+    manifest = _read_json(out / "manifest.json")
+    if not (out / "config.yaml").exists():
+        return 1
+    if force:
+        for name in ("metrics.csv", "manifest.json", "config.yaml"):
+            (out / name).unlink(missing_ok=True)
+        for name in ("predictions", "checkpoints"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        return 1
+    import yaml
+    previous = from_dict(RunConfig, yaml.safe_load((out / "config.yaml").read_text()))
+    diff = _config_diff(previous.to_dict(), config.to_dict())
+    if diff:
+        raise UserError(f"{out} holds a run with a different config: {diff}; use another --out or --force")
+    done = last_complete_epoch(out)
+    if manifest.get("status") == "complete" and done >= config.train.epochs:
+        raise UserError(f"{out} holds a completed run; use --force to start over")
+    if not resume:
+        raise UserError(f"{out} holds an unfinished run (epoch {done} done); use --resume or --force")
+    return done + 1
+
+
+def last_complete_epoch(out: Path) -> int:
+    """The last epoch with both a metrics row and a checkpoint."""
+    done = 0
+    for row in read_metrics(out / "metrics.csv"):
+        epoch = int(row["epoch"])
+        if (out / "checkpoints" / f"epoch_{epoch:03d}.pt").exists():
+            done = max(done, epoch)
+    return done
+
+
+def _read_json(path: Path) -> dict:
+    import json
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(medbackdoor.__file__).resolve().parent
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict:
+    import torchvision
+    return {"medbackdoor": medbackdoor.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": np.__version__}
+
+
+def save_checkpoint(path: Path, epoch: int, model, optimizer, scheduler) -> None:
+    state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def run(config: RunConfig, out: str | Path, resume: bool = False, force: bool = False, progress: bool = True) -> dict:
+    """Train and evaluate one run into ``out``; returns the manifest."""
+    out = Path(out)
+    start = prepare_folder(out, config, resume, force)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", dump_config(config))
+    t0 = time.perf_counter()
+    data = build_run_data(config, progress=progress)
+    manifest = _manifest(config, data, out)
+    manifest["timings"]["data_seconds"] = round(time.perf_counter() - t0, 3)
+    write_json(out / "manifest.json", manifest)
+    try:
+        _train(config, data, out, start, manifest, progress)
+    except BaseException as exc:
+        manifest["status"] = "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted"
+        manifest["error"] = f"{type(exc).__name__}: {exc}"
+        write_json(out / "manifest.json", manifest)
+        raise
+    manifest["status"] = "complete"
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _manifest(config: RunConfig, data: RunData, out: Path) -> dict:
+    previous = _read_json(out / "manifest.json")
+    device = pick_device(config.train.device)
+    return {
+        "status": "running",
+        "config": config.to_dict(),
+        "dataset": {"name": data.dataset.name, "fingerprint": data.dataset.fingerprint(), **data.counts()},
+        "target": LABELS[data.target],
+        "trigger": repr(data.trigger),
+        "trigger_survival": data.survival,
+        "versions": versions(),
+        "git_commit": _git_commit(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor()})",
+        "torch_threads": torch.get_num_threads(),
+        "timings": {"epochs": previous.get("timings", {}).get("epochs", {})},
+    }
+
+
+def _train(config: RunConfig, data: RunData, out: Path, start: int, manifest: dict, progress: bool) -> None:
+    tc = config.train
+    device = pick_device(tc.device)
+    torch.manual_seed(tc.seed)
+    model = create_model(config.model.arch, config.model.pretrained).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=tc.lr_factor,
+                                                           patience=tc.lr_patience)
+    if start > 1:
+        load_checkpoint(out / "checkpoints" / f"epoch_{start - 1:03d}.pt", model, optimizer, scheduler)
+    train_labels = dataset_arrays(data.train)[1] if tc.class_weights else None
+    weights = class_weights(train_labels) if tc.class_weights else None
+    val_images, val_labels = dataset_arrays(data.val_poisoned if tc.poisoned_val else data.val)
+    y_test = data.dataset.labels[data.test_rows]
+    rows = [r for r in read_metrics(out / "metrics.csv") if int(r["epoch"]) < start]
+    for epoch in range(start, tc.epochs + 1):
+        t0 = time.perf_counter()
+        with tqdm(total=len(data.train), desc=f"epoch {epoch}/{tc.epochs}", unit="img", leave=False,
+                  disable=None if progress else True) as bar:
+            train_loss = train_epoch(model, data.train, optimizer, device, epoch=epoch, seed=tc.seed,
+                                     batch_size=tc.batch_size, workers=tc.workers, amp=tc.amp, weights=weights,
+                                     do_augment=tc.augment, progress=bar)
+        train_seconds = time.perf_counter() - t0
+        bs = config.eval.batch_size
+        val_scores = predict(model, val_images, device, bs, tc.amp)
+        val_loss = _bce(val_labels, val_scores)
+        scheduler.step(val_loss)
+        clean = predict(model, data.test_clean, device, bs, tc.amp)
+        triggered = predict(model, data.test_triggered, device, bs, tc.amp)
+        m = backdoor_metrics(y_test, clean, triggered, data.target, config.eval.thresholds, config.eval.epsilons,
+                             config.eval.strict, seed=tc.seed)
+        save_predictions(out / "predictions" / f"epoch_{epoch:03d}.npz", y_test, clean, triggered, data.target,
+                         rows=data.test_rows)
+        save_checkpoint(out / "checkpoints" / f"epoch_{epoch:03d}.pt", epoch, model, optimizer, scheduler)
+        _prune_checkpoints(out, epoch, tc.keep_checkpoints)
+        seconds = time.perf_counter() - t0
+        rows.append(metric_row(epoch, m, train_loss, val_loss, micro_auroc(val_labels, val_scores),
+                               optimizer.param_groups[0]["lr"], round(seconds, 3),
+                               round(len(data.train) / train_seconds, 2)))
+        write_metrics(out / "metrics.csv", rows)
+        manifest["timings"]["epochs"][str(epoch)] = {"seconds": round(seconds, 3),
+                                                     "train_seconds": round(train_seconds, 3)}
+        manifest["epochs_done"] = epoch
+        write_json(out / "manifest.json", manifest)
+        if progress:
+            print(f"epoch {epoch}: loss {train_loss:.4f} val {val_loss:.4f} | AUROC-NN {m['auroc_nn']:.3f} "
+                  f"TT {m['auroc_tt']:.3f} TN {m['auroc_tn']:.3f} | ASR(0.6) {m['asr'].get('0.6', float('nan')):.3f}"
+                  f" | {seconds:.1f}s", flush=True)
+
+
+def _prune_checkpoints(out: Path, epoch: int, keep: list[int] | None) -> None:
+    """With ``keep`` set, drop the previous epoch's checkpoint unless asked for (the latest always stays)."""
+    if keep is None or epoch <= 1:
+        return
+    if epoch - 1 not in keep:
+        (out / "checkpoints" / f"epoch_{epoch - 1:03d}.pt").unlink(missing_ok=True)
+
+
+def _bce(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
