@@ -13,8 +13,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(MB) data check --dataset synthetic
-	$(MB) poison preview --dataset synthetic --image-size 64 --trigger-size 3 --fraction 0.4 --out $(DEMO_OUT)/poison
+	$(MB) poison preview --config configs/quick.yaml --out $(DEMO_OUT)/poison
+	$(MB) run --config configs/quick.yaml --set trigger.fraction=0 --out $(DEMO_OUT)/quick-clean --resume
+	$(MB) run --config configs/quick.yaml --out $(DEMO_OUT)/quick-3px --resume
+	$(MB) summary $(DEMO_OUT)/quick-clean $(DEMO_OUT)/quick-3px
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -36,10 +36,11 @@ def test_data_check_names_corrupt_file(tmp_path, capsys):
     (["data", "check", "--dataset", "mnist"], "unknown dataset"),
     (["data", "check", "--dataset", "nih"], "--data-root"),
     (["data", "check", "--dataset", "nih", "--data-root", "/nonexistent/x"], "does not exist"),
-    (["poison", "preview", "--target", "Covid", "--out", "OUT", "--data-option", "n_images=30"], "valid names"),
-    (["poison", "preview", "--fraction", "1.5", "--out", "OUT", "--data-option", "n_images=30"], "fraction"),
-    (["poison", "preview", "--trigger-size", "40", "--image-size", "32", "--out", "OUT",
-      "--data-option", "n_images=30", "--data-option", "source_size=32"], "larger than"),
+    (["poison", "preview", "--set", "trigger.target=Covid", "--out", "OUT", "--set", "dataset.options.n_images=30"],
+     "valid names"),
+    (["poison", "preview", "--set", "trigger.fraction=1.5", "--out", "OUT"], "fraction"),
+    (["poison", "preview", "--set", "trigger.size=40", "--set", "image_size=32", "--out", "OUT",
+      "--set", "dataset.options.n_images=30", "--set", "dataset.options.source_size=32"], "larger than"),
     (["metrics", "missing.npz"], "does not exist"),
     (["metrics", "PRED", "--epsilon", "2"], "epsilon"),
 ])
@@ -88,14 +89,15 @@ def test_metrics_rejects_pickles_and_bad_keys(tmp_path, capsys):
 
 def test_poison_preview_append_source(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
-    code, out, _ = run(capsys, "poison", "preview", "--data-option", "n_images=60", "--data-option", "source_size=64",
-                       "--image-size", "32", "--mode", "append", "--stage", "source", "--trigger-size", "4",
-                       "--workers", "0", "--out", str(tmp_path / "prev"))
+    sets = ["dataset.options.n_images=60", "dataset.options.source_size=64", "image_size=32", "trigger.mode=append",
+            "trigger.stage=source", "trigger.size=4"]
+    code, out, _ = run(capsys, "poison", "preview", *sum((["--set", s] for s in sets), []),
+                       "--out", str(tmp_path / "prev"))
     assert code == 0
     summary = json.loads((tmp_path / "prev" / "poison_summary.json").read_text())
-    assert summary["length_after_poisoning"] == summary["train_images"] + summary["poisoned"]
-    assert summary["poisoned"] == round(0.4 * summary["train_images"])
-    assert summary["trigger_survival"] == 1.0
+    assert summary["train_samples"] == summary["train"] + summary["poisoned"]
+    assert summary["poisoned"] == round(0.4 * summary["train"])
+    assert summary["trigger_survival"]["train"] == 1.0
     assert (tmp_path / "prev" / "preview.png").stat().st_size > 0
 
 

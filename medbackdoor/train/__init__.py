@@ -1,5 +1,5 @@
 """Training and per-epoch evaluation of one backdoor run."""
 
-from medbackdoor.train.run import run
+from medbackdoor.train.runner import run
 
 __all__ = ["run"]

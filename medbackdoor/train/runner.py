@@ -96,6 +96,8 @@ def prepare_folder(out: Path, config: RunConfig, resume: bool, force: bool) -> i
         raise UserError(f"{out} holds a run with a different config: {diff}; use another --out or --force")
     done = last_complete_epoch(out)
     if manifest.get("status") == "complete" and done >= config.train.epochs:
+        if resume:
+            return config.train.epochs + 1  # nothing left to do
         raise UserError(f"{out} holds a completed run; use --force to start over")
     if not resume:
         raise UserError(f"{out} holds an unfinished run (epoch {done} done); use --resume or --force")
@@ -158,6 +160,8 @@ def run(config: RunConfig, out: str | Path, resume: bool = False, force: bool = 
     """Train and evaluate one run into ``out``; returns the manifest."""
     out = Path(out)
     start = prepare_folder(out, config, resume, force)
+    if start > config.train.epochs:
+        return _read_json(out / "manifest.json")
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", dump_config(config))
     t0 = time.perf_counter()
