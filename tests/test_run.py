@@ -140,3 +140,16 @@ def test_paper_config_is_the_paper_protocol():
     c = load_config(ROOT / "configs" / "paper.yaml")
     assert (c.dataset.name, c.image_size, c.model.arch, c.model.pretrained) == ("nih", 224, "densenet121", "imagenet")
     assert c.trigger.location == "center" and c.trigger.value == 0.0
+
+
+def test_resume_of_finished_run_is_a_no_op_and_summary(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    run(tiny("train.epochs=1"), out, progress=False)
+    before = (out / "metrics.csv").read_text()
+    run(tiny("train.epochs=1"), out, resume=True, progress=False)
+    assert (out / "metrics.csv").read_text() == before
+    assert main(["summary", str(out), "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)[str(out)]
+    value = float(rows(out / "metrics.csv")[0]["auroc_nn"])
+    assert table["auroc_nn"] == {"min": pytest.approx(value), "max": pytest.approx(value)}
+    assert main(["summary", str(tmp_path)]) == 2
