@@ -58,5 +58,5 @@ def triggered_images(dataset: ChestXrayDataset, rows: np.ndarray, clean: np.ndar
     else:
         out = preprocess_indices(dataset, rows, size, prep or Preprocess(), _StampSource(trigger, seed, stream),
                                  workers=workers)
-    survived = (out != np.asarray(clean)).reshape(len(rows), -1).any(1)
+    survived = (out != np.asarray(clean)).reshape(len(rows), size * size).any(1)
     return out, survived

@@ -10,6 +10,7 @@ import numpy as np
 from medbackdoor.config import RunConfig
 from medbackdoor.data import ChestXrayDataset, Preprocess, create_dataset
 from medbackdoor.data.cache import load_images
+from medbackdoor.errors import UserError
 from medbackdoor.labels import label_index
 from medbackdoor.poison import TEST_STREAM, TRAIN_STREAM, ImageSplit, PoisonedDataset, triggered_images
 from medbackdoor.triggers import Trigger, create_trigger
@@ -64,6 +65,9 @@ def build_run_data(config: RunConfig, workers: int | None = None, progress: bool
     seed = config.train.seed
     split = {s: ImageSplit(images, dataset.labels, dataset.patients, dataset.split_indices(s))
              for s in ("train", "val", "test")}
+    for name, part in split.items():
+        if len(part) == 0:
+            raise UserError(f"the {name} split of dataset {dataset.name} is empty; use more images")
     train, train_survival = _poison(dataset, images, split["train"], trigger, t, seed, prep, workers)
     val_poisoned = None
     if config.train.poisoned_val:
