@@ -13,9 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(MB) poison preview --config configs/quick.yaml --out $(DEMO_OUT)/poison
-	$(MB) run --config configs/quick.yaml --set trigger.fraction=0 --out $(DEMO_OUT)/quick-clean --resume
-	$(MB) run --config configs/quick.yaml --out $(DEMO_OUT)/quick-3px --resume
+	$(MB) poison preview --config quick --out $(DEMO_OUT)/poison
+	$(MB) run --config quick --set trigger.fraction=0 --out $(DEMO_OUT)/quick-clean --resume
+	$(MB) run --config quick --out $(DEMO_OUT)/quick-3px --resume
 	$(MB) summary $(DEMO_OUT)/quick-clean $(DEMO_OUT)/quick-3px
 
 test: $(VENV)/.installed

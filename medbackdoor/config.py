@@ -167,16 +167,43 @@ def set_dotted(data: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
+BUILTIN = Path(__file__).resolve().parent / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file path, or the name of a built-in config (``quick``, ``paper``) shipped in the package."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    builtin = BUILTIN / f"{path}.yaml"
+    if "/" not in str(path) and builtin.is_file():
+        return builtin
+    names = ", ".join(sorted(p.stem for p in BUILTIN.glob("*.yaml")))
+    raise UserError(f"config file {path} does not exist (built-in configs: {names})")
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from a file; one clear error for a missing file, bad YAML or a non-mapping."""
+    path = resolve_config_path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Defaults ← YAML file ← ``--set`` overrides, validated into a :class:`RunConfig`."""
-    data: dict = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise UserError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    """Defaults ← YAML file (or built-in name) ← ``--set`` overrides, validated into a :class:`RunConfig`."""
+    data: dict = read_yaml(path) if path is not None else {}
+    return config_from_data(data, overrides)
+
+
+def config_from_data(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Validate a nested dict (plus ``dotted.key=value`` overrides) into a :class:`RunConfig`."""
+    import copy
+    data = copy.deepcopy(data)
     for assignment in overrides:
         set_dotted(data, assignment)
     config = from_dict(RunConfig, data)

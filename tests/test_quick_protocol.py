@@ -3,15 +3,14 @@
 Run with ``make test-all`` or ``pytest -m slow``.
 """
 
-from pathlib import Path
 
 import pytest
 
-from medbackdoor.cli.summary_cmd import run_extremes
 from medbackdoor.config import load_config
+from medbackdoor.study.aggregate import metric_extremes
 from medbackdoor.train import run
 
-QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
+QUICK = "quick"
 
 
 @pytest.mark.slow
@@ -19,7 +18,8 @@ def test_quick_protocol_shows_the_backdoor(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
     run(load_config(QUICK, ["trigger.fraction=0"]), tmp_path / "clean", progress=False)
     run(load_config(QUICK), tmp_path / "trigger", progress=False)
-    clean, trig = run_extremes(tmp_path / "clean"), run_extremes(tmp_path / "trigger")
+    clean = metric_extremes(tmp_path / "clean" / "metrics.csv")
+    trig = metric_extremes(tmp_path / "trigger" / "metrics.csv")
     assert 0.70 <= clean["auroc_nn"]["max"] <= 0.95
     assert trig["asr_0.6"]["max"] >= 0.95
     assert trig["auroc_tt"]["max"] >= 0.95

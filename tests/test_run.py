@@ -132,12 +132,12 @@ def test_config_errors_one_line(argv, needle, capsys, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["quick.yaml", "paper.yaml"])
 def test_shipped_configs_load(name):
-    config = load_config(ROOT / "configs" / name)
+    config = load_config(ROOT / "medbackdoor" / "configs" / name)
     assert config.trigger.size == 3 and config.trigger.target == "Atelectasis" and config.trigger.fraction == 0.4
 
 
 def test_paper_config_is_the_paper_protocol():
-    c = load_config(ROOT / "configs" / "paper.yaml")
+    c = load_config(ROOT / "medbackdoor" / "configs" / "paper.yaml")
     assert (c.dataset.name, c.image_size, c.model.arch, c.model.pretrained) == ("nih", 224, "densenet121", "imagenet")
     assert c.trigger.location == "center" and c.trigger.value == 0.0
 

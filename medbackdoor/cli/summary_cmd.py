@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
-from medbackdoor.errors import UserError
+from medbackdoor.study.aggregate import metric_extremes
 
 ROWS = (("asr_0.6", "ASR(p=0.6)"), ("asr_0.9", "ASR(p=0.9)"), ("auroc_tt", "AUROC-TT"), ("auroc_nn", "AUROC-NN"),
         ("auroc_tn", "AUROC-TN"))
@@ -20,25 +19,8 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run_extremes(folder: Path) -> dict[str, dict[str, float]]:
-    """``{metric: {"min": x, "max": y}}`` over the epochs in ``folder/metrics.csv``."""
-    path = folder / "metrics.csv"
-    if not path.is_file():
-        raise UserError(f"{folder} is not a run folder (no metrics.csv)")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise UserError(f"{path} has no epochs yet")
-    out = {}
-    for key in rows[0]:
-        values = [float(r[key]) for r in rows if r[key] not in ("", "nan")]
-        if values:
-            out[key] = {"min": min(values), "max": max(values)}
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
-    table = {str(folder): run_extremes(folder) for folder in args.runs}
+    table = {str(folder): metric_extremes(folder / "metrics.csv") for folder in args.runs}
     if args.json:
         print(json.dumps(table, indent=2))
         return 0

@@ -1,0 +1,205 @@
+"""``medbackdoor sweep``: one run folder per grid point, run independently, restartable.
+
+A sweep file has ``base_config`` (a run config file, relative to the sweep file, or a built-in name), ``base``
+(overrides, a nested mapping) and ``grid``: dotted keys mapped to lists (their cartesian product), or a list of
+such mappings (the union of their products; e.g. trigger sizes × seeds, plus the clean control × seeds).
+Completed runs are skipped, unfinished ones resumed, and a failed run is recorded in its manifest while the
+sweep goes on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import yaml
+
+from medbackdoor._io import write_json, write_text
+from medbackdoor.config import config_from_data, dump_config, read_yaml, resolve_config_path, set_dotted
+from medbackdoor.errors import UserError
+
+BUILTIN_SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
+
+
+@dataclass
+class SweepRun:
+    name: str
+    overrides: dict  # dotted key -> value
+    data: dict  # the full nested run config
+
+
+def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list[str] | tuple[str, ...] = ()
+               ) -> tuple[dict, list[SweepRun]]:
+    """Read a sweep file (or built-in sweep name) and expand it.
+
+    Args:
+        path: the sweep YAML, or ``quick`` / ``paper``.
+        seeds: replaces every ``train.seed`` list of the grid.
+        overrides: ``dotted.key=value`` applied to the base of every run.
+    """
+    path = Path(path)
+    if not path.is_file() and (BUILTIN_SWEEPS / f"{path}.yaml").is_file():
+        path = BUILTIN_SWEEPS / f"{path}.yaml"
+    spec = read_yaml(path)
+    unknown = sorted(set(spec) - {"name", "description", "base_config", "base", "grid", "cuts"})
+    if unknown:
+        raise UserError(f"unknown sweep key {unknown[0]} in {path}")
+    base: dict = {}
+    if spec.get("base_config"):
+        ref = spec["base_config"]
+        local = path.parent / str(ref)
+        base = read_yaml(local if local.is_file() else resolve_config_path(ref))
+    _merge(base, spec.get("base") or {})
+    for assignment in overrides:
+        set_dotted(base, assignment)
+    runs = [SweepRun(run_name(point), point, _apply(base, point)) for point in expand_grid(spec.get("grid"), seeds)]
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise UserError("the grid lists the same run twice")
+    for r in runs:
+        config_from_data(r.data)  # validate every point before running any
+    return spec, runs
+
+
+def expand_grid(grid, seeds: list[int] | None = None) -> list[dict]:
+    """Grid points as dicts of dotted key → value, in file order, without duplicates."""
+    blocks = grid if isinstance(grid, list) else [grid or {}]
+    points, seen = [], set()
+    for block in blocks:
+        if not isinstance(block, dict):
+            raise UserError(f"a grid block must map dotted keys to lists, got {block!r}")
+        block = dict(block)
+        if seeds is not None and "train.seed" in block:
+            block["train.seed"] = list(seeds)
+        for key, values in block.items():
+            if not isinstance(values, list) or not values:
+                raise UserError(f"grid key {key} must map to a non-empty list, got {values!r}")
+        for combo in itertools.product(*block.values()):
+            point = dict(zip(block, combo))
+            key = json.dumps(point, sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                points.append(point)
+    return points
+
+
+def run_name(point: dict) -> str:
+    """A readable folder name: ``size-3_seed-0``; the full dotted key where last parts would clash."""
+    if not point:
+        return "base"
+    last = [k.split(".")[-1] for k in point]
+    parts = [f"{k.replace('.', '-') if last.count(k.split('.')[-1]) > 1 else k.split('.')[-1]}-{v}"
+             for k, v in point.items()]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts))
+
+
+def _merge(into: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _apply(base: dict, point: dict) -> dict:
+    data = json.loads(json.dumps(base))
+    for key, value in point.items():
+        set_dotted(data, f"{key}={json.dumps(value)}")
+    return data
+
+
+def run_state(folder: Path) -> str:
+    """``new``, ``complete``, ``failed: ...`` or ``partial (k epochs)``, read from the run folder."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return "new"
+    status = manifest.get("status")
+    if status == "complete":
+        return "complete"
+    if status == "failed":
+        return f"failed: {manifest.get('error', '?')}"
+    return f"partial ({manifest.get('epochs_done', 0)} epochs)"
+
+
+def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = False,
+              seeds: list[int] | None = None, progress: bool = True, overrides: list[str] | tuple[str, ...] = ()
+              ) -> list[dict]:
+    """Run every grid point into ``out/runs/<name>``; returns one status dict per run."""
+    out = Path(out)
+    spec, runs = load_sweep(path, seeds, overrides)
+    if dry_run:
+        return [{"name": r.name, "state": run_state(out / "runs" / r.name), "overrides": r.overrides} for r in runs]
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "sweep.yaml", yaml.safe_dump({**spec, "runs": [r.name for r in runs]}, sort_keys=False))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    results = []
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_run_one, r.data, str(out / "runs" / r.name), threads): r for r in runs}
+        for done, fut in enumerate(as_completed(futures), 1):
+            r = futures[fut]
+            result = {"name": r.name, **fut.result()}
+            results.append(result)
+            if progress:
+                print(f"[{done}/{len(runs)}] {r.name}: {result['status']} ({result['seconds']:.0f} s)"
+                      + (f" - {result['error']}" if result.get("error") else ""), flush=True)
+    order = {r.name: i for i, r in enumerate(runs)}
+    results.sort(key=lambda x: order[x["name"]])
+    write_json(out / "sweep_status.json", results)
+    return results
+
+
+def sweep_cuts(out: str | Path) -> str | None:
+    """The ``cuts`` note of the sweep that wrote ``out`` (what a reduced protocol left out), if any."""
+    try:
+        return (yaml.safe_load((Path(out) / "sweep.yaml").read_text()) or {}).get("cuts")
+    except (FileNotFoundError, yaml.YAMLError):
+        return None
+
+
+def _run_one(data: dict, folder: str, threads: int) -> dict:
+    """Worker: one run, resumed if unfinished, skipped if complete; never raises."""
+    import torch
+
+    from medbackdoor.train import run
+
+    torch.set_num_threads(threads)
+    start, folder = time.perf_counter(), Path(folder)
+    before = run_state(folder)
+    if before == "complete":
+        return {"status": "skipped (complete)", "seconds": 0.0}
+    try:
+        config = config_from_data(data)
+        force = before.startswith("failed")
+        run(config, folder, resume=not force, force=force, progress=False)
+        status, error = "complete", None
+    except Exception as exc:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        _record_failure(folder, data, error, traceback.format_exc())
+    return {"status": status, "error": error, "seconds": time.perf_counter() - start}
+
+
+def _record_failure(folder: Path, data: dict, error: str, trace: str) -> None:
+    manifest_path = folder / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (FileNotFoundError, ValueError):
+        manifest = {"config": data}
+    manifest.update({"status": "failed", "error": error, "traceback": trace})
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(manifest_path, manifest)
+    if not (folder / "config.yaml").exists():
+        try:
+            write_text(folder / "config.yaml", dump_config(config_from_data(data)))
+        except UserError:
+            pass

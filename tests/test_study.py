@@ -1,0 +1,127 @@
+"""Sweeps and reports on a tiny synthetic study (32 px, 1 epoch per run)."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from medbackdoor.cli import main
+from medbackdoor.study.report import build_report
+from medbackdoor.study.sweep import expand_grid, load_sweep, run_name, run_state, run_sweep
+
+TINY_BASE = {"dataset": {"options": {"n_images": 80, "source_size": 32}}, "image_size": 32,
+             "train": {"epochs": 2, "batch_size": 16}, "eval": {"epsilons": [0.1, 0.5]}}
+GRID = [{"trigger.size": [2, 3], "train.seed": [0, 1]},
+        {"trigger.fraction": [0.0], "train.seed": [0, 1]},
+        {"trigger.location": ["random"], "train.seed": [0, 1]},
+        {"trigger.size": [40], "train.seed": [0]}]  # larger than the image: fails at run time
+
+
+def test_expand_grid_union_dedup_and_seed_override():
+    points = expand_grid([{"a": [1, 2], "train.seed": [0, 1]}, {"a": [1], "train.seed": [0]}])
+    assert len(points) == 4
+    assert len(expand_grid({"a": [1, 2], "train.seed": [0, 1]}, seeds=[5])) == 2
+    assert run_name({"trigger.size": 3, "train.seed": 0}) == "size-3_seed-0"
+    assert run_name({"a.size": 1, "b.size": 2}) == "a-size-1_b-size-2"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    import os
+    os.environ["MEDBACKDOOR_CACHE"] = str(root / "cache")
+    spec = root / "sweep.yaml"
+    sweep = {"name": "tiny", "base": TINY_BASE, "grid": GRID, "cuts": "everything"}
+    spec.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    results = run_sweep(spec, root / "out", jobs=2, progress=False)
+    return spec, root / "out", results
+
+
+def test_sweep_records_failure_and_goes_on(study):
+    _, out, results = study
+    status = {r["name"]: r["status"] for r in results}
+    assert status["size-40_seed-0"] == "failed"
+    assert sum(s == "complete" for s in status.values()) == 8
+    manifest = json.loads((out / "runs" / "size-40_seed-0" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "larger than" in manifest["error"]
+
+
+def test_sweep_skips_complete_and_resumes_partial(study):
+    spec, out, _ = study
+    folder = out / "runs" / "size-2_seed-1"
+    metrics = (folder / "metrics.csv").read_text().splitlines()
+    (folder / "metrics.csv").write_text("\n".join(metrics[:-1]) + "\n")  # as if killed during epoch 2
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["status"] = "running"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert run_state(folder).startswith("partial")
+    dry = run_sweep(spec, out, dry_run=True)
+    assert {r["name"]: r["state"] for r in dry}["size-2_seed-1"].startswith("partial")
+    results = {r["name"]: r["status"] for r in run_sweep(spec, out, jobs=1, progress=False)}
+    assert results["size-2_seed-1"] == "complete"
+    assert results["size-3_seed-0"] == "skipped (complete)"
+    assert len((folder / "metrics.csv").read_text().splitlines()) == 3
+
+
+def _independent(out: Path, runs: list[str], metric: str, stat: str) -> tuple[float, float]:
+    values = []
+    for name in runs:
+        with open(out / "runs" / name / "metrics.csv") as f:
+            col = [float(r[metric]) for r in csv.DictReader(f)]
+        values.append(min(col) if stat == "min" else max(col))
+    return float(np.mean(values)), float(np.std(values, ddof=1))
+
+
+def test_report_matches_independent_aggregation(study):
+    _, out, _ = study
+    path = build_report(out, "everything")
+    report = path.read_text()
+    assert "Table 1" in report and "everything" in report and "size-40_seed-0 is failed" in report
+    t1 = list(csv.reader(open(out / "report" / "table1.csv")))
+    header, rows = t1[0], {r[0]: r[1:] for r in t1[1:]}
+    assert header[1:] == ["Clean", "2x2 px", "3x3 px"]
+    for label, metric in (("AUROC-NN", "auroc_nn"), ("ASR(p=0.6)", "asr_0.6"), ("AUROC-TN", "auroc_tn")):
+        mean, std = _independent(out, ["size-3_seed-0", "size-3_seed-1"], metric, "max")
+        assert rows[label][2] == f"{mean:.3f} ± {std:.3f}"
+        mean, std = _independent(out, ["fraction-0.0_seed-0", "fraction-0.0_seed-1"], metric, "max")
+        assert rows[label][0] == f"{mean:.3f} ± {std:.3f}"
+    t2 = list(csv.reader(open(out / "report" / "table2.csv")))
+    mean, std = _independent(out, ["location-random_seed-0", "location-random_seed-1"], "auroc_tt", "min")
+    assert dict((r[0], r[1:]) for r in t2[1:])["AUROC-TT"][2] == f"{mean:.3f} ± {std:.3f}"
+    t3 = list(csv.reader(open(out / "report" / "table3.csv")))
+    mean, std = _independent(out, ["size-3_seed-0", "size-3_seed-1"], "auroc_mix_0.5", "max")
+    assert t3[0][1:] == ["0.1", "0.5"]
+    assert dict((r[0], r[1:]) for r in t3[1:])["Maximum"][1] == f"{mean:.3f} ± {std:.3f}"
+    for name in ("figure3.png", "figure3.pdf", "table1.tex", "table1_min.md", "table2.md", "table3.tex"):
+        assert (out / "report" / name).stat().st_size > 0
+
+
+def test_report_cli_and_skipped_tables(study, tmp_path, capsys):
+    _, out, _ = study
+    partial = tmp_path / "partial"
+    (partial / "runs").mkdir(parents=True)
+    import shutil
+    shutil.copytree(out / "runs" / "size-3_seed-0", partial / "runs" / "size-3_seed-0")
+    assert main(["report", str(partial)]) == 0
+    text = (partial / "report" / "report.md").read_text()
+    assert "Skipped" in text and "0.5" in text  # table 2 skipped, table 3 present
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_builtin_protocols_expand():
+    _, quick = load_sweep("quick")
+    assert len(quick) == 18 and {r.name for r in quick} >= {"size-1_seed-0", "fraction-0.0_seed-2"}
+    _, paper = load_sweep("paper", overrides=["dataset.root=/data/nih"])
+    assert len(paper) == 24 and paper[0].data["dataset"]["root"] == "/data/nih"
+
+
+def test_bad_sweep_files(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"grid": {"trigger.size": 3}}))
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
+    bad.write_text(yaml.safe_dump({"grid": {"trigger.sise": [3]}}))
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
+    assert "trigger.sise" in capsys.readouterr().err
