@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MB := $(VENV)/bin/medbackdoor
 DEMO_OUT ?= demo
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo quick-pair test test-all lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,13 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	$(MB) poison preview --config quick --out $(DEMO_OUT)/poison
+	$(MB) reproduce --protocol quick --seeds 0 --out $(DEMO_OUT)/reproduce
+	$(MB) summary $(DEMO_OUT)/reproduce/runs/fraction-0.0_seed-0 $(DEMO_OUT)/reproduce/runs/size-3_seed-0
+	@echo "Report (seed 0 of the quick study): $(DEMO_OUT)/reproduce/report/report.md"
+	@echo "All three seeds (adds 12 runs, the 6 done are kept): $(MB) reproduce --protocol quick --out $(DEMO_OUT)/reproduce"
+
+# The quick protocol's clean control and 3x3 run at full length (6 epochs, 2,000 images), side by side.
+quick-pair: $(VENV)/.installed
 	$(MB) run --config quick --set trigger.fraction=0 --out $(DEMO_OUT)/quick-clean --resume
 	$(MB) run --config quick --out $(DEMO_OUT)/quick-3px --resume
 	$(MB) summary $(DEMO_OUT)/quick-clean $(DEMO_OUT)/quick-3px

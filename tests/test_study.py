@@ -31,11 +31,10 @@ def test_expand_grid_union_dedup_and_seed_override():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
-    import os
-    os.environ["MEDBACKDOOR_CACHE"] = str(root / "cache")
     spec = root / "sweep.yaml"
-    sweep = {"name": "tiny", "base": TINY_BASE, "grid": GRID, "cuts": "everything"}
-    spec.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    base = {**TINY_BASE, "cache_dir": str(root / "cache")}
+    spec.write_text(yaml.safe_dump({"name": "tiny", "base": base, "grid": GRID, "cuts": "everything"},
+                                   sort_keys=False))
     results = run_sweep(spec, root / "out", jobs=2, progress=False)
     return spec, root / "out", results
 

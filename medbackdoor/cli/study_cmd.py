@@ -61,6 +61,21 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+FIGURE1_RUNS = ("size-3_seed-0", "fraction-0.0_seed-0")  # the paper's Figure 1: the 3×3 model and its control
+
+
+def explain_figure_runs(out: Path, results: list[dict]) -> None:
+    """Grad-CAM (Figure 1 and localisation numbers) for the seed-0 3×3 run and its clean control."""
+    from medbackdoor.explain.run_explain import explain_run
+
+    done = {r["name"] for r in results if r.get("status") in ("complete", "skipped (complete)")}
+    for name in FIGURE1_RUNS:
+        folder = out / "runs" / name
+        if name in done and not (folder / "explain" / "localisation.csv").exists():
+            explain_run(folder)
+            print(f"explained {name}: {folder / 'explain' / 'figure1.png'}")
+
+
 def run_reproduce(args: argparse.Namespace) -> int:
     from medbackdoor.study.report import build_report
     from medbackdoor.study.sweep import sweep_cuts
@@ -68,6 +83,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     results = _run(args, args.protocol)
     if args.dry_run:
         return 0
+    explain_figure_runs(args.out, results)
     path = build_report(args.out, sweep_cuts(args.out))
     failed = sum(r.get("status") == "failed" for r in results)
     print(f"{len(results) - failed} of {len(results)} runs complete; report: {path}")

@@ -169,6 +169,32 @@ def paper_table3() -> pd.DataFrame:
                         index=["Minimum", "Maximum"])
 
 
+EXPLAIN_COLUMNS = (("infected", "mass_in_box", "mass in box (infected)"), ("clean", "mass_in_box", "(clean)"),
+                   ("infected", "pointing_game", "pointing (infected)"), ("clean", "pointing_game", "(clean)"),
+                   ("clean_vs_infected", "detector_auroc_top1pct_mass", "detector AUROC"),
+                   ("clean_vs_infected", "detector_tpr_at_5pct_fpr_top1pct_mass", "TPR@5%FPR"))
+
+
+def explain_section(records) -> list[str]:
+    """Saliency localisation and detection for the runs that ``medbackdoor explain`` was run on."""
+    explained = [r for r in records if (r.folder / "explain" / "localisation.csv").is_file()]
+    if not explained:
+        return []
+    lines = ["", "## Explainability: Grad-CAM localisation and detection", "",
+             "Mass in box: share of saliency inside the trigger box (dilated); pointing: the map's maximum is in "
+             "the box; detector: flags triggered inputs from the map alone (top-1% mass), scored over clean vs "
+             "infected test images. See each run's `explain/figure1.png`.", "",
+             "| run | epoch | layer | " + " | ".join(c[2] for c in EXPLAIN_COLUMNS) + " |",
+             "|---|---|---|" + "---|" * len(EXPLAIN_COLUMNS)]
+    for r in explained:
+        table = pd.read_csv(r.folder / "explain" / "localisation.csv")
+        for (epoch, layer), part in table.groupby(["epoch", "layer"], sort=False):
+            values = {(v, q): x for v, q, x in zip(part.version, part.quantity, part.value)}
+            cells = [f"{values.get((v, q), float('nan')):.3f}" for v, q, _ in EXPLAIN_COLUMNS]
+            lines.append(f"| {r.name} | {epoch} | {layer} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def build_report(sweep_dir: str | Path, cuts: str | None = None) -> Path:
     """Write ``sweep_dir/report/`` from the run folders; returns the path of ``report.md``."""
     sweep_dir = Path(sweep_dir)
@@ -224,6 +250,7 @@ def build_report(sweep_dir: str | Path, cuts: str | None = None) -> Path:
                   if all(r.config.get(k) == v for r in records) and k != "train.seed"}
         parts += ["", "Config keys shared by every run:", "", "```yaml"]
         parts += [f"{k}: {v}" for k, v in sorted(shared.items())] + ["```"]
+    parts += explain_section(records)
     if notes:
         parts += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     path = folder / "report.md"

@@ -1,0 +1,166 @@
+"""``medbackdoor explain``: the paper's Figure 1 from a run's checkpoints, plus localisation and detection numbers."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medbackdoor._io import atomic_path, write_text
+from medbackdoor.config import load_config
+from medbackdoor.errors import UserError
+from medbackdoor.explain.cam import CAMS
+from medbackdoor.explain.localise import (
+    DETECTORS,
+    box_masks,
+    detection_scores,
+    mass_in_box,
+    pointing_game,
+    trigger_boxes,
+)
+from medbackdoor.labels import LABELS
+from medbackdoor.models import create_model
+from medbackdoor.train.data import build_run_data
+from medbackdoor.train.loop import pick_device, predict
+
+
+def available_epochs(run_dir: Path) -> list[int]:
+    return sorted(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("epoch_*.pt"))
+
+
+def load_epoch(run_dir: Path, config, epoch: int, device) -> torch.nn.Module:
+    model = create_model(config.model.arch, "none")
+    state = torch.load(run_dir / "checkpoints" / f"epoch_{epoch:03d}.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def explain_run(run_dir: str | Path, epochs: list[int] | None = None, layers: tuple[str, ...] = ("last", "middle"),
+                images: int = 200, target: str = "target", method: str = "gradcam", score: str = "logit",
+                dilate: int = 2, figure_image: int | None = None, batch_size: int = 32) -> dict:
+    """Compute maps for clean and infected test images at each (epoch, layer); write CSV and Figure 1.
+
+    Args:
+        run_dir: a folder written by ``medbackdoor run``.
+        epochs: checkpoints to explain (default: every one kept).
+        layers: ``last``, ``middle`` or module names.
+        images: how many test images (the first ones whose trigger changed the input).
+        target: ``target`` (the attacked class), ``predicted`` (each image's top class) or a class name.
+        method: a registered saliency method.
+        score: ``logit`` or ``probability``.
+        dilate: px added around the trigger box for mass-in-box and the pointing game.
+        figure_image: which of the chosen images Figure 1 shows (default: the first without the target class).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
+    config = load_config(run_dir / "config.yaml")
+    have = available_epochs(run_dir)
+    epochs = epochs or have
+    missing = [e for e in epochs if e not in have]
+    if not have or missing:
+        raise UserError(f"{run_dir} has no checkpoint for epoch(s) {missing or epochs}; available: {have}")
+    data = build_run_data(config, progress=False)
+    boxes_all = trigger_boxes(data.test_clean, data.test_triggered)
+    chosen = np.flatnonzero(boxes_all[:, 0] >= 0)[:images]
+    if not len(chosen):
+        raise UserError("the trigger changed no test image at model resolution: nothing to localise")
+    clean, infected = data.test_clean[chosen], data.test_triggered[chosen]
+    masks = box_masks(boxes_all[chosen], clean.shape[-2:], dilate)
+    y_true = data.dataset.labels[data.test_rows[chosen]]
+    show = figure_image if figure_image is not None else int(np.argmax(y_true[:, data.target] == 0))
+    device = pick_device(config.train.device)
+    rows, panels = [], {}
+    for epoch in epochs:
+        model = load_epoch(run_dir, config, epoch, device)
+        for layer in layers:
+            with CAMS.get(method)(model, layer, score) as cam:
+                maps = {}
+                for version, imgs in (("clean", clean), ("infected", infected)):
+                    targets = _targets(target, model, imgs, data.target, device, batch_size)
+                    maps[version] = cam(torch.from_numpy(np.ascontiguousarray(imgs)), targets, batch_size).cpu().numpy()
+            rows += _rows(epoch, layer, method, maps, masks)
+            panels[(epoch, layer)] = (maps["clean"][show], maps["infected"][show])
+    out = run_dir / "explain"
+    write_csv(out / "localisation.csv", rows)
+    figure1(out, epochs, layers, clean[show], infected[show], boxes_all[chosen][show], panels)
+    return {"rows": rows, "csv": out / "localisation.csv", "figure": out / "figure1.png", "images": len(chosen)}
+
+
+def _targets(target: str, model, imgs, attacked: int, device, batch_size: int):
+    if target == "target":
+        return attacked
+    if target == "predicted":
+        return torch.from_numpy(predict(model, imgs, device, batch_size, amp=False).argmax(1))
+    if target not in LABELS and target.lower() not in (t.lower() for t in LABELS):
+        raise UserError(f"--target must be target, predicted or a class name; valid names: {', '.join(LABELS)}")
+    return target
+
+
+def _rows(epoch: int, layer: str, method: str, maps: dict, masks: np.ndarray) -> list[dict]:
+    rows = []
+    base = {"epoch": epoch, "layer": layer, "method": method}
+    area = float(masks.reshape(len(masks), -1).mean(1).mean())
+    for version, m in maps.items():
+        rows.append({**base, "version": version, "quantity": "mass_in_box", "value": _mean(mass_in_box(m, masks))})
+        rows.append({**base, "version": version, "quantity": "pointing_game", "value": _mean(pointing_game(m, masks))})
+        rows.append({**base, "version": version, "quantity": "empty_maps", "value": float((m.max((1, 2)) == 0).mean())})
+        rows.append({**base, "version": version, "quantity": "box_area_fraction", "value": area})
+    for name, stat in DETECTORS.items():
+        result = detection_scores(stat(maps["clean"]), stat(maps["infected"]))
+        rows.append({**base, "version": "clean_vs_infected", "quantity": f"detector_auroc_{name}",
+                     "value": result["auroc"]})
+        rows.append({**base, "version": "clean_vs_infected", "quantity": f"detector_tpr_at_5pct_fpr_{name}",
+                     "value": result["tpr_at_fpr"]})
+    return rows
+
+
+def _mean(values: np.ndarray) -> float:
+    """Mean over the images with a non-empty map; NaN when every map is empty."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else float("nan")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_text(path, buf.getvalue())
+
+
+def figure1(out: Path, epochs, layers, clean, infected, box, panels) -> None:
+    """Rows: epochs; columns: clean and infected at each layer, maps over the image, the trigger circled."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Circle
+
+    cols = [(layer, version) for layer in layers for version in ("clean", "infected")]
+    fig, axes = plt.subplots(len(epochs), len(cols), figsize=(2.4 * len(cols), 2.4 * len(epochs)), squeeze=False)
+    top, left, bottom, right = box
+    centre = ((left + right - 1) / 2, (top + bottom - 1) / 2)
+    radius = max(right - left, bottom - top) * 0.9 + 1.5
+    for i, epoch in enumerate(epochs):
+        for j, (layer, version) in enumerate(cols):
+            ax = axes[i, j]
+            image = clean if version == "clean" else infected
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+            ax.imshow(panels[(epoch, layer)][0 if version == "clean" else 1], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax.add_patch(Circle(centre, radius, fill=False, color="red", linewidth=1.2))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"{version}, {layer} layer", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"epoch {epoch}", fontsize=9)
+    fig.suptitle("Figure 1: Grad-CAM of a clean image and its infected version (red circle: trigger)", fontsize=10)
+    fig.tight_layout()
+    for ext in ("png", "pdf"):
+        with atomic_path(out / f"figure1.{ext}", suffix=f".{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=150)
+    plt.close(fig)
