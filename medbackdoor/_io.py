@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
@@ -33,6 +35,23 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def write_rows(path: str | os.PathLike, rows: list[dict]) -> None:
+    """A CSV with one row per dict (columns from the first), floats with 6 significant digits, atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text(path, buf.getvalue())
+
+
+def save_figure(fig: Any, folder: str | os.PathLike, stem: str, formats: tuple[str, ...] = ("png", "pdf")) -> None:
+    """Save a matplotlib figure as ``folder/stem.<format>`` for each format, each atomically."""
+    for ext in formats:
+        with atomic_path(Path(folder) / f"{stem}.{ext}", suffix=f".{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=150)
 
 
 def _jsonable(value: Any) -> Any:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medbackdoor._io import atomic_path, write_text
+from medbackdoor._io import save_figure, write_rows
 from medbackdoor.config import load_config
 from medbackdoor.errors import UserError
 from medbackdoor.explain.cam import CAMS
@@ -85,7 +83,7 @@ def explain_run(run_dir: str | Path, epochs: list[int] | None = None, layers: tu
             rows += _rows(epoch, layer, method, maps, masks)
             panels[(epoch, layer)] = (maps["clean"][show], maps["infected"][show])
     out = run_dir / "explain"
-    write_csv(out / "localisation.csv", rows)
+    write_rows(out / "localisation.csv", rows)
     figure1(out, epochs, layers, clean[show], infected[show], boxes_all[chosen][show], panels)
     return {"rows": rows, "csv": out / "localisation.csv", "figure": out / "figure1.png", "images": len(chosen)}
 
@@ -124,15 +122,6 @@ def _mean(values: np.ndarray) -> float:
     return float(finite.mean()) if len(finite) else float("nan")
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    write_text(path, buf.getvalue())
-
-
 def figure1(out: Path, epochs, layers, clean, infected, box, panels) -> None:
     """Rows: epochs; columns: clean and infected at each layer, maps over the image, the trigger circled."""
     import matplotlib
@@ -160,7 +149,5 @@ def figure1(out: Path, epochs, layers, clean, infected, box, panels) -> None:
                 ax.set_ylabel(f"epoch {epoch}", fontsize=9)
     fig.suptitle("Figure 1: Grad-CAM of a clean image and its infected version (red circle: trigger)", fontsize=10)
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        with atomic_path(out / f"figure1.{ext}", suffix=f".{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150)
+    save_figure(fig, out, "figure1")
     plt.close(fig)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medbackdoor._io import atomic_path, write_text
+from medbackdoor._io import atomic_path, save_figure, write_text
 from medbackdoor.study import paper_values as paper
 from medbackdoor.study.aggregate import condition_table, read_runs, runs_table
 
@@ -145,9 +145,7 @@ def figure3(cond: pd.DataFrame, folder: Path) -> bool:
         ax.set_xticks(sizes)
     fig.suptitle("Figure 3: backdoor metrics against trigger size (mean ± std over seeds)", fontsize=11)
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        with atomic_path(folder / f"figure3.{ext}", suffix=f".{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150)
+    save_figure(fig, folder, "figure3")
     plt.close(fig)
     return True
 

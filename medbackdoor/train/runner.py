@@ -9,7 +9,6 @@ the same numbers as one never stopped.
 from __future__ import annotations
 
 import csv
-import io
 import platform
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 import medbackdoor
-from medbackdoor._io import atomic_path, write_json, write_text
+from medbackdoor._io import atomic_path, write_json, write_rows, write_text
 from medbackdoor.config import RunConfig, dump_config, from_dict
 from medbackdoor.errors import UserError
 from medbackdoor.labels import LABELS
@@ -52,15 +51,6 @@ def read_metrics(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def write_metrics(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    write_text(path, buf.getvalue())
 
 
 def _config_diff(a: dict, b: dict, prefix: tuple = ()) -> str | None:
@@ -240,7 +230,7 @@ def _train(config: RunConfig, data: RunData, out: Path, start: int, manifest: di
         rows.append(metric_row(epoch, m, train_loss, val_loss, micro_auroc(val_labels, val_scores),
                                optimizer.param_groups[0]["lr"], round(seconds, 3),
                                round(len(data.train) / train_seconds, 2)))
-        write_metrics(out / "metrics.csv", rows)
+        write_rows(out / "metrics.csv", rows)
         manifest["timings"]["epochs"][str(epoch)] = {"seconds": round(seconds, 3),
                                                      "train_seconds": round(train_seconds, 3)}
         manifest["epochs_done"] = epoch
