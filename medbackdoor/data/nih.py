@@ -56,7 +56,7 @@ class NIHChestXray14(ChestXrayDataset):
     def __init__(self, root: str | os.PathLike | None = None, split: str = "auto", val_fraction: float = 0.1,
                  seed: int = 0, limit: int | None = None) -> None:
         if root is None:
-            raise UserError("dataset nih needs --data-root (the folder holding Data_Entry_2017*.csv)")
+            raise UserError("dataset nih needs its folder: --data-root DIR, or dataset.root in a run config")
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
             raise UserError(f"data root {root} does not exist or is not a folder")

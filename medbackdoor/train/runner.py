@@ -152,10 +152,10 @@ def run(config: RunConfig, out: str | Path, resume: bool = False, force: bool = 
     start = prepare_folder(out, config, resume, force)
     if start > config.train.epochs:
         return _read_json(out / "manifest.json")
+    t0 = time.perf_counter()
+    data = build_run_data(config, progress=progress)  # bad data fails here, before the folder holds anything
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", dump_config(config))
-    t0 = time.perf_counter()
-    data = build_run_data(config, progress=progress)
     manifest = _manifest(config, data, out)
     manifest["timings"]["data_seconds"] = round(time.perf_counter() - t0, 3)
     write_json(out / "manifest.json", manifest)
