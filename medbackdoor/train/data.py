@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medbackdoor.config import RunConfig
-from medbackdoor.data import ChestXrayDataset, Preprocess, create_dataset
+from medbackdoor.data import DATASETS, ChestXrayDataset, Preprocess, create_dataset
 from medbackdoor.data.cache import load_images
 from medbackdoor.errors import UserError
 from medbackdoor.labels import label_index
@@ -22,7 +22,7 @@ DATA_SEED = 0  # splits and subsets stay the same across training seeds
 class RunData:
     dataset: ChestXrayDataset
     images: np.ndarray
-    train: PoisonedDataset | ImageSplit
+    train: PoisonedDataset
     val: ImageSplit
     val_poisoned: PoisonedDataset | None
     test_rows: np.ndarray
@@ -33,9 +33,7 @@ class RunData:
     survival: dict
 
     def counts(self) -> dict:
-        poisoned = len(self.train.poisoned) if isinstance(self.train, PoisonedDataset) else 0
-        return {"train": len(self.train.base) if poisoned or isinstance(self.train, PoisonedDataset)
-                else len(self.train), "train_samples": len(self.train), "poisoned": poisoned,
+        return {"train": len(self.train.base), "train_samples": len(self.train), "poisoned": len(self.train.poisoned),
                 "val": len(self.val), "test": len(self.test_rows), "missing": int(self.dataset.missing)}
 
 
@@ -43,7 +41,6 @@ def build_dataset(config: RunConfig) -> ChestXrayDataset:
     cfg = config.dataset
     options = {"root": cfg.root, "limit": cfg.limit, "val_fraction": cfg.val_fraction, "split": cfg.split,
                "seed": DATA_SEED, **cfg.options}
-    from medbackdoor.data import DATASETS
     accepted = inspect.signature(DATASETS.get(cfg.name)).parameters
     if cfg.split == "auto" or "split" not in accepted:
         options.pop("split")
