@@ -69,3 +69,24 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED
+
+
+def nih_layout_from_sample(shared: Path, root: Path):
+    """The 16 real 1024² originals of ``nih-real-sample`` laid out as the NIH release (one of them is RGBA)."""
+    import csv
+
+    from medbackdoor.data import NIHChestXray14
+
+    src = shared / "nih-real-sample"
+    (root / "images_001").mkdir(parents=True)
+    (root / "images_001" / "images").symlink_to(src / "source_1024")
+    names = sorted(p.name for p in (src / "source_1024").glob("*.png"))
+    with open(src / "labels.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["Image Index"] in names]
+    with open(root / "Data_Entry_2017_v2020.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (root / "test_list.txt").write_text("\n".join(names[:3]) + "\n")
+    (root / "train_val_list.txt").write_text("\n".join(names[3:]) + "\n")
+    return NIHChestXray14(root, val_fraction=0.2)

@@ -96,3 +96,16 @@ def test_source_stage_survival_depends_on_preprocessing(cache_dir):
     clean = load_images(ds, 32, prep, cache_dir, workers=0, progress=False)
     out, survived = triggered_images(ds, rows, clean[rows], SquareTrigger(8), "source", 0, TRAIN_STREAM, prep)
     assert survived.all() and out.shape == (12, 32, 32)
+
+
+def test_paper_code_preprocessing_drops_small_centre_triggers(shared_data, tmp_path, cache_dir):
+    """Real 1024² NIH files, the paper code's 60% centre crop and nearest resize to 224: 1×1 and 2×2 vanish."""
+    from tests.conftest import nih_layout_from_sample
+
+    ds = nih_layout_from_sample(shared_data, tmp_path)
+    rows = np.arange(6)
+    prep = Preprocess(crop=0.6, resize="nearest")
+    clean = load_images(ds, 224, prep, cache_dir, workers=0, progress=False)
+    survival = {s: triggered_images(ds, rows, clean[rows], SquareTrigger(s), "source", 0, TRAIN_STREAM, prep)[1]
+                for s in (1, 2, 3)}
+    assert not survival[1].any() and not survival[2].any() and survival[3].all()
