@@ -37,6 +37,15 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON object from a file; ``{}`` when the file is missing or not valid JSON (e.g. a run never started)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write_rows(path: str | os.PathLike, rows: list[dict]) -> None:
     """A CSV with one row per dict (columns from the first), floats with 6 significant digits, atomically."""
     buf = io.StringIO()

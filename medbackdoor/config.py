@@ -7,6 +7,7 @@ data, still evaluated with the trigger on the test set: the paper's "Clean" colu
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -202,7 +203,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def config_from_data(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Validate a nested dict (plus ``dotted.key=value`` overrides) into a :class:`RunConfig`."""
-    import copy
     data = copy.deepcopy(data)
     for assignment in overrides:
         set_dotted(data, assignment)

@@ -6,10 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from medbackdoor.study.aggregate import metric_extremes
-
-ROWS = (("asr_0.6", "ASR(p=0.6)"), ("asr_0.9", "ASR(p=0.9)"), ("auroc_tt", "AUROC-TT"), ("auroc_nn", "AUROC-NN"),
-        ("auroc_tn", "AUROC-TN"))
+from medbackdoor.study.aggregate import TABLE_ROWS, metric_extremes
 
 
 def add_parser(sub) -> None:
@@ -27,11 +24,11 @@ def run(args: argparse.Namespace) -> int:
     names = [Path(k).name for k in table]
     width = max(12, *(len(n) for n in names))
     print(f"{'max over epochs':<16}" + "".join(f"{n:>{width + 2}}" for n in names))
-    for key, label in ROWS:
+    for key, label in TABLE_ROWS:
         cells = "".join(f"{table[k].get(key, {}).get('max', float('nan')):>{width + 2}.3f}" for k in table)
         print(f"{label:<16}{cells}")
     print(f"{'min over epochs':<16}")
-    for key, label in ROWS:
+    for key, label in TABLE_ROWS:
         cells = "".join(f"{table[k].get(key, {}).get('min', float('nan')):>{width + 2}.3f}" for k in table)
         print(f"{label:<16}{cells}")
     return 0

@@ -16,8 +16,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from medbackdoor._io import read_json
 from medbackdoor.errors import UserError
 
+# The five metrics of the paper's tables, in its row order, with their printed names.
+TABLE_ROWS = (("asr_0.6", "ASR(p=0.6)"), ("asr_0.9", "ASR(p=0.9)"), ("auroc_tt", "AUROC-TT"),
+              ("auroc_nn", "AUROC-NN"), ("auroc_tn", "AUROC-TN"))
 NOT_A_CONDITION = {"train.seed", "train.workers", "train.device", "cache_dir", "eval.batch_size",
                    "train.keep_checkpoints"}
 
@@ -65,7 +69,7 @@ def read_runs(sweep_dir: Path) -> tuple[list[RunRecord], list[str]]:
         raise UserError(f"{sweep_dir} has no runs/ folder: is it the --out of a sweep?")
     records, notes = [], []
     for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        manifest = _json(folder / "manifest.json")
+        manifest = read_json(folder / "manifest.json")
         status = manifest.get("status", "unknown")
         if status != "complete" or not (folder / "config.yaml").is_file():
             notes.append(f"run {folder.name} is {status}" + (f": {manifest['error']}" if manifest.get("error") else "")
@@ -106,10 +110,3 @@ def _short(condition: dict) -> dict:
     """The trigger keys every table is laid out by, as plain columns."""
     return {"size": condition.get("trigger.size"), "location": condition.get("trigger.location"),
             "fraction": condition.get("trigger.fraction")}
-
-
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return {}

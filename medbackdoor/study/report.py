@@ -9,10 +9,8 @@ import pandas as pd
 
 from medbackdoor._io import atomic_path, save_figure, write_text
 from medbackdoor.study import paper_values as paper
-from medbackdoor.study.aggregate import condition_table, read_runs, runs_table
+from medbackdoor.study.aggregate import TABLE_ROWS, condition_table, read_runs, runs_table
 
-ROWS = (("asr_0.6", "ASR(p=0.6)"), ("asr_0.9", "ASR(p=0.9)"), ("auroc_tt", "AUROC-TT"), ("auroc_nn", "AUROC-NN"),
-        ("auroc_tn", "AUROC-TN"))
 PREFERRED_SIZE = 3
 
 
@@ -44,10 +42,10 @@ def table1(cond: pd.DataFrame, stat: str) -> pd.DataFrame | None:
         int(clean["size"].iloc[0]) if not clean.empty else None)
     table = {}
     if clean_size is not None:
-        table["Clean"] = [_fmt(_lookup(cond, m, stat, fraction=0.0, size=clean_size)) for m, _ in ROWS]
+        table["Clean"] = [_fmt(_lookup(cond, m, stat, fraction=0.0, size=clean_size)) for m, _ in TABLE_ROWS]
     for s in sizes:
-        table[f"{s}x{s} px"] = [_fmt(_lookup(poisoned, m, stat, size=s)) for m, _ in ROWS]
-    return pd.DataFrame(table, index=[label for _, label in ROWS])
+        table[f"{s}x{s} px"] = [_fmt(_lookup(poisoned, m, stat, size=s)) for m, _ in TABLE_ROWS]
+    return pd.DataFrame(table, index=[label for _, label in TABLE_ROWS])
 
 
 def _compare_size(cond: pd.DataFrame) -> int | None:
@@ -67,8 +65,8 @@ def table2(cond: pd.DataFrame) -> pd.DataFrame | None:
     cols = {}
     for loc, title in (("center", "Fixed"), ("random", "Random")):
         for stat, name in (("min", "Minimum"), ("max", "Maximum")):
-            cols[f"{title} {name}"] = [_fmt(_lookup(p, m, stat, location=loc)) for m, _ in ROWS]
-    return pd.DataFrame(cols, index=[label for _, label in ROWS])
+            cols[f"{title} {name}"] = [_fmt(_lookup(p, m, stat, location=loc)) for m, _ in TABLE_ROWS]
+    return pd.DataFrame(cols, index=[label for _, label in TABLE_ROWS])
 
 
 def table3(cond: pd.DataFrame) -> pd.DataFrame | None:
@@ -151,15 +149,15 @@ def figure3(cond: pd.DataFrame, folder: Path) -> bool:
 
 
 def paper_table1() -> pd.DataFrame:
-    cols = {("Clean" if k == "clean" else f"{k}x{k} px"): [cell(*v[m]) for m, _ in ROWS]
+    cols = {("Clean" if k == "clean" else f"{k}x{k} px"): [cell(*v[m]) for m, _ in TABLE_ROWS]
             for k, v in paper.TABLE1_MAX.items()}
-    return pd.DataFrame(cols, index=[label for _, label in ROWS])
+    return pd.DataFrame(cols, index=[label for _, label in TABLE_ROWS])
 
 
 def paper_table2() -> pd.DataFrame:
     cols = {f"{'Fixed' if loc == 'center' else 'Random'} {'Minimum' if st == 'min' else 'Maximum'}":
-            [cell(*v[m]) for m, _ in ROWS] for (loc, st), v in paper.TABLE2.items()}
-    return pd.DataFrame(cols, index=[label for _, label in ROWS])
+            [cell(*v[m]) for m, _ in TABLE_ROWS] for (loc, st), v in paper.TABLE2.items()}
+    return pd.DataFrame(cols, index=[label for _, label in TABLE_ROWS])
 
 
 def paper_table3() -> pd.DataFrame:

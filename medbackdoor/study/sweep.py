@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from medbackdoor._io import write_json, write_text
+from medbackdoor._io import read_json, write_json, write_text
 from medbackdoor.config import config_from_data, dump_config, read_yaml, resolve_config_path, set_dotted
 from medbackdoor.errors import UserError
 
@@ -118,9 +118,8 @@ def _apply(base: dict, point: dict) -> dict:
 
 def run_state(folder: Path) -> str:
     """``new``, ``complete``, ``failed: ...`` or ``partial (k epochs)``, read from the run folder."""
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-    except (FileNotFoundError, ValueError):
+    manifest = read_json(folder / "manifest.json")
+    if not manifest:
         return "new"
     status = manifest.get("status")
     if status == "complete":
@@ -191,10 +190,7 @@ def _run_one(data: dict, folder: str, threads: int) -> dict:
 
 def _record_failure(folder: Path, data: dict, error: str, trace: str) -> None:
     manifest_path = folder / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (FileNotFoundError, ValueError):
-        manifest = {"config": data}
+    manifest = read_json(manifest_path) or {"config": data}
     manifest.update({"status": "failed", "error": error, "traceback": trace})
     folder.mkdir(parents=True, exist_ok=True)
     write_json(manifest_path, manifest)

@@ -20,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 import medbackdoor
-from medbackdoor._io import atomic_path, write_json, write_rows, write_text
-from medbackdoor.config import RunConfig, dump_config, from_dict
+from medbackdoor._io import atomic_path, read_json, write_json, write_rows, write_text
+from medbackdoor.config import RunConfig, dump_config, load_config
 from medbackdoor.errors import UserError
 from medbackdoor.labels import LABELS
 from medbackdoor.metrics import backdoor_metrics, micro_auroc, save_predictions
@@ -70,7 +70,7 @@ def _config_diff(a: dict, b: dict, prefix: tuple = ()) -> str | None:
 
 def prepare_folder(out: Path, config: RunConfig, resume: bool, force: bool) -> int:
     """Check the run folder and return the first epoch to train (1 for a fresh run)."""
-    manifest = _read_json(out / "manifest.json")
+    manifest = read_json(out / "manifest.json")
     if not (out / "config.yaml").exists():
         return 1
     if force:
@@ -79,8 +79,7 @@ def prepare_folder(out: Path, config: RunConfig, resume: bool, force: bool) -> i
         for name in ("predictions", "checkpoints"):
             shutil.rmtree(out / name, ignore_errors=True)
         return 1
-    import yaml
-    previous = from_dict(RunConfig, yaml.safe_load((out / "config.yaml").read_text()))
+    previous = load_config(out / "config.yaml")
     diff = _config_diff(previous.to_dict(), config.to_dict())
     if diff:
         raise UserError(f"{out} holds a run with a different config: {diff}; use another --out or --force")
@@ -102,14 +101,6 @@ def last_complete_epoch(out: Path) -> int:
         if (out / "checkpoints" / f"epoch_{epoch:03d}.pt").exists():
             done = max(done, epoch)
     return done
-
-
-def _read_json(path: Path) -> dict:
-    import json
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
 
 
 def _git_commit() -> str | None:
@@ -151,7 +142,7 @@ def run(config: RunConfig, out: str | Path, resume: bool = False, force: bool = 
     out = Path(out)
     start = prepare_folder(out, config, resume, force)
     if start > config.train.epochs:
-        return _read_json(out / "manifest.json")
+        return read_json(out / "manifest.json")
     t0 = time.perf_counter()
     data = build_run_data(config, progress=progress)  # bad data fails here, before the folder holds anything
     out.mkdir(parents=True, exist_ok=True)
@@ -172,7 +163,7 @@ def run(config: RunConfig, out: str | Path, resume: bool = False, force: bool = 
 
 
 def _manifest(config: RunConfig, data: RunData, out: Path) -> dict:
-    previous = _read_json(out / "manifest.json")
+    previous = read_json(out / "manifest.json")
     device = pick_device(config.train.device)
     return {
         "status": "running",
