@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"medbackdoor: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into a reader that stopped (`| head`): not an error of ours
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("medbackdoor: interrupted", file=sys.stderr)
         return 130
