@@ -52,6 +52,7 @@ class TriggerConfig:
     fraction: float = 0.4
     mode: str = "replace"
     stage: str = "input"
+    seed: int | None = None
 
 
 @dataclass
@@ -69,6 +70,7 @@ class TrainConfig:
     lr_factor: float = 0.1
     keep_checkpoints: list[int] | None = None
     device: str = "auto"
+    deterministic: bool = False
 
 
 @dataclass
@@ -92,6 +94,18 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def attack_seed(self) -> int:
+        """The seed of every attack-side draw (poisoned subset, trigger placement, mixed-ε test subsets):
+        ``trigger.seed`` when set, else ``train.seed`` (the paper's seeds varied both)."""
+        return self.train.seed if self.trigger.seed is None else self.trigger.seed
+
+
+# Config keys that change no number a run writes: where it runs, how fast, what it keeps on disk. Resuming a run
+# and grouping runs into conditions both ignore them (resume also lets ``train.epochs`` grow: epoch k's numbers do
+# not depend on how many epochs follow).
+NEUTRAL_KEYS = frozenset({"train.workers", "train.device", "cache_dir", "eval.batch_size", "train.keep_checkpoints"})
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -227,6 +241,28 @@ def validate(config: RunConfig) -> None:
     for key in ("epochs", "batch_size"):
         if getattr(config.train, key) < 1:
             raise UserError(f"train.{key} must be at least 1")
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """A nested config dict as ``{dotted.key: value}`` (empty sections and mappings kept as values)."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_diff(a: RunConfig, b: RunConfig, ignore: frozenset[str] | set[str] = NEUTRAL_KEYS) -> str | None:
+    """The first key (dotted) whose value differs between two configs, as ``key (a there, b now)``; else None."""
+    fa, fb = flatten(a.to_dict()), flatten(b.to_dict())
+    for key in sorted(set(fa) | set(fb)):
+        if key in ignore or any(key.startswith(f"{i}.") for i in ignore):
+            continue
+        if fa.get(key) != fb.get(key):
+            return f"{key} ({fa.get(key)!r} there, {fb.get(key)!r} now)"
+    return None
 
 
 def dump_config(config: RunConfig) -> str:

@@ -2,8 +2,11 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from medbackdoor.cli import main
+from medbackdoor.cli._common import alias_overrides, config_from_args
+from medbackdoor.cli.main import build_parser
 from medbackdoor.metrics import backdoor_metrics, save_predictions
 from tests.conftest import make_nih
 
@@ -36,6 +39,15 @@ def test_data_check_names_corrupt_file(tmp_path, capsys):
     (["data", "check", "--dataset", "mnist"], "unknown dataset"),
     (["data", "check", "--dataset", "nih"], "--data-root"),
     (["data", "check", "--dataset", "nih", "--data-root", "/nonexistent/x"], "does not exist"),
+    (["data", "check", "--set", "dataset.name=mnist"], "unknown dataset"),
+    (["data", "check", "--set", "dataset.limit=many"], "dataset.limit"),
+    (["data", "check", "--set", "dataset.colour=gray"], "unknown config key dataset.colour"),
+    (["data", "check", "--data-option", "n_images"], "KEY=VALUE"),
+    (["data", "check", "--data-option", "colour=gray"], "bad option for dataset synthetic"),
+    (["data", "check", "--config", "nope.yaml"], "does not exist"),
+    (["data", "cache", "--image-size", "16"], "image_size must be at least 32"),
+    (["data", "cache", "--crop", "1.5"], "preprocess.crop"),
+    (["data", "cache", "--set", "preprocess.resize=cubic"], "preprocess.resize"),
     (["poison", "preview", "--set", "trigger.target=Covid", "--out", "OUT", "--set", "dataset.options.n_images=30"],
      "valid names"),
     (["poison", "preview", "--set", "trigger.fraction=1.5", "--out", "OUT"], "fraction"),
@@ -108,3 +120,56 @@ def test_data_cache_command(nih_root, tmp_path, capsys):
     assert code == 0 and out.startswith("built")
     code, out, _ = run(capsys, *args)
     assert code == 0 and out.startswith("reused")
+
+
+def test_data_check_set_and_config_agree_with_shorthands(nih_root, tmp_path, capsys):
+    config = tmp_path / "nih.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"name": "nih", "root": str(nih_root), "limit": 5}}))
+    ways = [
+        ["--dataset", "nih", "--data-root", str(nih_root), "--limit", "5"],
+        ["--set", "dataset.name=nih", "--set", f"dataset.root={nih_root}", "--set", "dataset.limit=5"],
+        ["--config", str(config)],
+        ["--config", str(config), "--limit", "7", "--set", "dataset.limit=5"],  # an explicit --set wins
+        ["--dataset", "synthetic", "--set", "dataset.name=nih", "--data-root", str(nih_root), "--limit", "5"],
+    ]
+    reports = []
+    for way in ways:
+        code, out, err = run(capsys, "data", "check", *way, "--json", "--workers", "0")
+        assert code == 0, err
+        reports.append(json.loads(out))
+    assert all(r == reports[0] for r in reports)
+    assert reports[0]["dataset"] == "nih" and all(s["images"] <= 5 for s in reports[0]["splits"].values())
+
+
+def test_data_cache_reads_the_run_config(tmp_path, capsys):
+    cache = tmp_path / "c"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"options": {"n_images": 30, "source_size": 48}}, "image_size": 32,
+                                      "preprocess": {"crop": 0.6, "resize": "nearest"}, "cache_dir": str(cache)}))
+    code, out, err = run(capsys, "data", "cache", "--config", str(config), "--workers", "0")
+    assert code == 0 and out.startswith(f"built {cache}"), err
+    assert len(list(cache.glob("synthetic-32px-*.npy"))) == 1
+    # the same data spelled with shorthands and with --set: the same cache file, reused
+    shorthand = ["--data-option", "n_images=30", "--data-option", "source-size=48", "--image-size", "32", "--crop",
+                 "0.6", "--resize", "nearest", "--cache-dir", str(cache)]
+    sets = ["dataset.options.n_images=30", "dataset.options.source_size=48", "image_size=32", "preprocess.crop=0.6",
+            "preprocess.resize=nearest", f"cache_dir={cache}"]
+    for way in (shorthand, sum((["--set", s] for s in sets), [])):
+        code, out, err = run(capsys, "data", "cache", *way, "--workers", "0")
+        assert code == 0 and out.startswith(f"reused {cache}") and "at 32px" in out, err
+    # flags left out do not clobber the config file's values; a shorthand overrides them
+    code, out, _ = run(capsys, "data", "cache", "--config", str(config), "--resize", "area", "--workers", "0")
+    assert code == 0 and out.startswith("built")
+    assert len(list(cache.glob("synthetic-32px-*.npy"))) == 2
+
+
+def test_shorthands_are_set_overrides_applied_before_explicit_sets():
+    args = build_parser().parse_args([
+        "data", "cache", "--set", "image_size=48", "--image-size", "32", "--data-root", "2020", "--crop", "0.5",
+        "--data-option", "split=official", "--data-option", "n-images=9"])
+    assert alias_overrides(args) == ['dataset.root="2020"', "image_size=32", "preprocess.crop=0.5",
+                                     "dataset.split=official", "dataset.options.n_images=9"]
+    config = config_from_args(args)
+    assert config.image_size == 48 and config.dataset.root == "2020" and config.dataset.split == "official"
+    assert config.dataset.options == {"n_images": 9} and config.preprocess.crop == 0.5
+    assert alias_overrides(build_parser().parse_args(["data", "check"])) == []

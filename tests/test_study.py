@@ -124,3 +124,12 @@ def test_bad_sweep_files(tmp_path, capsys):
     bad.write_text(yaml.safe_dump({"grid": {"trigger.sise": [3]}}))
     assert main(["sweep", str(bad), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
     assert "trigger.sise" in capsys.readouterr().err
+
+
+def test_sweep_and_reproduce_exit_non_zero_when_a_run_failed(study, capsys):
+    spec, out, _ = study
+    assert main(["sweep", str(spec), "--out", str(out)]) == 1  # the failed point is retried and fails again
+    err = capsys.readouterr().err
+    assert "1 of 9 runs failed" in err and "size-40_seed-0" in err
+    assert str(out / "runs" / "size-40_seed-0" / "manifest.json") in err
+    assert main(["sweep", str(spec), "--out", str(out), "--dry-run"]) == 0

@@ -1,4 +1,8 @@
-"""``medbackdoor data check`` and ``medbackdoor data cache``."""
+"""``medbackdoor data check`` and ``medbackdoor data cache``: the data of a run config, checked or cached.
+
+Both read the same ``--config`` / ``--set`` keys as ``medbackdoor run``, so ``data cache --config paper`` builds
+exactly the cache a paper run reads. ``--dataset``, ``--data-root``, ... are shorthands for ``--set`` keys.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,12 @@ import argparse
 from medbackdoor.cli._common import (
     add_dataset_args,
     add_preprocess_args,
-    dataset_from_args,
-    preprocess_from_args,
+    config_from_args,
+    dataset_from_config,
+    preprocess_from_config,
     print_json,
 )
+from medbackdoor.cli.run_cmd import add_config_args
 from medbackdoor.data.cache import build_cache, cache_path, load_images
 from medbackdoor.data.check import check_dataset
 from medbackdoor.errors import UserError
@@ -18,22 +24,25 @@ from medbackdoor.labels import LABELS
 
 
 def add_parser(sub) -> None:
-    data = sub.add_parser("data", help="validate and cache datasets")
+    data = sub.add_parser("data", help="validate and cache the dataset of a run config")
     verbs = data.add_subparsers(dest="verb", required=True, parser_class=type(data))
     check = verbs.add_parser("check", help="decode every image, parse labels and splits, print counts")
+    add_config_args(check)
     add_dataset_args(check)
     check.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
     check.add_argument("--json", action="store_true", help="print JSON")
     check.set_defaults(func=run_check)
-    cache = verbs.add_parser("cache", help="build (or reuse) the preprocessed cache of a dataset")
+    cache = verbs.add_parser("cache", help="build (or reuse) the preprocessed cache a run of this config reads")
+    add_config_args(cache)
     add_dataset_args(cache)
     add_preprocess_args(cache)
+    cache.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
     cache.add_argument("--rebuild", action="store_true", help="build again even if a valid cache exists")
     cache.set_defaults(func=run_cache)
 
 
 def run_check(args: argparse.Namespace) -> int:
-    dataset = dataset_from_args(args)
+    dataset = dataset_from_config(config_from_args(args))
     report = check_dataset(dataset, workers=args.workers, progress=not args.json)
     if report["corrupt"]:
         first = report["corrupt"][0]["error"]
@@ -61,14 +70,14 @@ def format_report(report: dict) -> str:
 
 
 def run_cache(args: argparse.Namespace) -> int:
-    dataset = dataset_from_args(args)
-    prep = preprocess_from_args(args)
-    path = cache_path(dataset, args.image_size, prep, args.cache_dir)
+    config = config_from_args(args)
+    dataset, prep, size = dataset_from_config(config), preprocess_from_config(config), config.image_size
+    path = cache_path(dataset, size, prep, config.cache_dir)
     if args.rebuild or not path.exists():
-        info = build_cache(dataset, args.image_size, prep, path, args.workers)
+        info = build_cache(dataset, size, prep, path, args.workers)
         print(f"built {path}: {info['images']} images in {info['seconds']:.1f} s "
               f"({info['images_per_second']:.0f} img/s)")
     else:
-        images = load_images(dataset, args.image_size, prep, args.cache_dir)
-        print(f"reused {path}: {images.shape[0]} images at {args.image_size}px")
+        images = load_images(dataset, size, prep, config.cache_dir)
+        print(f"reused {path}: {images.shape[0]} images at {size}px")
     return 0

@@ -33,7 +33,7 @@ def run_preview(args: argparse.Namespace) -> int:
     train = data.train
     order = train.order[: args.show]
     clean = np.stack([train.base[int(i)]["image"] for i in order]) if len(order) else None
-    infected = np.stack([train.triggered[int(i)] for i in order]) if len(order) else None
+    infected = np.stack([train.infect(int(i))["image"] for i in order]) if len(order) else None
     summary = {
         "dataset": data.dataset.name, **data.counts(), "mode": t.mode, "stage": t.stage,
         "target": LABELS[data.target], "trigger": repr(data.trigger), "trigger_survival": data.survival,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from medbackdoor.errors import UserError
@@ -42,12 +43,21 @@ def _run(args: argparse.Namespace, sweep: str) -> list[dict]:
     return results
 
 
+def report_failures(out: Path, results: list[dict]) -> int:
+    """Print each failed run and where its error is; the exit code: 1 if any run failed, else 0."""
+    failed = [r for r in results if r.get("status") == "failed"]
+    if not failed:
+        return 0
+    print(f"{len(failed)} of {len(results)} runs failed:", file=sys.stderr)
+    for r in failed:
+        print(f"  {r['name']}: {r.get('error')} (traceback in {Path(r['folder']) / 'manifest.json'})",
+              file=sys.stderr)
+    return 1
+
+
 def run_sweep_cmd(args: argparse.Namespace) -> int:
     results = _run(args, args.sweep)
-    failed = [r for r in results if r.get("status") == "failed"]
-    if failed:
-        print(f"{len(failed)} of {len(results)} runs failed; their errors are in their manifest.json")
-    return 0
+    return 0 if args.dry_run else report_failures(args.out, results)
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -65,13 +75,20 @@ FIGURE1_RUNS = ("size-3_seed-0", "fraction-0.0_seed-0")  # the paper's Figure 1:
 
 
 def explain_figure_runs(out: Path, results: list[dict]) -> None:
-    """Grad-CAM (Figure 1 and localisation numbers) for the seed-0 3×3 run and its clean control."""
-    from medbackdoor.explain.run_explain import explain_run
+    """Grad-CAM (Figure 1 and localisation numbers) for the trigger model and its clean control.
 
-    done = {r["name"] for r in results if r.get("status") in ("complete", "skipped (complete)")}
-    for name in FIGURE1_RUNS:
-        folder = out / "runs" / name
-        if name in done and not (folder / "explain" / "localisation.csv").exists():
+    A sweep with a ``figure1`` pair (trained at a resolution where the last layer is at least 4×4) is explained
+    there; otherwise the seed-0 3×3 run of the grid and its clean control are.
+    """
+    from medbackdoor.explain.run_explain import explain_run
+    from medbackdoor.study.sweep import FIGURE_DIR
+
+    done = {r["name"]: Path(r["folder"]) for r in results if r.get("status") in ("complete", "skipped (complete)")}
+    pair = [f"{FIGURE_DIR}/trigger", f"{FIGURE_DIR}/clean"]
+    names = pair if any(n in done for n in pair) else FIGURE1_RUNS
+    for name in names:
+        folder = done.get(name)
+        if folder is not None and not (folder / "explain" / "localisation.csv").exists():
             explain_run(folder)
             print(f"explained {name}: {folder / 'explain' / 'figure1.png'}")
 
@@ -87,4 +104,4 @@ def run_reproduce(args: argparse.Namespace) -> int:
     path = build_report(args.out, sweep_cuts(args.out))
     failed = sum(r.get("status") == "failed" for r in results)
     print(f"{len(results) - failed} of {len(results)} runs complete; report: {path}")
-    return 0
+    return report_failures(args.out, results)

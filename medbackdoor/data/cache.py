@@ -3,12 +3,15 @@
 One file per (dataset fingerprint, resolution, preprocessing), so it is shared by every run and seed that uses
 the same data, and rebuilt when the source files, the table or the preprocessing change (the key is a hash of
 all three). The array is written to a temporary file and renamed into place when complete, so an interrupted
-build never leaves a cache that looks finished.
+build never leaves a cache that looks finished, and it is built under a file lock, so processes that need the same
+cache at once (``sweep --jobs N``) build it once and all read the same bytes.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -16,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from medbackdoor._io import atomic_path, write_json
@@ -56,27 +60,58 @@ def load_images(dataset: ChestXrayDataset, size: int, prep: Preprocess | None = 
     """
     prep = prep or Preprocess()
     path = cache_path(dataset, size, prep, cache_dir)
-    if not path.exists():
-        build_cache(dataset, size, prep, path, workers, progress)
+    ensure_cache(dataset, size, prep, path, workers, progress)
     return np.load(path, mmap_mode="r")
+
+
+def lock_for(path: Path) -> FileLock:
+    """The inter-process lock that guards building ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock")
+
+
+def ensure_cache(dataset: ChestXrayDataset, size: int, prep: Preprocess, path: Path, workers: int | None = None,
+                 progress: bool = True) -> bool:
+    """Build the cache at ``path`` unless it exists; True when this call built it.
+
+    Holds :func:`lock_for` while checking and building: a second process waits for the first and then reuses
+    its file instead of building the same cache again.
+    """
+    if path.exists():
+        return False
+    with lock_for(path):
+        if path.exists():
+            return False
+        build_cache(dataset, size, prep, path, workers, progress)
+        return True
 
 
 def build_cache(dataset: ChestXrayDataset, size: int, prep: Preprocess, path: Path, workers: int | None = None,
                 progress: bool = True) -> dict:
     """Write the cache array to ``path`` atomically; returns timing info (also saved beside it as JSON)."""
     start = time.perf_counter()
-    with atomic_path(path, suffix=".npy") as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(dataset), size, size))
-        for lo, block in _map_chunks(dataset, range(len(dataset)), size, prep, workers, progress,
-                                     desc=f"caching {dataset.name} at {size}px"):
-            out[lo : lo + len(block)] = block
-        out.flush()
-        del out
+    write_memmap(path, dataset, range(len(dataset)), size, prep, workers=workers, progress=progress,
+                 desc=f"caching {dataset.name} at {size}px")
     seconds = time.perf_counter() - start
     info = {"images": len(dataset), "size": size, "preprocess": prep.as_dict(), "seconds": round(seconds, 3),
             "images_per_second": round(len(dataset) / max(seconds, 1e-9), 1), "fingerprint": dataset.fingerprint()}
     write_json(path.with_suffix(".json"), info)
     return info
+
+
+def write_memmap(path: Path, dataset: ChestXrayDataset, indices, size: int, prep: Preprocess, transform=None,
+                 workers: int | None = 0, progress: bool = False, desc: str = "preprocessing") -> None:
+    """Preprocess ``indices`` (after ``transform(source, index)``) straight into a ``.npy`` at ``path``, atomically.
+
+    Blocks go to disk as they are made, so memory stays flat whatever the number of images.
+    """
+    indices = list(indices)
+    with atomic_path(path, suffix=".npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(indices), size, size))
+        for lo, block in _map_chunks(dataset, indices, size, prep, workers, progress, desc, transform):
+            out[lo : lo + len(block)] = block
+        out.flush()
+        del out
 
 
 def preprocess_indices(dataset: ChestXrayDataset, indices, size: int, prep: Preprocess, transform=None,
@@ -114,10 +149,19 @@ def _map_chunks(dataset, indices, size, prep, workers, progress, desc, transform
             bar.update(len(block))
     else:
         with ProcessPoolExecutor(workers) as pool:
-            futures = [pool.submit(_work, dataset, c, size, prep, transform) for c in chunks]
-            for fut in futures:
-                block = fut.result()
+            # At most 2 chunks per worker in flight, and each result dropped once yielded: memory stays at a few
+            # blocks however many images there are (holding every future would hold every block).
+            pending = collections.deque()
+            todo = iter(chunks)
+            for c in itertools.islice(todo, 2 * workers):
+                pending.append(pool.submit(_work, dataset, c, size, prep, transform))
+            while pending:
+                block = pending.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.submit(_work, dataset, nxt, size, prep, transform))
                 yield offset, block
                 offset += len(block)
                 bar.update(len(block))
+                del block
     bar.close()

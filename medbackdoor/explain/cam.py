@@ -83,6 +83,7 @@ class BaseCAM:
         self.module = resolve_layer(model, layer)
         self._handle = None
         self._activation: torch.Tensor | None = None
+        self.map_size: tuple[int, int] | None = None  # the layer's spatial size, known after the first batch
 
     def channel_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         """B×K weights of the K feature maps (the one hook to override)."""
@@ -129,6 +130,7 @@ class BaseCAM:
             act = self._activation
             (grads,) = torch.autograd.grad(chosen.sum(), act)
         act, grads = act.detach().float(), grads.detach().float()
+        self.map_size = (int(act.shape[-2]), int(act.shape[-1]))
         weights = self.channel_weights(act, grads)
         cam = F.relu((weights[:, :, None, None] * act).sum(1, keepdim=True))
         cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from medbackdoor._io import save_figure, write_rows
-from medbackdoor.config import load_config
 from medbackdoor.errors import UserError
 from medbackdoor.explain.cam import CAMS
 from medbackdoor.explain.localise import (
@@ -19,27 +18,18 @@ from medbackdoor.explain.localise import (
     pointing_game,
     trigger_boxes,
 )
-from medbackdoor.labels import LABELS
-from medbackdoor.models import create_model
-from medbackdoor.train.data import build_run_data
+from medbackdoor.labels import LABELS, label_index
+from medbackdoor.rundir import RunDir
+from medbackdoor.train.data import build_test_data
 from medbackdoor.train.loop import pick_device, predict
-
-
-def available_epochs(run_dir: Path) -> list[int]:
-    return sorted(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("epoch_*.pt"))
-
-
-def load_epoch(run_dir: Path, config, epoch: int, device) -> torch.nn.Module:
-    model = create_model(config.model.arch, "none")
-    state = torch.load(run_dir / "checkpoints" / f"epoch_{epoch:03d}.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
 
 
 def explain_run(run_dir: str | Path, epochs: list[int] | None = None, layers: tuple[str, ...] = ("last", "middle"),
                 images: int = 200, target: str = "target", method: str = "gradcam", score: str = "logit",
                 dilate: int = 2, figure_image: int | None = None, batch_size: int = 32) -> dict:
     """Compute maps for clean and infected test images at each (epoch, layer); write CSV and Figure 1.
+
+    Only the test split and the trigger are rebuilt (from the cache); the training set is not.
 
     Args:
         run_dir: a folder written by ``medbackdoor run``.
@@ -52,47 +42,48 @@ def explain_run(run_dir: str | Path, epochs: list[int] | None = None, layers: tu
         dilate: px added around the trigger box for mass-in-box and the pointing game.
         figure_image: which of the chosen images Figure 1 shows (default: the first without the target class).
     """
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
-    config = load_config(run_dir / "config.yaml")
-    have = available_epochs(run_dir)
+    run = RunDir(run_dir)
+    config = run.config()
+    have = run.checkpoint_epochs()
     epochs = epochs or have
     missing = [e for e in epochs if e not in have]
     if not have or missing:
-        raise UserError(f"{run_dir} has no checkpoint for epoch(s) {missing or epochs}; available: {have}")
-    data = build_run_data(config, progress=False)
-    boxes_all = trigger_boxes(data.test_clean, data.test_triggered)
-    chosen = np.flatnonzero(boxes_all[:, 0] >= 0)[:images]
+        raise UserError(f"{run.path} has no checkpoint for epoch(s) {missing or epochs}; available: {have}")
+    test = build_test_data(config)
+    attacked = label_index(config.trigger.target)
+    chosen = np.flatnonzero(test.survived)[:images]
     if not len(chosen):
         raise UserError("the trigger changed no test image at model resolution: nothing to localise")
-    clean, infected = data.test_clean[chosen], data.test_triggered[chosen]
-    masks = box_masks(boxes_all[chosen], clean.shape[-2:], dilate)
-    y_true = data.dataset.labels[data.test_rows[chosen]]
-    show = figure_image if figure_image is not None else int(np.argmax(y_true[:, data.target] == 0))
+    clean, infected = test.clean[chosen], np.asarray(test.triggered[chosen])
+    boxes = trigger_boxes(clean, infected)
+    masks = box_masks(boxes, clean.shape[-2:], dilate)
+    y_true = test.labels[chosen]
+    show = figure_image if figure_image is not None else int(np.argmax(y_true[:, attacked] == 0))
     device = pick_device(config.train.device)
-    rows, panels = [], {}
+    rows, panels, sizes = [], {}, {}
     for epoch in epochs:
-        model = load_epoch(run_dir, config, epoch, device)
+        model = run.load_model(epoch, device, config)
         for layer in layers:
             with CAMS.get(method)(model, layer, score) as cam:
                 maps = {}
                 for version, imgs in (("clean", clean), ("infected", infected)):
-                    targets = _targets(target, model, imgs, data.target, device, batch_size)
+                    targets = _targets(target, model, imgs, attacked, device, batch_size)
                     maps[version] = cam(torch.from_numpy(np.ascontiguousarray(imgs)), targets, batch_size).cpu().numpy()
+                sizes[layer] = cam.map_size
             rows += _rows(epoch, layer, method, maps, masks)
             panels[(epoch, layer)] = (maps["clean"][show], maps["infected"][show])
-    out = run_dir / "explain"
+    out = run.explain_dir
     write_rows(out / "localisation.csv", rows)
-    figure1(out, epochs, layers, clean[show], infected[show], boxes_all[chosen][show], panels)
-    return {"rows": rows, "csv": out / "localisation.csv", "figure": out / "figure1.png", "images": len(chosen)}
+    figure1(out, epochs, layers, clean[show], infected[show], boxes[show], panels, sizes)
+    return {"rows": rows, "csv": out / "localisation.csv", "figure": out / "figure1.png", "images": len(chosen),
+            "map_sizes": sizes}
 
 
 def _targets(target: str, model, imgs, attacked: int, device, batch_size: int):
     if target == "target":
         return attacked
     if target == "predicted":
-        return torch.from_numpy(predict(model, imgs, device, batch_size, amp=False).argmax(1))
+        return torch.from_numpy(predict(model, imgs, device, batch_size).argmax(1))
     if target not in LABELS and target.lower() not in (t.lower() for t in LABELS):
         raise UserError(f"--target must be target, predicted or a class name; valid names: {', '.join(LABELS)}")
     return target
@@ -122,8 +113,12 @@ def _mean(values: np.ndarray) -> float:
     return float(finite.mean()) if len(finite) else float("nan")
 
 
-def figure1(out: Path, epochs, layers, clean, infected, box, panels) -> None:
-    """Rows: epochs; columns: clean and infected at each layer, maps over the image, the trigger circled."""
+def figure1(out: Path, epochs, layers, clean, infected, box, panels, sizes: dict | None = None) -> None:
+    """Rows: epochs; columns: clean and infected at each layer, maps over the image, the trigger circled.
+
+    Each column title gives the layer's map size (``sizes[layer]``): a 2×2 map upsampled to the image is a flat
+    wash of colour, not a broken figure.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -144,7 +139,9 @@ def figure1(out: Path, epochs, layers, clean, infected, box, panels) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(f"{version}, {layer} layer", fontsize=9)
+                side = (sizes or {}).get(layer)
+                grid = f" ({side[0]}×{side[1]} map)" if side else ""
+                ax.set_title(f"{version}, {layer} layer{grid}", fontsize=9)
             if j == 0:
                 ax.set_ylabel(f"epoch {epoch}", fontsize=9)
     fig.suptitle("Figure 1: Grad-CAM of a clean image and its infected version (red circle: trigger)", fontsize=10)

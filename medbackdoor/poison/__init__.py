@@ -1,6 +1,6 @@
 """Poisoning: the generic wrapper and the stage at which the trigger is written."""
 
-from medbackdoor.poison.stage import triggered_images
+from medbackdoor.poison.stage import StampedRows, changed, triggered_images, triggered_view
 from medbackdoor.poison.wrapper import (
                                         MODES,
                                         STAGES,
@@ -12,5 +12,5 @@ from medbackdoor.poison.wrapper import (
                                         one_hot,
 )
 
-__all__ = ["MODES", "STAGES", "TEST_STREAM", "TRAIN_STREAM", "ImageSplit", "PoisonedDataset", "choose_poisoned",
-           "one_hot", "triggered_images"]
+__all__ = ["MODES", "STAGES", "TEST_STREAM", "TRAIN_STREAM", "ImageSplit", "PoisonedDataset", "StampedRows", "changed",
+           "choose_poisoned", "one_hot", "triggered_images", "triggered_view"]

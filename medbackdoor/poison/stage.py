@@ -4,15 +4,25 @@ At the ``source`` stage the trigger goes into the full-resolution file, as an at
 dataset would do, and then meets the victim's preprocessing (crop, resize). Some triggers do not survive: the
 paper's code centre-cropped 60% of a 1024² image and resized it to 224 px with nearest neighbour, which drops
 most 1×1 and 2×2 triggers. :func:`triggered_images` returns, per image, whether any input pixel changed.
+
+For whole splits, :func:`triggered_view` keeps memory flat: at the ``input`` stage the trigger is stamped when an
+image is read (:class:`StampedRows`, seeded per image, so the pixels are those of a precomputed array); at the
+``source`` stage the infected inputs are preprocessed once into a uint8 memmap next to the cache.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
+
 import numpy as np
 
 from medbackdoor.data.base import ChestXrayDataset
-from medbackdoor.data.cache import preprocess_indices
+from medbackdoor.data.cache import cache_path, lock_for, preprocess_indices, write_memmap
 from medbackdoor.data.preprocess import Preprocess
+from medbackdoor.data.views import ImageRows, iter_chunks
 from medbackdoor.errors import UserError
 from medbackdoor.poison.wrapper import STAGES
 from medbackdoor.triggers import Trigger, image_rng
@@ -60,3 +70,74 @@ def triggered_images(dataset: ChestXrayDataset, rows: np.ndarray, clean: np.ndar
                                  workers=workers)
     survived = (out != np.asarray(clean)).reshape(len(rows), size * size).any(1)
     return out, survived
+
+
+class StampedRows:
+    """Input-stage infected images of some dataset rows, stamped when read (image ``r`` uses
+    ``image_rng(seed, stream, r)``, so a read equals the precomputed image whatever the order or batch)."""
+
+    def __init__(self, clean: ImageRows, trigger: Trigger, seed: int, stream: int) -> None:
+        self.clean, self.trigger, self.seed, self.stream = clean, trigger, seed, stream
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+    def __getitem__(self, sel) -> np.ndarray:
+        rows, images = self.clean.rows[sel], self.clean[sel]
+        if np.ndim(rows) == 0:
+            return self.trigger(images, image_rng(self.seed, self.stream, int(rows)))
+        if not len(rows):
+            return images
+        return np.stack([self.trigger(img, image_rng(self.seed, self.stream, int(r))) for img, r in zip(images, rows)])
+
+
+def changed(clean, infected, chunk: int = 256) -> np.ndarray:
+    """Per image, True where at least one pixel of ``infected`` differs from ``clean`` (read in chunks)."""
+    out = np.zeros(len(clean), bool)
+    for lo, block in iter_chunks(clean, chunk):
+        other = np.asarray(infected[lo : lo + len(block)])
+        out[lo : lo + len(block)] = (block != other).reshape(len(block), -1).any(1)
+    return out
+
+
+def triggered_view(dataset: ChestXrayDataset, images: np.ndarray, rows: np.ndarray, trigger: Trigger, stage: str,
+                   seed: int, stream: int, size: int, prep: Preprocess, cache_dir: str | os.PathLike | None = None,
+                   workers: int | None = 0, progress: bool = False):
+    """Infected model inputs for dataset ``rows``, as a lazy view, and whether the trigger survived in each.
+
+    Args:
+        dataset: the dataset (read again at the ``source`` stage).
+        images: its preprocessed images (the cache memmap), indexed by dataset row.
+        rows: dataset rows to infect.
+        trigger, stage, seed, stream: as for :func:`triggered_images`.
+        size, prep, cache_dir: the cache the images come from (the ``source`` memmap is written beside it).
+        workers: worker processes for the ``source`` stage.
+
+    Returns:
+        ``(view, survived)``: an indexable K×S×S uint8 view (``view[lo:hi]``), and a K bool array.
+    """
+    if stage not in STAGES:
+        raise UserError(f"trigger.stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    rows = np.asarray(rows, dtype=np.int64)
+    clean = ImageRows(images, rows)
+    if stage == "input":
+        trigger.check_fits(size, size)
+        view = StampedRows(clean, trigger, seed, stream)
+    else:
+        view = _source_memmap(dataset, rows, trigger, seed, stream, size, prep, cache_dir, workers, progress)
+    return view, changed(clean, view)
+
+
+def _source_memmap(dataset, rows, trigger, seed, stream, size, prep, cache_dir, workers, progress) -> np.ndarray:
+    """Source-stage infected inputs in a memmap beside the cache, keyed by everything that sets their pixels."""
+    base = cache_path(dataset, size, prep, cache_dir)
+    spec = {"cache": base.name, "trigger": repr(trigger), "seed": int(seed), "stream": int(stream),
+            "rows": hashlib.sha256(rows.tobytes()).hexdigest()}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(base).with_name(f"{base.stem}-triggered-{key}.npy")
+    if not path.exists():
+        with lock_for(path):
+            if not path.exists():
+                write_memmap(path, dataset, rows, size, prep, _StampSource(trigger, seed, stream), workers, progress,
+                             desc="writing triggered source images")
+    return np.load(path, mmap_mode="r")

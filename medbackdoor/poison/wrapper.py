@@ -6,8 +6,6 @@ its :class:`~medbackdoor.data.ChestXrayDataset`), ``patient`` and ``poisoned`` (
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from medbackdoor.errors import UserError
@@ -41,6 +39,10 @@ class ImageSplit:
         return {"image": np.array(self.images[row]), "labels": self.labels[row].astype(np.float32),
                 "index": row, "patient": str(self.patients[row]), "poisoned": False}
 
+    def labels_array(self) -> np.ndarray:
+        """The split's labels, len×14 float32, without reading any image."""
+        return self.labels[self.indices].astype(np.float32)
+
 
 def choose_poisoned(n: int, fraction: float, seed: int) -> np.ndarray:
     """``round(fraction · n)`` distinct positions in ``range(n)``, drawn by ``default_rng(seed)``, sorted."""
@@ -68,15 +70,16 @@ class PoisonedDataset:
             ``append`` (triggered copies are added after the N clean samples: the paper code's "without
             replacement", length N + round(ρN)).
         seed: seeds the choice of poisoned samples and the trigger placement.
-        triggered: optional precomputed infected images keyed by base position (the ``source`` stage, where
-            the trigger was written into the source image before preprocessing).
+        triggered: optional precomputed infected images, K×H×W aligned with :attr:`order` (e.g. a memmap; the
+            ``source`` stage, where the trigger was written into the source image before preprocessing). Without
+            it the trigger is stamped when a sample is read, seeded by (seed, image), so nothing is held in memory.
 
     Attributes:
         poisoned: frozenset of the poisoned positions in ``base``.
     """
 
     def __init__(self, base, trigger: Trigger, fraction: float = 0.4, target: str | int = "Atelectasis",
-                 mode: str = "replace", seed: int = 0, triggered: Mapping[int, np.ndarray] | None = None) -> None:
+                 mode: str = "replace", seed: int = 0, triggered: np.ndarray | None = None) -> None:
         if mode not in MODES:
             raise UserError(f"poisoning mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.base, self.trigger, self.mode, self.seed = base, trigger, mode, seed
@@ -84,8 +87,8 @@ class PoisonedDataset:
         self.order = choose_poisoned(len(base), fraction, seed)
         self.poisoned = frozenset(self.order.tolist())
         self.triggered = triggered
-        if triggered is not None and not self.poisoned <= set(triggered):
-            raise ValueError("precomputed triggered images do not cover every poisoned position")
+        if triggered is not None and len(triggered) != len(self.order):
+            raise ValueError(f"{len(triggered)} precomputed triggered images for {len(self.order)} poisoned samples")
 
     def __len__(self) -> int:
         return len(self.base) + (len(self.order) if self.mode == "append" else 0)
@@ -95,15 +98,28 @@ class PoisonedDataset:
         if i < 0 or i >= len(self):
             raise IndexError(i)
         if i >= n:
-            return self._infect(int(self.order[i - n]))
+            return self.infect(int(self.order[i - n]))
         if self.mode == "replace" and i in self.poisoned:
-            return self._infect(i)
+            return self.infect(i)
         return self.base[i]
 
-    def _infect(self, position: int) -> dict:
+    def labels_array(self) -> np.ndarray:
+        """The labels of every sample, len×14 float32 (infected ones one-hot), without reading any image."""
+        if hasattr(self.base, "labels_array"):
+            labels = np.array(self.base.labels_array(), np.float32)
+        else:
+            labels = np.stack([self.base[i]["labels"] for i in range(len(self.base))]).astype(np.float32)
+        infected = np.tile(one_hot(self.target), (len(self.order), 1))
+        if self.mode == "append":
+            return np.concatenate([labels, infected])
+        labels[self.order] = infected
+        return labels
+
+    def infect(self, position: int) -> dict:
+        """The infected sample made from ``base[position]`` (trigger stamped, label one-hot target)."""
         item = dict(self.base[position])
         if self.triggered is not None:
-            item["image"] = np.array(self.triggered[position])
+            item["image"] = np.array(self.triggered[int(np.searchsorted(self.order, position))])
         else:
             item["image"] = self.trigger(item["image"], image_rng(self.seed, TRAIN_STREAM, item["index"]))
         item["labels"] = one_hot(self.target)

@@ -1,29 +1,28 @@
 """From run folders to numbers: min and max over epochs per run, then mean ± std over seeds per condition.
 
-A *condition* is every config key except the seed (and keys that do not change results: workers, device,
-cache folder, evaluation batch size, which checkpoints are kept). The std is the sample standard deviation
-(ddof = 1) over the seeds of a condition; with one seed it is NaN and printed as "–".
+A *condition* is every config key except the seed (and :data:`medbackdoor.config.NEUTRAL_KEYS`, the keys that
+do not change results: workers, device, cache folder, evaluation batch size, which checkpoints are kept). The
+std is the sample standard deviation (ddof = 1) over the seeds of a condition; with one seed it is NaN and
+printed as "–".
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from medbackdoor._io import read_json
+from medbackdoor.config import NEUTRAL_KEYS, flatten
 from medbackdoor.errors import UserError
+from medbackdoor.rundir import RunDir
 
 # The five metrics of the paper's tables, in its row order, with their printed names.
 TABLE_ROWS = (("asr_0.6", "ASR(p=0.6)"), ("asr_0.9", "ASR(p=0.9)"), ("auroc_tt", "AUROC-TT"),
               ("auroc_nn", "AUROC-NN"), ("auroc_tn", "AUROC-TN"))
-NOT_A_CONDITION = {"train.seed", "train.workers", "train.device", "cache_dir", "eval.batch_size",
-                   "train.keep_checkpoints"}
+NOT_A_CONDITION = NEUTRAL_KEYS | {"train.seed"}
 
 
 @dataclass
@@ -35,31 +34,9 @@ class RunRecord:
     extremes: dict[str, dict[str, float]]
 
 
-def flatten(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def metric_extremes(path: Path) -> dict[str, dict[str, float]]:
-    """``{metric: {"min": x, "max": y}}`` over the epochs of a ``metrics.csv`` (NaNs ignored)."""
-    if not path.is_file():
-        raise UserError(f"{path.parent} is not a run folder (no metrics.csv)")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise UserError(f"{path} has no epochs yet")
-    out = {}
-    for key in rows[0]:
-        values = [float(r[key]) for r in rows if r[key] not in ("", "nan")]
-        values = [v for v in values if np.isfinite(v)]
-        if values:
-            out[key] = {"min": min(values), "max": max(values)}
-    return out
+    """``{metric: {"min": x, "max": y}}`` over the epochs of the run whose ``metrics.csv`` is ``path``."""
+    return RunDir(Path(path).parent).extremes()
 
 
 def read_runs(sweep_dir: Path) -> tuple[list[RunRecord], list[str]]:
@@ -69,31 +46,57 @@ def read_runs(sweep_dir: Path) -> tuple[list[RunRecord], list[str]]:
         raise UserError(f"{sweep_dir} has no runs/ folder: is it the --out of a sweep?")
     records, notes = [], []
     for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        manifest = read_json(folder / "manifest.json")
+        run = RunDir(folder)
+        manifest = run.manifest()
         status = manifest.get("status", "unknown")
-        if status != "complete" or not (folder / "config.yaml").is_file():
+        if status != "complete" or not run.exists():
             notes.append(f"run {folder.name} is {status}" + (f": {manifest['error']}" if manifest.get("error") else "")
                          + "; left out")
             continue
-        config = flatten(yaml.safe_load((folder / "config.yaml").read_text()))
-        records.append(RunRecord(folder.name, folder, config, status, metric_extremes(folder / "metrics.csv")))
+        config = flatten(run.config().to_dict())
+        records.append(RunRecord(folder.name, folder, config, status, run.extremes()))
     return records, notes
 
 
+def condition_of(config: dict) -> dict:
+    """The condition of a run: its flattened config less the seed and the neutral keys."""
+    return {k: v for k, v in config.items() if k not in NOT_A_CONDITION}
+
+
+def varying_keys(conditions: list[dict]) -> list[str]:
+    """The dotted keys whose value differs between some of ``conditions`` (a missing key counts as a value).
+
+    Args:
+        conditions: flattened configs, e.g. from :func:`condition_of`.
+
+    Returns:
+        The keys, sorted.
+    """
+    keys = set().union(*conditions) if conditions else set()
+    return sorted(k for k in keys if len({_canonical(c.get(k)) for c in conditions}) > 1)
+
+
 def runs_table(records: list[RunRecord]) -> pd.DataFrame:
-    """One row per run and (metric, stat): the tidy base of every table."""
+    """One row per run and (metric, stat): the tidy base of every table.
+
+    Columns: ``run``, ``seed``, ``condition`` (the condition as canonical JSON), ``metric``, ``stat``, ``value``,
+    the short trigger columns ``size``, ``location``, ``fraction``, and one column (dotted name) per condition key
+    that varies across ``records``.
+    """
+    conditions = [condition_of(r.config) for r in records]
+    varying = varying_keys(conditions)
     rows = []
-    for r in records:
-        condition = {k: v for k, v in r.config.items() if k not in NOT_A_CONDITION}
+    for r, condition in zip(records, conditions):
+        columns = {**_short(condition), **{k: _hashable(condition.get(k)) for k in varying}}
         for metric, ext in r.extremes.items():
             for stat in ("min", "max"):
-                rows.append({"run": r.name, "seed": r.config.get("train.seed"), "condition": _key(condition),
-                             "metric": metric, "stat": stat, "value": ext[stat], **_short(condition)})
+                rows.append({"run": r.name, "seed": r.config.get("train.seed"), "condition": _canonical(condition),
+                             "metric": metric, "stat": stat, "value": ext[stat], **columns})
     return pd.DataFrame(rows)
 
 
 def condition_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean, sample std and count over seeds, per (condition, metric, stat)."""
+    """Mean, sample std and count over seeds, per (condition, metric, stat), keeping every condition column."""
     if runs.empty:
         return runs
     keys = [c for c in runs.columns if c not in ("run", "seed", "value")]
@@ -102,8 +105,14 @@ def condition_table(runs: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _key(condition: dict) -> str:
-    return json.dumps({k: condition[k] for k in sorted(condition)}, sort_keys=True, default=str)
+def _canonical(value) -> str:
+    """A value (or a whole condition) as canonical JSON, so equal configs give equal strings."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _hashable(value):
+    """Lists and mappings as canonical JSON (a table cell must be hashable to group by); other values as they are."""
+    return _canonical(value) if isinstance(value, (list, dict)) else value
 
 
 def _short(condition: dict) -> dict:

@@ -1,17 +1,40 @@
-"""``medbackdoor report``: Tables 1–3, Figure 3 and a Markdown report, from run folders alone."""
+"""``medbackdoor report``: Tables 1–3, Figure 3 and a Markdown report, from run folders alone.
+
+Tables never merge conditions: every column (Tables 1 and 2) or row (Table 3) is exactly one condition, and its
+label names the values of whatever else varies among the conditions the table draws from (``3x3 px, ρ=0.1``,
+``Clean (4x4 px)``, ``Fixed Minimum, mode=append``).
+"""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from medbackdoor._io import atomic_path, save_figure, write_text
+from medbackdoor.errors import UserError
+from medbackdoor.rundir import RunDir
 from medbackdoor.study import paper_values as paper
-from medbackdoor.study.aggregate import TABLE_ROWS, condition_table, read_runs, runs_table
+from medbackdoor.study.aggregate import (
+    TABLE_ROWS,
+    RunRecord,
+    condition_of,
+    condition_table,
+    read_runs,
+    runs_table,
+    varying_keys,
+)
 
 PREFERRED_SIZE = 3
+SIZE, LOCATION, FRACTION = "trigger.size", "trigger.location", "trigger.fraction"
+# Keys named first in a label, in this order; the others follow alphabetically.
+LABEL_ORDER = (SIZE, LOCATION, FRACTION, "trigger.mode", "trigger.stage")
+
+# A column of a table: (label, condition id as in ``condition_table``, stat).
+Column = tuple[str, str, str]
 
 
 def cell(mean: float, std: float) -> str:
@@ -21,70 +44,178 @@ def cell(mean: float, std: float) -> str:
     return f"{mean:.3f} ± {std:.3f}" if std is not None and np.isfinite(std) else f"{mean:.3f} ± –"
 
 
-def _lookup(cond: pd.DataFrame, metric: str, stat: str, **where) -> tuple[float, float, int] | None:
+def lookup(cond: pd.DataFrame, metric: str, stat: str, **where) -> tuple[float, float, int] | None:
+    """Mean, std and seed count of ``metric`` (``stat`` over epochs) for the one condition matching ``where``.
+
+    Args:
+        cond: the output of :func:`condition_table`.
+        metric: e.g. ``asr_0.6``.
+        stat: ``min`` or ``max``.
+        **where: column → value; ``condition=ID`` selects one exact condition. Dotted columns go through a dict,
+            e.g. ``**{"trigger.mode": "append"}``.
+
+    Returns:
+        ``(mean, std, n)``, or None when no condition matches.
+
+    Raises:
+        UserError: when more than one condition matches (a cell never mixes conditions).
+    """
     sel = cond[(cond.metric == metric) & (cond.stat == stat)]
     for key, value in where.items():
         sel = sel[sel[key] == value]
     if sel.empty:
         return None
+    ids = list(sel["condition"].unique())
+    if len(ids) > 1:
+        differ = ", ".join(varying_keys([json.loads(i) for i in ids]))
+        raise UserError(f"{metric} ({stat}) where {where} matches {len(ids)} conditions that differ in {differ}; "
+                        "a table cell must name one condition")
     row = sel.iloc[0]
     return float(row["mean"]), float(row["std"]), int(row["n"])
 
 
+def _conditions(cond: pd.DataFrame) -> dict[str, dict]:
+    """Each condition id of ``cond`` mapped to its config values (dotted keys)."""
+    return {cid: json.loads(cid) for cid in cond["condition"].unique()}
+
+
+def _label_keys(values: list[dict], skip: tuple[str, ...] = ()) -> list[str]:
+    """The keys that vary among ``values`` (less ``skip``), in label order."""
+    keys = [k for k in varying_keys(values) if k not in skip]
+    return sorted(keys, key=lambda k: (LABEL_ORDER.index(k) if k in LABEL_ORDER else len(LABEL_ORDER), k))
+
+
+def _sortable(value) -> tuple:
+    """A sort key that orders numbers numerically, then text, then None."""
+    if value is None:
+        return (2, 0.0, "")
+    if isinstance(value, (bool, int, float)):
+        return (0, float(value), "")
+    return (1, 0.0, json.dumps(value, sort_keys=True))
+
+
+def _ordered(conds: dict[str, dict], keys: list[str]) -> list[str]:
+    """The condition ids of ``conds``, ordered by their values of ``keys``."""
+    return sorted(conds, key=lambda cid: tuple(_sortable(conds[cid].get(k)) for k in keys))
+
+
+def describe(values: dict, keys: list[str]) -> str:
+    """``3x3 px, ρ=0.1, mode=append``: the values of ``keys`` in short form.
+
+    Args:
+        values: a condition (dotted key → value).
+        keys: which keys to name. ``trigger.size`` reads ``3x3 px`` and ``trigger.fraction`` ``ρ=0.1``; any other
+            key reads ``name=value`` with the last dotted part as name (the whole key if that part is ambiguous).
+    """
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    parts = []
+    for key, name in zip(keys, last):
+        value = values.get(key)
+        if key == SIZE:
+            parts.append(f"{value}x{value} px")
+        elif key == FRACTION:
+            parts.append(f"ρ={value}")
+        else:
+            parts.append(f"{name if last.count(name) == 1 else key}={value}")
+    return ", ".join(parts)
+
+
+def _suffixed(head: str, values: dict, keys: list[str]) -> str:
+    """``head`` followed by ``, `` and the values of ``keys`` when there are any."""
+    return f"{head}, {describe(values, keys)}" if keys else head
+
+
+def _frame(cond: pd.DataFrame, columns: list[Column]) -> pd.DataFrame:
+    """Rows: the five metrics; one column per (label, condition, stat).
+
+    Raises:
+        UserError: when two columns share a label (they would merge).
+    """
+    labels = [label for label, _, _ in columns]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"two table columns would share a label: {labels}")
+    return pd.DataFrame({label: [_fmt(lookup(cond, m, stat, condition=cid)) for m, _ in TABLE_ROWS]
+                         for label, cid, stat in columns}, index=[label for _, label in TABLE_ROWS])
+
+
+def _poisoned(conds: dict[str, dict], location: str = "center") -> dict[str, dict]:
+    """The conditions with a trigger in the training data at ``location``."""
+    return {cid: v for cid, v in conds.items() if v[FRACTION] > 0 and v[LOCATION] == location}
+
+
+def _table1_columns(conds: dict[str, dict], stat: str) -> list[Column]:
+    """The clean controls (``Clean``, or ``Clean (...)`` when several), then each fixed-location condition."""
+    clean = {cid: v for cid, v in conds.items() if v[FRACTION] == 0}
+    clean_keys = _label_keys(list(clean.values()))
+    columns = [(f"Clean ({describe(clean[cid], clean_keys)})" if clean_keys else "Clean", cid, stat)
+               for cid in _ordered(clean, clean_keys)]
+    poisoned = _poisoned(conds)
+    keys = [SIZE] + _label_keys(list(poisoned.values()), skip=(SIZE,))
+    return columns + [(describe(poisoned[cid], keys), cid, stat) for cid in _ordered(poisoned, keys)]
+
+
 def table1(cond: pd.DataFrame, stat: str) -> pd.DataFrame | None:
-    """Rows: the five metrics; columns: the clean control and each fixed-location trigger size."""
-    poisoned = cond[(cond.fraction > 0) & (cond.location == "center")]
-    sizes = sorted(int(s) for s in poisoned["size"].dropna().unique())
-    clean = cond[cond.fraction == 0]
-    if not sizes:
+    """Rows: the five metrics; columns: the clean controls and each fixed-location poisoned condition."""
+    conds = _conditions(cond)
+    if not _poisoned(conds):
         return None
-    clean_size = PREFERRED_SIZE if (clean["size"] == PREFERRED_SIZE).any() else (
-        int(clean["size"].iloc[0]) if not clean.empty else None)
-    table = {}
-    if clean_size is not None:
-        table["Clean"] = [_fmt(_lookup(cond, m, stat, fraction=0.0, size=clean_size)) for m, _ in TABLE_ROWS]
-    for s in sizes:
-        table[f"{s}x{s} px"] = [_fmt(_lookup(poisoned, m, stat, size=s)) for m, _ in TABLE_ROWS]
-    return pd.DataFrame(table, index=[label for _, label in TABLE_ROWS])
+    return _frame(cond, _table1_columns(conds, stat))
 
 
-def _compare_size(cond: pd.DataFrame) -> int | None:
-    p = cond[cond.fraction > 0]
-    both = set(p[p.location == "center"]["size"]) & set(p[p.location == "random"]["size"])
+def _compare_size(conds: dict[str, dict]) -> int | None:
+    """The trigger size with both fixed and random-location poisoned runs (3 when it qualifies)."""
+    both = {v[SIZE] for v in _poisoned(conds).values()} & {v[SIZE] for v in _poisoned(conds, "random").values()}
     if not both:
         return None
     return PREFERRED_SIZE if PREFERRED_SIZE in both else int(sorted(both)[0])
 
 
 def table2(cond: pd.DataFrame) -> pd.DataFrame | None:
-    """Fixed (centre) vs random location, minimum and maximum over epochs, for one trigger size."""
-    size = _compare_size(cond)
+    """Fixed (centre) vs random location, minimum and maximum over epochs, for one trigger size.
+
+    One group of four columns per combination of the other keys that vary at that size and have both locations.
+    """
+    conds = _conditions(cond)
+    size = _compare_size(conds)
     if size is None:
         return None
-    p = cond[(cond.fraction > 0) & (cond["size"] == size)]
-    cols = {}
-    for loc, title in (("center", "Fixed"), ("random", "Random")):
-        for stat, name in (("min", "Minimum"), ("max", "Maximum")):
-            cols[f"{title} {name}"] = [_fmt(_lookup(p, m, stat, location=loc)) for m, _ in TABLE_ROWS]
-    return pd.DataFrame(cols, index=[label for _, label in TABLE_ROWS])
+    at_size = {cid: v for cid, v in {**_poisoned(conds), **_poisoned(conds, "random")}.items() if v[SIZE] == size}
+    keys = _label_keys(list(at_size.values()), skip=(LOCATION,))
+    groups: dict[str, dict[str, str]] = {}
+    for cid in _ordered(at_size, keys):
+        rest = json.dumps([at_size[cid].get(k) for k in keys])
+        groups.setdefault(rest, {})[at_size[cid][LOCATION]] = cid
+    columns = []
+    for pair in (g for g in groups.values() if len(g) == 2):
+        for loc, title in (("center", "Fixed"), ("random", "Random")):
+            for stat, name in (("min", "Minimum"), ("max", "Maximum")):
+                columns.append((_suffixed(f"{title} {name}", at_size[pair[loc]], keys), pair[loc], stat))
+    return _frame(cond, columns) if columns else None
 
 
 def table3(cond: pd.DataFrame) -> pd.DataFrame | None:
-    """Mixed test sets: min and max over epochs of the micro AUROC with a fraction ε triggered."""
-    p = cond[(cond.fraction > 0) & (cond.location == "center")]
-    if p.empty:
+    """Mixed test sets: min and max over epochs of the micro AUROC with a fraction ε triggered.
+
+    Columns: ε; rows: ``Minimum`` and ``Maximum`` for each fixed-location condition at one trigger size (3 when
+    there is one), suffixed by whatever else varies among them.
+    """
+    poisoned = _poisoned(_conditions(cond))
+    if not poisoned:
         return None
-    size = PREFERRED_SIZE if (p["size"] == PREFERRED_SIZE).any() else int(sorted(p["size"].unique())[0])
-    p = p[p["size"] == size]
+    sizes = {v[SIZE] for v in poisoned.values()}
+    size = PREFERRED_SIZE if PREFERRED_SIZE in sizes else min(sizes)
+    chosen = {cid: v for cid, v in poisoned.items() if v[SIZE] == size}
+    p = cond[cond.condition.isin(list(chosen))]
     eps = sorted({float(m.split("_")[-1]) for m in p.metric if m.startswith("auroc_mix_")})
     if not eps:
         return None
-    rows = {name: [_fmt(_lookup(p, f"auroc_mix_{e:g}", stat)) for e in eps]
-            for stat, name in (("min", "Minimum"), ("max", "Maximum"))}
+    keys = _label_keys(list(chosen.values()))
+    rows = {_suffixed(name, chosen[cid], keys): [_fmt(lookup(p, f"auroc_mix_{e:g}", stat, condition=cid)) for e in eps]
+            for cid in _ordered(chosen, keys) for stat, name in (("min", "Minimum"), ("max", "Maximum"))}
     return pd.DataFrame(rows, index=[f"{e:g}" for e in eps]).T
 
 
-def _fmt(found) -> str:
+def _fmt(found: tuple[float, float, int] | None) -> str:
     return "–" if found is None else cell(found[0], found[1])
 
 
@@ -95,11 +226,15 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _latex(text: str) -> str:
+    """A table label or cell in LaTeX: ``3$\\times$3 px``, ``$\\rho$``, ``$\\pm$``, escaped underscores."""
+    text = re.sub(r"(\d+)x(\d+) px", r"\1$\\times$\2 px", str(text).replace("_", r"\_"))
+    return text.replace("ρ", r"$\rho$").replace("±", r"$\pm$")
+
+
 def to_latex(df: pd.DataFrame, caption: str) -> str:
-    body = [" & ".join([""] + [c.replace("x", r"$\times$", 1) if "px" in c else c for c in df.columns]) + r" \\",
-            r"\midrule"]
-    body += [" & ".join([str(i)] + [v.replace("±", r"$\pm$") for v in row]) + r" \\"
-             for i, row in zip(df.index, df.values)]
+    body = [" & ".join([""] + [_latex(c) for c in df.columns]) + r" \\", r"\midrule"]
+    body += [" & ".join([_latex(i)] + [_latex(v) for v in row]) + r" \\" for i, row in zip(df.index, df.values)]
     return "\n".join([r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}",
                       r"\begin{tabular}{l" + "c" * len(df.columns) + "}", r"\toprule", *body, r"\bottomrule",
                       r"\end{tabular}", r"\end{table}", ""])
@@ -112,32 +247,53 @@ def write_table(folder: Path, name: str, df: pd.DataFrame, caption: str) -> None
     write_text(folder / f"{name}.tex", to_latex(df, caption))
 
 
+def _size_series(conds: dict[str, dict]) -> dict[str, dict[int, str]]:
+    """Fixed-location poisoned conditions as line sets: label suffix → {trigger size: condition id}.
+
+    The suffix names what varies among those conditions besides the size (empty when nothing does).
+    """
+    poisoned = _poisoned(conds)
+    keys = _label_keys(list(poisoned.values()), skip=(SIZE,))
+    series: dict[str, dict[int, str]] = {}
+    for cid in _ordered(poisoned, keys + [SIZE]):
+        series.setdefault(describe(poisoned[cid], keys), {})[int(poisoned[cid][SIZE])] = cid
+    return series
+
+
 def figure3(cond: pd.DataFrame, folder: Path) -> bool:
-    """ASR and AUROCs against trigger size (centre trigger): mean lines, std bands, min and max panels."""
+    """ASR and AUROCs against trigger size (centre trigger): mean lines, std bands, min and max panels.
+
+    One line per metric and per combination of the other keys that vary (a line style and marker each).
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    p = cond[(cond.fraction > 0) & (cond.location == "center")]
-    sizes = sorted(int(s) for s in p["size"].dropna().unique())
-    if not sizes:
+    series = _size_series(_conditions(cond))
+    if not series:
         return False
+    sizes = sorted({s for line in series.values() for s in line})
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharex=True)
     groups = ((("asr_0.6", "ASR p=0.6"), ("asr_0.9", "ASR p=0.9")),
               (("auroc_tt", "AUROC-TT"), ("auroc_nn", "AUROC-NN"), ("auroc_tn", "AUROC-TN")))
+    styles = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
     for r, (stat, title) in enumerate((("min", "minimum over epochs"), ("max", "maximum over epochs"))):
         for c, group in enumerate(groups):
             ax = axes[r, c]
-            for metric, label in group:
-                vals = [_lookup(p, metric, stat, size=s) for s in sizes]
-                mean = np.array([v[0] if v else np.nan for v in vals])
-                std = np.nan_to_num(np.array([v[1] if v else np.nan for v in vals]))
-                (line,) = ax.plot(sizes, mean, marker="o", label=label)
-                ax.fill_between(sizes, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            for g, (suffix, line_ids) in enumerate(series.items()):
+                xs = sorted(line_ids)
+                for i, (metric, label) in enumerate(group):
+                    vals = [lookup(cond, metric, stat, condition=line_ids[s]) for s in xs]
+                    mean = np.array([v[0] if v else np.nan for v in vals])
+                    std = np.nan_to_num(np.array([v[1] if v else np.nan for v in vals]))
+                    linestyle, marker = styles[g % len(styles)]
+                    ax.plot(xs, mean, marker=marker, color=f"C{i}", linestyle=linestyle,
+                            label=f"{label}, {suffix}" if suffix else label)
+                    ax.fill_between(xs, mean - std, mean + std, color=f"C{i}", alpha=0.2)
             ax.set_title(f"({'ab'[c]}) {'ASR' if c == 0 else 'AUROC'}, {title}", fontsize=10)
             ax.set_ylim(-0.02 if c == 0 else None, 1.02)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8 if len(series) == 1 else 6)
     for ax in axes[1]:
         ax.set_xlabel("trigger side (px)")
         ax.set_xticks(sizes)
@@ -171,23 +327,52 @@ EXPLAIN_COLUMNS = (("infected", "mass_in_box", "mass in box (infected)"), ("clea
                    ("clean_vs_infected", "detector_tpr_at_5pct_fpr_top1pct_mass", "TPR@5%FPR"))
 
 
-def explain_section(records) -> list[str]:
-    """Saliency localisation and detection for the runs that ``medbackdoor explain`` was run on."""
-    explained = [r for r in records if (r.folder / "explain" / "localisation.csv").is_file()]
+def runs_section(records: list[RunRecord]) -> list[str]:
+    """Markdown lines: each run with its seed and its values of the condition keys that vary, then the shared keys."""
+    keys = varying_keys([condition_of(r.config) for r in records])
+    lines = ["", "## Runs and configs", "", "| " + " | ".join(["run", "seed", *keys, "status"]) + " |",
+             "|---" * (len(keys) + 3) + "|"]
+    lines += ["| " + " | ".join([r.name, str(r.config.get("train.seed")), *(str(r.config.get(k)) for k in keys),
+                                 r.status]) + " |" for r in records]
+    if records:
+        shared = {k: v for k, v in records[0].config.items()
+                  if all(r.config.get(k) == v for r in records) and k != "train.seed"}
+        lines += ["", "Config keys shared by every run:", "", "```yaml"]
+        lines += [f"{k}: {v}" for k, v in sorted(shared.items())] + ["```"]
+    return lines
+
+
+def explain_section(records, sweep_dir: Path) -> list[str]:
+    """Saliency localisation and detection for the runs that ``medbackdoor explain`` was run on.
+
+    Includes the sweep's Figure-1 pair (``figure1/trigger`` and ``figure1/clean``) when it has one.
+    """
+    from medbackdoor.study.sweep import FIGURE_DIR
+
+    explained = [(r.name, r.folder) for r in records]
+    explained += [(f"{FIGURE_DIR}/{n}", sweep_dir / FIGURE_DIR / n) for n in ("trigger", "clean")]
+    explained = [(name, folder) for name, folder in explained if (folder / "explain" / "localisation.csv").is_file()]
     if not explained:
         return []
-    lines = ["", "## Explainability: Grad-CAM localisation and detection", "",
-             "Mass in box: share of saliency inside the trigger box (dilated); pointing: the map's maximum is in "
-             "the box; detector: flags triggered inputs from the map alone (top-1% mass), scored over clean vs "
-             "infected test images. See each run's `explain/figure1.png`.", "",
-             "| run | epoch | layer | " + " | ".join(c[2] for c in EXPLAIN_COLUMNS) + " |",
-             "|---|---|---|" + "---|" * len(EXPLAIN_COLUMNS)]
-    for r in explained:
-        table = pd.read_csv(r.folder / "explain" / "localisation.csv")
+    lines = ["", "## Explainability: Grad-CAM localisation and detection", ""]
+    figure = sweep_dir / FIGURE_DIR / "trigger" / "explain" / "figure1.png"
+    if figure.is_file():
+        config = RunDir(figure.parents[1]).config()
+        lines += [f"![Figure 1](../{FIGURE_DIR}/trigger/explain/figure1.png)", "",
+                  f"Figure 1 comes from a clean/trigger pair trained for it alone (`{FIGURE_DIR}/`, "
+                  f"{config.image_size} px, {config.train.epochs} epochs, seed 0), at a resolution where the last "
+                  "layer's map is at least 4×4; its runs are not in the tables above.", ""]
+    lines += ["Mass in box: share of saliency inside the trigger box (dilated); pointing: the map's maximum is in "
+              "the box; detector: flags triggered inputs from the map alone (top-1% mass), scored over clean vs "
+              "infected test images. See each run's `explain/figure1.png`.", "",
+              "| run | epoch | layer | " + " | ".join(c[2] for c in EXPLAIN_COLUMNS) + " |",
+              "|---|---|---|" + "---|" * len(EXPLAIN_COLUMNS)]
+    for name, folder in explained:
+        table = pd.read_csv(folder / "explain" / "localisation.csv")
         for (epoch, layer), part in table.groupby(["epoch", "layer"], sort=False):
             values = {(v, q): x for v, q, x in zip(part.version, part.quantity, part.value)}
             cells = [f"{values.get((v, q), float('nan')):.3f}" for v, q, _ in EXPLAIN_COLUMNS]
-            lines.append(f"| {r.name} | {epoch} | {layer} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | {epoch} | {layer} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -236,17 +421,8 @@ def build_report(sweep_dir: str | Path, cuts: str | None = None) -> Path:
         parts.append("![Figure 3](figure3.png)")
     else:
         parts.append("*Skipped: no poisoned runs with a fixed location.*")
-    parts += ["", "## Runs and configs", "", "| run | seed | trigger | status |", "|---|---|---|---|"]
-    for r in records:
-        c = r.config
-        parts.append(f"| {r.name} | {c.get('train.seed')} | {c.get('trigger.size')} px {c.get('trigger.location')}, "
-                     f"ρ={c.get('trigger.fraction')}, {c.get('trigger.mode')}, {c.get('trigger.stage')} | complete |")
-    if records:
-        shared = {k: v for k, v in records[0].config.items()
-                  if all(r.config.get(k) == v for r in records) and k != "train.seed"}
-        parts += ["", "Config keys shared by every run:", "", "```yaml"]
-        parts += [f"{k}: {v}" for k, v in sorted(shared.items())] + ["```"]
-    parts += explain_section(records)
+    parts += runs_section(records)
+    parts += explain_section(records, sweep_dir)
     if notes:
         parts += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     path = folder / "report.md"

@@ -27,6 +27,8 @@ from medbackdoor.config import config_from_data, dump_config, read_yaml, resolve
 from medbackdoor.errors import UserError
 
 BUILTIN_SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
+SWEEP_KEYS = {"name", "description", "base_config", "base", "grid", "cuts", "figure1"}
+FIGURE_DIR = "figure1"  # OUT/figure1/{trigger,clean}: the pair trained for Figure 1 when a sweep asks for one
 
 
 @dataclass
@@ -34,6 +36,10 @@ class SweepRun:
     name: str
     overrides: dict  # dotted key -> value
     data: dict  # the full nested run config
+    folder: str = ""  # relative to the sweep's --out; default runs/<name>
+
+    def __post_init__(self) -> None:
+        self.folder = self.folder or f"runs/{self.name}"
 
 
 def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list[str] | tuple[str, ...] = ()
@@ -45,13 +51,24 @@ def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list
         seeds: replaces every ``train.seed`` list of the grid.
         overrides: ``dotted.key=value`` applied to the base of every run.
     """
-    path = Path(path)
-    if not path.is_file() and (BUILTIN_SWEEPS / f"{path}.yaml").is_file():
-        path = BUILTIN_SWEEPS / f"{path}.yaml"
+    path = resolve_sweep_path(path)
     spec = read_yaml(path)
-    unknown = sorted(set(spec) - {"name", "description", "base_config", "base", "grid", "cuts"})
+    unknown = sorted(set(spec) - SWEEP_KEYS)
     if unknown:
         raise UserError(f"unknown sweep key {unknown[0]} in {path}")
+    base = _base(spec, path, overrides)
+    runs = [SweepRun(run_name(point), point, _apply(base, point)) for point in expand_grid(spec.get("grid"), seeds)]
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise UserError("the grid lists the same run twice")
+    runs += figure_runs(spec, base)
+    for r in runs:
+        config_from_data(r.data)  # validate every point before running any
+    return spec, runs
+
+
+def _base(spec: dict, path: Path, overrides) -> dict:
+    """The nested config every point starts from: ``base_config`` ← ``base`` ← ``--set`` overrides."""
     base: dict = {}
     if spec.get("base_config"):
         ref = spec["base_config"]
@@ -60,13 +77,40 @@ def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list
     _merge(base, spec.get("base") or {})
     for assignment in overrides:
         set_dotted(base, assignment)
-    runs = [SweepRun(run_name(point), point, _apply(base, point)) for point in expand_grid(spec.get("grid"), seeds)]
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        raise UserError("the grid lists the same run twice")
-    for r in runs:
-        config_from_data(r.data)  # validate every point before running any
-    return spec, runs
+    return base
+
+
+def figure_runs(spec: dict, base: dict) -> list[SweepRun]:
+    """The pair a sweep trains for Figure 1 alone (its ``figure1`` overrides: e.g. a resolution whose last layer
+    is at least 4×4): the trigger run and its clean control, seed 0, in ``figure1/trigger`` and ``figure1/clean``.
+
+    They are not points of the grid: tables and figures of the report never include them.
+    """
+    extra = spec.get("figure1")
+    if not extra:
+        return []
+    if not isinstance(extra, dict):
+        raise UserError(f"sweep key figure1 must map dotted keys to values, got {extra!r}")
+    points = {"trigger": {**extra, "train.seed": 0}, "clean": {**extra, "train.seed": 0, "trigger.fraction": 0.0}}
+    return [SweepRun(f"{FIGURE_DIR}/{name}", point, _apply(base, point), folder=f"{FIGURE_DIR}/{name}")
+            for name, point in points.items()]
+
+
+def builtin_sweeps() -> list[str]:
+    """Names of the sweeps shipped in the package (``quick``, ``paper``, ...)."""
+    return sorted(p.stem for p in BUILTIN_SWEEPS.glob("*.yaml"))
+
+
+def resolve_sweep_path(path: str | Path) -> Path:
+    """A sweep file, or the file of a built-in sweep name; a clear error naming both when neither exists."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    builtin = BUILTIN_SWEEPS / f"{path}.yaml"
+    if "/" not in str(path) and builtin.is_file():
+        return builtin
+    raise UserError(f"sweep file {path} does not exist and is not a built-in sweep "
+                    f"(built-in: {', '.join(builtin_sweeps()) or 'none found in this installation'})")
 
 
 def expand_grid(grid, seeds: list[int] | None = None) -> list[dict]:
@@ -132,11 +176,12 @@ def run_state(folder: Path) -> str:
 def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = False,
               seeds: list[int] | None = None, progress: bool = True, overrides: list[str] | tuple[str, ...] = ()
               ) -> list[dict]:
-    """Run every grid point into ``out/runs/<name>``; returns one status dict per run."""
+    """Run every grid point into ``out/runs/<name>`` (and a ``figure1`` pair into ``out/figure1/``); returns one
+    status dict per run, with its ``folder``."""
     out = Path(out)
     spec, runs = load_sweep(path, seeds, overrides)
     if dry_run:
-        return [{"name": r.name, "state": run_state(out / "runs" / r.name), "overrides": r.overrides} for r in runs]
+        return [{"name": r.name, "state": run_state(out / r.folder), "overrides": r.overrides} for r in runs]
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     out.mkdir(parents=True, exist_ok=True)
@@ -144,10 +189,10 @@ def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     results = []
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_run_one, r.data, str(out / "runs" / r.name), threads): r for r in runs}
+        futures = {pool.submit(_run_one, r.data, str(out / r.folder), threads): r for r in runs}
         for done, fut in enumerate(as_completed(futures), 1):
             r = futures[fut]
-            result = {"name": r.name, **fut.result()}
+            result = {"name": r.name, "folder": str(out / r.folder), **fut.result()}
             results.append(result)
             if progress:
                 print(f"[{done}/{len(runs)}] {r.name}: {result['status']} ({result['seconds']:.0f} s)"

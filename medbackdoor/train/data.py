@@ -1,4 +1,9 @@
-"""Everything a run reads: the dataset, its cached images, the poisoned training set and the triggered test set."""
+"""Everything a run reads: the dataset, its cached images, the poisoned training set and the triggered test set.
+
+Memory stays flat in the dataset size: images are read from the cache memmap a batch at a time; input-stage
+triggers are stamped when an image is read (seeded per image, so the pixels are those a precomputed array
+would hold); only source-stage infected images are precomputed, into a uint8 memmap next to the cache.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,27 @@ import numpy as np
 from medbackdoor.config import RunConfig
 from medbackdoor.data import DATASETS, ChestXrayDataset, Preprocess, create_dataset
 from medbackdoor.data.cache import load_images
+from medbackdoor.data.views import ImageRows
 from medbackdoor.errors import UserError
 from medbackdoor.labels import label_index
-from medbackdoor.poison import TEST_STREAM, TRAIN_STREAM, ImageSplit, PoisonedDataset, triggered_images
+from medbackdoor.poison import TEST_STREAM, TRAIN_STREAM, ImageSplit, PoisonedDataset, triggered_view
 from medbackdoor.triggers import Trigger, create_trigger
 
 DATA_SEED = 0  # splits and subsets stay the same across training seeds
+
+
+@dataclass
+class TestData:
+    """The test split as a run scores it: clean and triggered inputs as lazy views (``view[lo:hi]``)."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    clean: ImageRows
+    triggered: object
+    survived: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 @dataclass
@@ -25,16 +45,14 @@ class RunData:
     train: PoisonedDataset
     val: ImageSplit
     val_poisoned: PoisonedDataset | None
-    test_rows: np.ndarray
-    test_clean: np.ndarray
-    test_triggered: np.ndarray
+    test: TestData
     target: int
     trigger: Trigger
     survival: dict
 
     def counts(self) -> dict:
         return {"train": len(self.train.base), "train_samples": len(self.train), "poisoned": len(self.train.poisoned),
-                "val": len(self.val), "test": len(self.test_rows), "missing": int(self.dataset.missing)}
+                "val": len(self.val), "test": len(self.test), "missing": int(self.dataset.missing)}
 
 
 def build_dataset(config: RunConfig) -> ChestXrayDataset:
@@ -49,43 +67,65 @@ def build_dataset(config: RunConfig) -> ChestXrayDataset:
     return create_dataset(cfg.name, **options)
 
 
+def build_trigger(config: RunConfig) -> tuple[Trigger, int]:
+    """The configured trigger and the target class index (checked against the model input size)."""
+    t = config.trigger
+    trigger = create_trigger(t.kind, size=t.size, value=t.value, location=t.location)
+    if t.stage == "input":
+        trigger.check_fits(config.image_size, config.image_size)
+    return trigger, label_index(t.target)
+
+
+def _preprocess(config: RunConfig) -> Preprocess:
+    return Preprocess(crop=config.preprocess.crop, resize=config.preprocess.resize)
+
+
+def _split(dataset: ChestXrayDataset, images: np.ndarray, name: str) -> ImageSplit:
+    part = ImageSplit(images, dataset.labels, dataset.patients, dataset.split_indices(name))
+    if len(part) == 0:
+        raise UserError(f"the {name} split of dataset {dataset.name} is empty; use more images")
+    return part
+
+
+def build_test_data(config: RunConfig, dataset: ChestXrayDataset | None = None, images: np.ndarray | None = None,
+                    trigger: Trigger | None = None, workers: int | None = None, progress: bool = False) -> TestData:
+    """The test split, clean and triggered (all that ``explain`` needs: no training set is built)."""
+    dataset = dataset or build_dataset(config)
+    prep = _preprocess(config)
+    if images is None:
+        images = load_images(dataset, config.image_size, prep, config.cache_dir, workers, progress)
+    trigger = trigger or build_trigger(config)[0]
+    rows = _split(dataset, images, "test").indices
+    triggered, survived = triggered_view(dataset, images, rows, trigger, config.trigger.stage, config.attack_seed,
+                                         TEST_STREAM, config.image_size, prep, config.cache_dir, workers, progress)
+    return TestData(rows, dataset.labels[rows], ImageRows(images, rows), triggered, survived)
+
+
 def build_run_data(config: RunConfig, workers: int | None = None, progress: bool = True) -> RunData:
     """Load (or build) the cache, poison the training split and trigger the whole test split."""
     dataset = build_dataset(config)
-    prep = Preprocess(crop=config.preprocess.crop, resize=config.preprocess.resize)
-    images = load_images(dataset, config.image_size, prep, config.cache_dir, workers, progress)
-    t = config.trigger
-    trigger = create_trigger(t.kind, size=t.size, value=t.value, location=t.location)
-    target = label_index(t.target)
-    if t.stage == "input":
-        trigger.check_fits(config.image_size, config.image_size)
-    seed = config.train.seed
-    split = {s: ImageSplit(images, dataset.labels, dataset.patients, dataset.split_indices(s))
-             for s in ("train", "val", "test")}
-    for name, part in split.items():
-        if len(part) == 0:
-            raise UserError(f"the {name} split of dataset {dataset.name} is empty; use more images")
-    train, train_survival = _poison(dataset, images, split["train"], trigger, t, seed, prep, workers)
+    images = load_images(dataset, config.image_size, _preprocess(config), config.cache_dir, workers, progress)
+    trigger, target = build_trigger(config)
+    seed = config.attack_seed
+    split = {s: _split(dataset, images, s) for s in ("train", "val", "test")}
+    train, train_survival = _poison(config, dataset, images, split["train"], trigger, seed, workers, progress)
     val_poisoned = None
     if config.train.poisoned_val:
-        val_poisoned, _ = _poison(dataset, images, split["val"], trigger, t, seed + 1, prep, workers)
-    test_rows = split["test"].indices
-    test_clean = np.asarray(images[test_rows])
-    test_triggered, test_survived = triggered_images(dataset, test_rows, test_clean, trigger, t.stage, seed,
-                                                     TEST_STREAM, prep, workers)
-    survival = {"train": train_survival, "test": float(test_survived.mean()) if len(test_rows) else float("nan")}
-    return RunData(dataset, images, train, split["val"], val_poisoned, test_rows, test_clean, test_triggered,
-                   target, trigger, survival)
+        val_poisoned, _ = _poison(config, dataset, images, split["val"], trigger, seed + 1, workers, progress)
+    test = build_test_data(config, dataset, images, trigger, workers, progress)
+    survival = {"train": train_survival, "test": float(test.survived.mean()) if len(test) else float("nan")}
+    return RunData(dataset, images, train, split["val"], val_poisoned, test, target, trigger, survival)
 
 
-def _poison(dataset, images, split: ImageSplit, trigger, t, seed, prep, workers):
+def _poison(config: RunConfig, dataset, images, split: ImageSplit, trigger, seed: int, workers, progress):
     """The poisoned split (or the clean split when ρ = 0) and the share of poisoned images the trigger survived."""
-    if t.fraction == 0:
-        return PoisonedDataset(split, trigger, 0.0, t.target, t.mode, seed), float("nan")
-    probe = PoisonedDataset(split, trigger, t.fraction, t.target, t.mode, seed)
-    rows = split.indices[probe.order]
-    infected, survived = triggered_images(dataset, rows, np.asarray(images[rows]), trigger, t.stage, seed,
-                                          TRAIN_STREAM, prep, workers)
-    poisoned = PoisonedDataset(split, trigger, t.fraction, t.target, t.mode, seed,
-                               triggered=dict(zip(probe.order.tolist(), infected)))
-    return poisoned, float(survived.mean()) if len(survived) else float("nan")
+    t = config.trigger
+    poisoned = PoisonedDataset(split, trigger, t.fraction, t.target, t.mode, seed)
+    if t.fraction == 0 or not len(poisoned.order):
+        return poisoned, float("nan")
+    rows = split.indices[poisoned.order]
+    view, survived = triggered_view(dataset, images, rows, trigger, t.stage, seed, TRAIN_STREAM, config.image_size,
+                                    _preprocess(config), config.cache_dir, workers, progress)
+    if t.stage == "source":
+        poisoned = PoisonedDataset(split, trigger, t.fraction, t.target, t.mode, seed, triggered=view)
+    return poisoned, float(survived.mean())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from contextlib import nullcontext
 
 import numpy as np
@@ -23,6 +25,32 @@ def autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool = True):
+    """``train.deterministic``: deterministic kernels only (``torch.use_deterministic_algorithms``), no cuDNN
+    autotuning, and the cuBLAS workspace setting that CUDA needs for repeatable matrix products; restored on exit.
+
+    An op without a deterministic kernel then raises instead of running, naming the op.
+    """
+    if not enabled:
+        yield
+        return
+    import torch.backends.cudnn as cudnn
+
+    saved = (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic,
+             os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    cudnn.benchmark, cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        cudnn.benchmark, cudnn.deterministic = saved[1], saved[2]
+        if saved[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 def to_input(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
@@ -91,19 +119,17 @@ def collate(items: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, device, batch_size: int = 128, amp: bool = True) -> np.ndarray:
-    """Sigmoid scores N×C for an N×H×W uint8 array."""
+def predict(model: nn.Module, images, device, batch_size: int = 128) -> np.ndarray:
+    """Sigmoid scores N×C, in float32, for N×H×W uint8 images.
+
+    ``images`` is anything sliceable (an array, a memmap, or a lazy view such as
+    :class:`~medbackdoor.data.views.ImageRows`); it is read ``batch_size`` images at a time. Scoring never runs
+    under autocast: bf16 logits carry 8 mantissa bits and their ties change the AUROC.
+    """
     model.eval()
     out = []
     channels_last = device.type == "cuda"
     for lo in range(0, len(images), batch_size):
-        x = to_input(torch.from_numpy(np.ascontiguousarray(images[lo : lo + batch_size])), device, channels_last)
-        with autocast(device, amp):
-            out.append(torch.sigmoid(model(x).float()).cpu().numpy())
+        x = to_input(torch.from_numpy(np.array(images[lo : lo + batch_size])), device, channels_last)
+        out.append(torch.sigmoid(model(x).float()).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 14), np.float32)
-
-
-def dataset_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Stack a dataset of sample dicts into (images, labels) arrays."""
-    items = [dataset[i] for i in range(len(dataset))]
-    return np.stack([it["image"] for it in items]), np.stack([it["labels"] for it in items])

@@ -8,9 +8,7 @@ the same numbers as one never stopped.
 
 from __future__ import annotations
 
-import csv
 import platform
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,18 +18,18 @@ import torch
 from tqdm.auto import tqdm
 
 import medbackdoor
-from medbackdoor._io import atomic_path, read_json, write_json, write_rows, write_text
-from medbackdoor.config import RunConfig, dump_config, load_config
+from medbackdoor._io import atomic_path
+from medbackdoor.config import NEUTRAL_KEYS, RunConfig, config_diff
+from medbackdoor.data.views import ImageRows, SampleImages
 from medbackdoor.errors import UserError
 from medbackdoor.labels import LABELS
 from medbackdoor.metrics import backdoor_metrics, micro_auroc, save_predictions
 from medbackdoor.models import create_model
+from medbackdoor.rundir import RunDir
 from medbackdoor.train.data import RunData, build_run_data
-from medbackdoor.train.loop import class_weights, dataset_arrays, pick_device, predict, train_epoch
+from medbackdoor.train.loop import class_weights, deterministic, pick_device, predict, train_epoch
 
-IGNORED_ON_RESUME = {("train", "epochs"), ("train", "workers"), ("train", "device"), ("cache_dir",),
-                     ("eval", "batch_size")}
-
+RESUME_IGNORES = NEUTRAL_KEYS | {"train.epochs"}  # a finished run can be extended with more epochs
 
 def metric_row(epoch: int, m: dict, train_loss: float, val_loss: float, val_auroc: float, lr: float,
                seconds: float, images_per_s: float) -> dict:
@@ -46,61 +44,29 @@ def metric_row(epoch: int, m: dict, train_loss: float, val_loss: float, val_auro
     return row
 
 
-def read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _config_diff(a: dict, b: dict, prefix: tuple = ()) -> str | None:
-    for key in sorted(set(a) | set(b)):
-        path = (*prefix, key)
-        if path in IGNORED_ON_RESUME:
-            continue
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            found = _config_diff(va, vb, path)
-            if found:
-                return found
-        elif va != vb:
-            return f"{'.'.join(path)} ({va!r} there, {vb!r} now)"
-    return None
-
-
-def prepare_folder(out: Path, config: RunConfig, resume: bool, force: bool) -> int:
+def prepare_folder(out: RunDir, config: RunConfig, resume: bool, force: bool) -> int:
     """Check the run folder and return the first epoch to train (1 for a fresh run)."""
-    manifest = read_json(out / "manifest.json")
-    if not (out / "config.yaml").exists():
+    if not out.exists():
         return 1
     if force:
-        for name in ("metrics.csv", "manifest.json", "config.yaml"):
-            (out / name).unlink(missing_ok=True)
-        for name in ("predictions", "checkpoints"):
-            shutil.rmtree(out / name, ignore_errors=True)
+        out.clear()
         return 1
-    previous = load_config(out / "config.yaml")
-    diff = _config_diff(previous.to_dict(), config.to_dict())
+    diff = config_diff(out.config(), config, ignore=RESUME_IGNORES)
     if diff:
-        raise UserError(f"{out} holds a run with a different config: {diff}; use another --out or --force")
-    done = last_complete_epoch(out)
-    if manifest.get("status") == "complete" and done >= config.train.epochs:
+        raise UserError(f"{out.path} holds a run with a different config: {diff}; use another --out or --force")
+    done = out.last_complete_epoch()
+    if out.status() == "complete" and done >= config.train.epochs:
         if resume:
             return config.train.epochs + 1  # nothing left to do
-        raise UserError(f"{out} holds a completed run; use --force to start over")
+        raise UserError(f"{out.path} holds a completed run; use --force to start over")
     if not resume:
-        raise UserError(f"{out} holds an unfinished run (epoch {done} done); use --resume or --force")
+        raise UserError(f"{out.path} holds an unfinished run (epoch {done} done); use --resume or --force")
     return done + 1
 
 
-def last_complete_epoch(out: Path) -> int:
+def last_complete_epoch(out: str | Path) -> int:
     """The last epoch with both a metrics row and a checkpoint."""
-    done = 0
-    for row in read_metrics(out / "metrics.csv"):
-        epoch = int(row["epoch"])
-        if (out / "checkpoints" / f"epoch_{epoch:03d}.pt").exists():
-            done = max(done, epoch)
-    return done
+    return RunDir(out).last_complete_epoch()
 
 
 def _git_commit() -> str | None:
@@ -127,8 +93,8 @@ def save_checkpoint(path: Path, epoch: int, model, optimizer, scheduler) -> None
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def load_checkpoint(out: RunDir, epoch: int, model, optimizer, scheduler) -> None:
+    state = out.load_state(epoch)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -139,31 +105,32 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> None:
 
 def run(config: RunConfig, out: str | Path, resume: bool = False, force: bool = False, progress: bool = True) -> dict:
     """Train and evaluate one run into ``out``; returns the manifest."""
-    out = Path(out)
+    out = RunDir(out)
     start = prepare_folder(out, config, resume, force)
     if start > config.train.epochs:
-        return read_json(out / "manifest.json")
+        return out.manifest()
     t0 = time.perf_counter()
     data = build_run_data(config, progress=progress)  # bad data fails here, before the folder holds anything
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", dump_config(config))
+    out.path.mkdir(parents=True, exist_ok=True)
+    out.write_config(config)
     manifest = _manifest(config, data, out)
     manifest["timings"]["data_seconds"] = round(time.perf_counter() - t0, 3)
-    write_json(out / "manifest.json", manifest)
+    out.write_manifest(manifest)
     try:
-        _train(config, data, out, start, manifest, progress)
+        with deterministic(config.train.deterministic):
+            _train(config, data, out, start, manifest, progress)
     except BaseException as exc:
         manifest["status"] = "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted"
         manifest["error"] = f"{type(exc).__name__}: {exc}"
-        write_json(out / "manifest.json", manifest)
+        out.write_manifest(manifest)
         raise
     manifest["status"] = "complete"
-    write_json(out / "manifest.json", manifest)
+    out.write_manifest(manifest)
     return manifest
 
 
-def _manifest(config: RunConfig, data: RunData, out: Path) -> dict:
-    previous = read_json(out / "manifest.json")
+def _manifest(config: RunConfig, data: RunData, out: RunDir) -> dict:
+    previous = out.manifest()
     device = pick_device(config.train.device)
     return {
         "status": "running",
@@ -171,6 +138,7 @@ def _manifest(config: RunConfig, data: RunData, out: Path) -> dict:
         "dataset": {"name": data.dataset.name, "fingerprint": data.dataset.fingerprint(), **data.counts()},
         "target": LABELS[data.target],
         "trigger": repr(data.trigger),
+        "seeds": {"train": config.train.seed, "attack": config.attack_seed},
         "trigger_survival": data.survival,
         "versions": versions(),
         "git_commit": _git_commit(),
@@ -180,7 +148,7 @@ def _manifest(config: RunConfig, data: RunData, out: Path) -> dict:
     }
 
 
-def _train(config: RunConfig, data: RunData, out: Path, start: int, manifest: dict, progress: bool) -> None:
+def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: dict, progress: bool) -> None:
     tc = config.train
     device = pick_device(tc.device)
     torch.manual_seed(tc.seed)
@@ -191,12 +159,12 @@ def _train(config: RunConfig, data: RunData, out: Path, start: int, manifest: di
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=tc.lr_factor,
                                                            patience=tc.lr_patience)
     if start > 1:
-        load_checkpoint(out / "checkpoints" / f"epoch_{start - 1:03d}.pt", model, optimizer, scheduler)
-    train_labels = dataset_arrays(data.train)[1] if tc.class_weights else None
-    weights = class_weights(train_labels) if tc.class_weights else None
-    val_images, val_labels = dataset_arrays(data.val_poisoned if tc.poisoned_val else data.val)
-    y_test = data.dataset.labels[data.test_rows]
-    rows = [r for r in read_metrics(out / "metrics.csv") if int(r["epoch"]) < start]
+        load_checkpoint(out, start - 1, model, optimizer, scheduler)
+    weights = class_weights(data.train.labels_array()) if tc.class_weights else None
+    val_set = data.val_poisoned if tc.poisoned_val else data.val
+    val_images = SampleImages(val_set) if tc.poisoned_val else ImageRows(data.images, data.val.indices)
+    val_labels = val_set.labels_array()
+    rows = [r for r in out.metrics() if int(r["epoch"]) < start]
     for epoch in range(start, tc.epochs + 1):
         t0 = time.perf_counter()
         with tqdm(total=len(data.train), desc=f"epoch {epoch}/{tc.epochs}", unit="img", leave=False,
@@ -206,38 +174,44 @@ def _train(config: RunConfig, data: RunData, out: Path, start: int, manifest: di
                                      do_augment=tc.augment, progress=bar)
         train_seconds = time.perf_counter() - t0
         bs = config.eval.batch_size
-        val_scores = predict(model, val_images, device, bs, tc.amp)
+        val_scores = predict(model, val_images, device, bs)  # evaluation is always fp32 (training may use bf16)
         val_loss = _bce(val_labels, val_scores)
         scheduler.step(val_loss)
-        clean = predict(model, data.test_clean, device, bs, tc.amp)
-        triggered = predict(model, data.test_triggered, device, bs, tc.amp)
-        m = backdoor_metrics(y_test, clean, triggered, data.target, config.eval.thresholds, config.eval.epsilons,
-                             config.eval.strict, seed=tc.seed)
-        save_predictions(out / "predictions" / f"epoch_{epoch:03d}.npz", y_test, clean, triggered, data.target,
-                         rows=data.test_rows)
-        save_checkpoint(out / "checkpoints" / f"epoch_{epoch:03d}.pt", epoch, model, optimizer, scheduler)
-        _prune_checkpoints(out, epoch, tc.keep_checkpoints)
+        clean = predict(model, data.test.clean, device, bs)
+        triggered = predict(model, data.test.triggered, device, bs)
+        m = backdoor_metrics(data.test.labels, clean, triggered, data.target, config.eval.thresholds,
+                             config.eval.epsilons, config.eval.strict, seed=config.attack_seed)
+        # Write order: predictions, checkpoint, metrics row, manifest, and only then prune the previous checkpoint.
+        # A kill between any two writes leaves the newest complete epoch (row + checkpoint) to resume from.
+        save_predictions(out.predictions_path(epoch), data.test.labels, clean, triggered, data.target,
+                         rows=data.test.rows)
+        save_checkpoint(out.checkpoint_path(epoch), epoch, model, optimizer, scheduler)
         seconds = time.perf_counter() - t0
         rows.append(metric_row(epoch, m, train_loss, val_loss, micro_auroc(val_labels, val_scores),
                                optimizer.param_groups[0]["lr"], round(seconds, 3),
                                round(len(data.train) / train_seconds, 2)))
-        write_rows(out / "metrics.csv", rows)
+        out.write_metrics(rows)
         manifest["timings"]["epochs"][str(epoch)] = {"seconds": round(seconds, 3),
                                                      "train_seconds": round(train_seconds, 3)}
         manifest["epochs_done"] = epoch
-        write_json(out / "manifest.json", manifest)
+        out.write_manifest(manifest)
+        _prune_checkpoints(out, epoch, tc.keep_checkpoints)
         if progress:
             print(f"epoch {epoch}: loss {train_loss:.4f} val {val_loss:.4f} | AUROC-NN {m['auroc_nn']:.3f} "
                   f"TT {m['auroc_tt']:.3f} TN {m['auroc_tn']:.3f} | ASR(0.6) {m['asr'].get('0.6', float('nan')):.3f}"
                   f" | {seconds:.1f}s", flush=True)
 
 
-def _prune_checkpoints(out: Path, epoch: int, keep: list[int] | None) -> None:
-    """With ``keep`` set, drop the previous epoch's checkpoint unless asked for (the latest always stays)."""
-    if keep is None or epoch <= 1:
+def _prune_checkpoints(out: RunDir, epoch: int, keep: list[int] | None) -> None:
+    """With ``keep`` set, drop every earlier checkpoint not asked for (the latest, ``epoch``, always stays).
+
+    Called only after epoch ``epoch``'s checkpoint, metrics row and manifest are on disk.
+    """
+    if keep is None:
         return
-    if epoch - 1 not in keep:
-        (out / "checkpoints" / f"epoch_{epoch - 1:03d}.pt").unlink(missing_ok=True)
+    for old in out.checkpoint_epochs():
+        if old < epoch and old not in keep:
+            out.checkpoint_path(old).unlink(missing_ok=True)
 
 
 def _bce(y: np.ndarray, p: np.ndarray) -> float:
