@@ -259,5 +259,16 @@ def test_explain_builds_only_the_test_split(tiny, tmp_path, monkeypatch):
         raise AssertionError("explain built the poisoned training set")
     monkeypatch.setattr(data_module, "_poison", no_training_set)
     monkeypatch.setattr(data_module, "build_run_data", no_training_set)
+    import medbackdoor.explain.run_explain as explain_module
+    titles = []
+    real_save = explain_module.save_figure
+
+    def capture(fig, *args, **kwargs):
+        titles.extend(ax.get_title() for ax in fig.axes if ax.get_title())
+        return real_save(fig, *args, **kwargs)
+    monkeypatch.setattr(explain_module, "save_figure", capture)
     result = explain_run(tmp_path / "run", images=16)
     assert result["images"] == 16 and result["map_sizes"] == {"last": (1, 1), "middle": (2, 2)}
+    # item 12: each column says how coarse its map is
+    assert titles == ["clean, last layer (1×1 map)", "infected, last layer (1×1 map)",
+                      "clean, middle layer (2×2 map)", "infected, middle layer (2×2 map)"]

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from medbackdoor.cli import main
+from medbackdoor.config import load_config
 from medbackdoor.study.report import build_report
 from medbackdoor.study.sweep import expand_grid, load_sweep, run_name, run_state, run_sweep
 
@@ -112,7 +113,10 @@ def test_report_cli_and_skipped_tables(study, tmp_path, capsys):
 
 def test_builtin_protocols_expand():
     _, quick = load_sweep("quick")
-    assert len(quick) == 18 and {r.name for r in quick} >= {"size-1_seed-0", "fraction-0.0_seed-2"}
+    assert len(quick) == 20 and {r.name for r in quick} >= {"size-1_seed-0", "fraction-0.0_seed-2"}
+    figure = {r.name: r for r in quick if r.folder.startswith("figure1/")}  # 18 grid runs + the Figure-1 pair
+    assert set(figure) == {"figure1/trigger", "figure1/clean"}
+    assert figure["figure1/trigger"].data["image_size"] == 128 and len([r for r in quick if r.name not in figure]) == 18
     _, paper = load_sweep("paper", overrides=["dataset.root=/data/nih"])
     assert len(paper) == 24 and paper[0].data["dataset"]["root"] == "/data/nih"
 
@@ -133,3 +137,29 @@ def test_sweep_and_reproduce_exit_non_zero_when_a_run_failed(study, capsys):
     assert "1 of 9 runs failed" in err and "size-40_seed-0" in err
     assert str(out / "runs" / "size-40_seed-0" / "manifest.json") in err
     assert main(["sweep", str(spec), "--out", str(out), "--dry-run"]) == 0
+
+
+def test_figure1_pair_is_trained_apart_explained_and_kept_out_of_the_tables(tmp_path, monkeypatch):
+    from medbackdoor.cli.study_cmd import explain_figure_runs
+
+    spec = tmp_path / "sweep.yaml"
+    base = {**TINY_BASE, "cache_dir": str(tmp_path / "cache"), "train": {"epochs": 1, "batch_size": 16}}
+    spec.write_text(yaml.safe_dump({"base": base, "grid": [{"trigger.size": [3], "train.seed": [0]}],
+                                    "figure1": {"image_size": 64, "dataset.options.source_size": 64}},
+                                   sort_keys=False))
+    out = tmp_path / "out"
+    dry = {r["name"]: r["state"] for r in run_sweep(spec, out, dry_run=True)}
+    assert dry == {"size-3_seed-0": "new", "figure1/trigger": "new", "figure1/clean": "new"}
+    results = run_sweep(spec, out, jobs=1, progress=False)
+    assert all(r["status"] == "complete" for r in results)
+    clean = load_config(out / "figure1" / "clean" / "config.yaml")
+    trigger = load_config(out / "figure1" / "trigger" / "config.yaml")
+    assert clean.image_size == trigger.image_size == 64 and clean.trigger.fraction == 0.0
+    assert trigger.trigger.fraction == 0.4 and trigger.train.seed == 0
+    explain_figure_runs(out, results)
+    assert (out / "figure1" / "trigger" / "explain" / "figure1.png").is_file()
+    assert not (out / "runs" / "size-3_seed-0" / "explain").exists()  # the pair replaces the grid's runs
+    report = build_report(out).read_text()
+    assert "figure1/trigger/explain/figure1.png" in report and "| figure1/clean |" in report
+    with open(out / "report" / "runs.csv") as f:
+        assert {r["run"] for r in csv.DictReader(f)} == {"size-3_seed-0"}

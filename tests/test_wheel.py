@@ -53,7 +53,7 @@ def test_installed_wheel_runs_reproduce_dry_run_and_data_check(installed, tmp_pa
     assert Path(origin.stdout.strip()).is_relative_to(site), origin.stdout  # the wheel, not the checkout
     dry = _cli(site, tmp_path, "reproduce", "--protocol", "quick", "--out", str(tmp_path / "study"), "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "18 runs" in dry.stdout and "size-3_seed-0" in dry.stdout
+    assert "20 runs" in dry.stdout and "size-3_seed-0" in dry.stdout and "figure1/trigger" in dry.stdout
     check = _cli(site, tmp_path, "data", "check", "--set", "dataset.options.n_images=30",
                  "--set", "dataset.options.source_size=32", "--json")
     assert check.returncode == 0, check.stderr

@@ -145,6 +145,8 @@ def figure1(out: Path, epochs, layers, clean, infected, box, panels, sizes: dict
             if j == 0:
                 ax.set_ylabel(f"epoch {epoch}", fontsize=9)
     fig.suptitle("Figure 1: Grad-CAM of a clean image and its infected version (red circle: trigger)", fontsize=10)
-    fig.tight_layout()
+    fig.text(0.5, 0.005, "Maps of the explained class; an all-blue panel is an empty map: nothing in that image "
+             "raises the class at that layer.", ha="center", va="bottom", fontsize=7)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     save_figure(fig, out, "figure1")
     plt.close(fig)
