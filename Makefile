@@ -17,6 +17,7 @@ demo: $(VENV)/.installed
 	$(MB) reproduce --protocol quick --seeds 0 --out $(DEMO_OUT)/reproduce
 	$(MB) summary $(DEMO_OUT)/reproduce/runs/fraction-0.0_seed-0 $(DEMO_OUT)/reproduce/runs/size-3_seed-0
 	@echo "Report (seed 0 of the quick study): $(DEMO_OUT)/reproduce/report/report.md"
+	@echo "Figure 1 (128-px pair trained for it): $(DEMO_OUT)/reproduce/figure1/trigger/explain/figure1.png"
 	@echo "All three seeds (adds 12 runs, the 6 done are kept): $(MB) reproduce --protocol quick --out $(DEMO_OUT)/reproduce"
 
 # The quick protocol's clean control and 3x3 run at full length (6 epochs, 2,000 images), side by side.

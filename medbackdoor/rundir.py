@@ -58,6 +58,11 @@ class RunDir:
     def explain_dir(self) -> Path:
         return self.path / "explain"
 
+    @property
+    def localisation_path(self) -> Path:
+        """``medbackdoor explain``'s table (tidy CSV: epoch, layer, method, version, quantity, value)."""
+        return self.explain_dir / "localisation.csv"
+
     def exists(self) -> bool:
         """True when the folder holds a run (its ``config.yaml``)."""
         return self.config_path.is_file()

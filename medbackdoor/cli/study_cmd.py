@@ -81,6 +81,7 @@ def explain_figure_runs(out: Path, results: list[dict]) -> None:
     there; otherwise the seed-0 3×3 run of the grid and its clean control are.
     """
     from medbackdoor.explain.run_explain import explain_run
+    from medbackdoor.rundir import RunDir
     from medbackdoor.study.sweep import FIGURE_DIR
 
     done = {r["name"]: Path(r["folder"]) for r in results if r.get("status") in ("complete", "skipped (complete)")}
@@ -88,7 +89,7 @@ def explain_figure_runs(out: Path, results: list[dict]) -> None:
     names = pair if any(n in done for n in pair) else FIGURE1_RUNS
     for name in names:
         folder = done.get(name)
-        if folder is not None and not (folder / "explain" / "localisation.csv").exists():
+        if folder is not None and not RunDir(folder).localisation_path.exists():
             explain_run(folder)
             print(f"explained {name}: {folder / 'explain' / 'figure1.png'}")
 

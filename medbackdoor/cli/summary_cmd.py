@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from medbackdoor.study.aggregate import TABLE_ROWS, metric_extremes
+from medbackdoor.rundir import RunDir
+from medbackdoor.study.aggregate import TABLE_ROWS
 
 
 def add_parser(sub) -> None:
@@ -17,7 +18,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    table = {str(folder): metric_extremes(folder / "metrics.csv") for folder in args.runs}
+    table = {str(folder): RunDir(folder).extremes() for folder in args.runs}
     if args.json:
         print(json.dumps(table, indent=2))
         return 0

@@ -73,9 +73,9 @@ def explain_run(run_dir: str | Path, epochs: list[int] | None = None, layers: tu
             rows += _rows(epoch, layer, method, maps, masks)
             panels[(epoch, layer)] = (maps["clean"][show], maps["infected"][show])
     out = run.explain_dir
-    write_rows(out / "localisation.csv", rows)
+    write_rows(run.localisation_path, rows)
     figure1(out, epochs, layers, clean[show], infected[show], boxes[show], panels, sizes)
-    return {"rows": rows, "csv": out / "localisation.csv", "figure": out / "figure1.png", "images": len(chosen),
+    return {"rows": rows, "csv": run.localisation_path, "figure": out / "figure1.png", "images": len(chosen),
             "map_sizes": sizes}
 
 

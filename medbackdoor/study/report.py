@@ -351,7 +351,7 @@ def explain_section(records, sweep_dir: Path) -> list[str]:
 
     explained = [(r.name, r.folder) for r in records]
     explained += [(f"{FIGURE_DIR}/{n}", sweep_dir / FIGURE_DIR / n) for n in ("trigger", "clean")]
-    explained = [(name, folder) for name, folder in explained if (folder / "explain" / "localisation.csv").is_file()]
+    explained = [(name, folder) for name, folder in explained if RunDir(folder).localisation_path.is_file()]
     if not explained:
         return []
     lines = ["", "## Explainability: Grad-CAM localisation and detection", ""]
@@ -368,7 +368,7 @@ def explain_section(records, sweep_dir: Path) -> list[str]:
               "| run | epoch | layer | " + " | ".join(c[2] for c in EXPLAIN_COLUMNS) + " |",
               "|---|---|---|" + "---|" * len(EXPLAIN_COLUMNS)]
     for name, folder in explained:
-        table = pd.read_csv(folder / "explain" / "localisation.csv")
+        table = pd.read_csv(RunDir(folder).localisation_path)
         for (epoch, layer), part in table.groupby(["epoch", "layer"], sort=False):
             values = {(v, q): x for v, q, x in zip(part.version, part.quantity, part.value)}
             cells = [f"{values.get((v, q), float('nan')):.3f}" for v, q, _ in EXPLAIN_COLUMNS]

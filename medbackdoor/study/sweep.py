@@ -22,9 +22,10 @@ from pathlib import Path
 
 import yaml
 
-from medbackdoor._io import read_json, write_json, write_text
-from medbackdoor.config import config_from_data, dump_config, read_yaml, resolve_config_path, set_dotted
+from medbackdoor._io import write_json, write_text
+from medbackdoor.config import config_from_data, read_yaml, resolve_config_path, set_dotted
 from medbackdoor.errors import UserError
+from medbackdoor.rundir import RunDir
 
 BUILTIN_SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
 SWEEP_KEYS = {"name", "description", "base_config", "base", "grid", "cuts", "figure1"}
@@ -162,7 +163,7 @@ def _apply(base: dict, point: dict) -> dict:
 
 def run_state(folder: Path) -> str:
     """``new``, ``complete``, ``failed: ...`` or ``partial (k epochs)``, read from the run folder."""
-    manifest = read_json(folder / "manifest.json")
+    manifest = RunDir(folder).manifest()
     if not manifest:
         return "new"
     status = manifest.get("status")
@@ -234,13 +235,12 @@ def _run_one(data: dict, folder: str, threads: int) -> dict:
 
 
 def _record_failure(folder: Path, data: dict, error: str, trace: str) -> None:
-    manifest_path = folder / "manifest.json"
-    manifest = read_json(manifest_path) or {"config": data}
+    run = RunDir(folder)
+    manifest = run.manifest() or {"config": data}
     manifest.update({"status": "failed", "error": error, "traceback": trace})
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(manifest_path, manifest)
-    if not (folder / "config.yaml").exists():
+    run.write_manifest(manifest)
+    if not run.exists():
         try:
-            write_text(folder / "config.yaml", dump_config(config_from_data(data)))
+            run.write_config(config_from_data(data))
         except UserError:
             pass
