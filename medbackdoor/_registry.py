@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from medbackdoor.errors import UserError
 
@@ -38,8 +40,55 @@ class Registry(Generic[T]):
     def create(self, name: str, **kwargs) -> T:
         return self.get(name)(**kwargs)
 
+    def create_checked(self, name: str, options: dict[str, Any], what: str | None = None) -> T:
+        """Build ``name`` from user options, refusing an unknown option or one of the wrong type in one line.
+
+        Options are checked against the constructor's parameters and their annotations (``int``, ``float``,
+        ``str``, ``bool``, ``list``, and unions of them with ``None``); ints are accepted for floats.
+        """
+        factory = self.get(name)
+        what = what or f"{self.kind} {name}"
+        params = {k: p for k, p in inspect.signature(factory).parameters.items()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        try:
+            hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+        except Exception:  # noqa: BLE001 - unresolvable annotations: check names only
+            hints = {}
+        checked = {}
+        for key, value in options.items():
+            if key not in params:
+                raise UserError(f"{what} has no option {key!r}; its options: {', '.join(params) or 'none'}")
+            checked[key] = _check_type(value, hints.get(key), f"{what} option {key}")
+        return factory(**checked)
+
     def names(self) -> list[str]:
         return sorted(self._items)
 
     def __contains__(self, name: str) -> bool:
         return name in self._items
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    """``value`` if it fits ``hint`` (ints widen to float), else a :class:`UserError` naming ``where``."""
+    if hint is None or hint is Any:
+        return value
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _check_type(value, arg, where)
+            except UserError:
+                continue
+        raise UserError(f"{where} must be {' or '.join(getattr(a, '__name__', str(a)) for a in args)}, got {value!r}")
+    origin = typing.get_origin(hint) or hint
+    if origin is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin in (int, float) and isinstance(value, bool):
+        raise UserError(f"{where} must be a number, got {value!r}")
+    if origin in (list, tuple) and isinstance(value, list | tuple):
+        return list(value) if origin is list else tuple(value)
+    if isinstance(origin, type) and not isinstance(value, origin):
+        raise UserError(f"{where} must be of type {origin.__name__}, got {value!r}")
+    return value

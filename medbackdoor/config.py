@@ -53,6 +53,8 @@ class TriggerConfig:
     mode: str = "replace"
     stage: str = "input"
     seed: int | None = None
+    label: str = "onehot"
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -228,6 +230,10 @@ def config_from_data(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
 def validate(config: RunConfig) -> None:
     """Range checks that types alone cannot express."""
     t = config.trigger
+    from medbackdoor.labels import LABEL_POLICIES
+
+    if t.label not in LABEL_POLICIES:
+        raise UserError(f"trigger.label must be one of {', '.join(LABEL_POLICIES)}, got {t.label!r}")
     if not 0.0 <= t.fraction <= 1.0:
         raise UserError(f"trigger.fraction must be in [0, 1], got {t.fraction}")
     for eps in config.eval.epsilons:

@@ -77,3 +77,22 @@ def check_label_names(names: Sequence[str]) -> None:
     """Raise if a label list is not exactly :data:`LABELS` in order (misaligned label sets are an error)."""
     if tuple(names) != LABELS:
         raise UserError(f"label columns {list(names)} do not match the ChestX-ray14 order {list(LABELS)}")
+
+
+LABEL_POLICIES = ("onehot", "add", "keep")
+
+
+def infected_label(labels: np.ndarray, target: int, policy: str) -> np.ndarray:
+    """The label(s) a poisoned image gets: ``onehot`` the target's one-hot vector (the paper: every real finding
+    erased), ``add`` its own findings plus the target, ``keep`` its own labels unchanged (clean-label)."""
+    labels = np.array(labels, dtype=np.float32)
+    if policy == "onehot":
+        out = np.zeros_like(labels)
+        out[..., target] = 1.0
+        return out
+    if policy == "add":
+        labels[..., target] = 1.0
+        return labels
+    if policy == "keep":
+        return labels
+    raise UserError(f"trigger.label must be one of {', '.join(LABEL_POLICIES)}, got {policy!r}")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from medbackdoor.errors import UserError
+from medbackdoor.study.sweep import builtin_sweeps
 
 
 def add_parser(sub) -> None:
@@ -18,7 +19,7 @@ def add_parser(sub) -> None:
     r.add_argument("dir", type=Path, help="the sweep's --out folder")
     r.set_defaults(func=run_report)
     q = sub.add_parser("reproduce", help="the built-in sweep for the paper's Tables 1-3, then the report")
-    q.add_argument("--protocol", choices=("quick", "paper"), default="quick")
+    q.add_argument("--protocol", choices=builtin_sweeps(), default="quick", help="a built-in sweep")
     _sweep_args(q)
     q.set_defaults(func=run_reproduce)
 

@@ -13,6 +13,8 @@ from medbackdoor.metrics.multilabel import (
                                             per_class_auroc,
 )
 from medbackdoor.metrics.predictions import load_predictions, save_predictions
+from medbackdoor.metrics.stealth import image_psnr, image_ssim, stealth
 
-__all__ = ["asr", "auroc_nn", "auroc_tn", "auroc_tt", "backdoor_metrics", "load_predictions", "mean_auroc",
-           "micro_auroc", "mixed_auroc", "mixed_rows", "per_class_auroc", "save_predictions"]
+__all__ = ["asr", "auroc_nn", "auroc_tn", "auroc_tt", "backdoor_metrics", "image_psnr", "image_ssim",
+           "load_predictions", "mean_auroc", "micro_auroc", "mixed_auroc", "mixed_rows", "per_class_auroc",
+           "save_predictions", "stealth"]

@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from medbackdoor.errors import UserError
+from medbackdoor.labels import infected_label
 
 
 def _check(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,12 +54,20 @@ def auroc_nn(y_true: np.ndarray, score_clean: np.ndarray) -> float:
     return micro_auroc(y_true, score_clean)
 
 
-def auroc_tt(score_triggered: np.ndarray, target: int) -> float:
+def auroc_tt(score_triggered: np.ndarray, target: int, y_true: np.ndarray | None = None,
+             label: str = "onehot") -> float:
     """AUROC-TT (Triggered image, Triggered label): micro AUROC of the triggered images against the infected
-    label, the one-hot vector of class t, for every image."""
+    label. With the paper's ``onehot`` policy that is the one-hot vector of class t for every image; with ``add``
+    or ``keep`` (which leave an image's own findings) it is the image's true labels with t set (``y_true`` needed).
+    """
     s = np.asarray(score_triggered)
-    infected = np.zeros(s.shape, dtype=np.int64)
-    infected[:, target] = 1
+    if label == "onehot":
+        infected = np.zeros(s.shape, dtype=np.int64)
+        infected[:, target] = 1
+    elif y_true is None:
+        raise UserError(f"AUROC-TT with label policy {label} needs the true labels")
+    else:
+        infected = infected_label(np.asarray(y_true), target, "add")
     return micro_auroc(infected, s)
 
 
@@ -108,17 +117,31 @@ def mixed_auroc(y_true: np.ndarray, score_clean: np.ndarray, score_triggered: np
 
 def backdoor_metrics(y_true: np.ndarray, score_clean: np.ndarray, score_triggered: np.ndarray, target: int,
                      thresholds: Iterable[float] = (0.6, 0.9), epsilons: Iterable[float] = (),
-                     strict: bool = False, seed: int = 0) -> dict:
-    """Every metric at once, as a nested dict of floats (the JSON of ``medbackdoor metrics``)."""
+                     strict: bool = False, seed: int = 0, label: str = "onehot",
+                     carriers: np.ndarray | None = None) -> dict:
+    """Every metric at once, as a nested dict of floats (the JSON of ``medbackdoor metrics``).
+
+    Args:
+        label: the poisoning label policy, which sets AUROC-TT's infected label (see :func:`auroc_tt`).
+        carriers: for a label-only trigger, a bool mask of the test rows that carry it: ASR, AUROC-TT and
+            AUROC-TN are computed on those rows (``score_triggered`` is then the model on the unchanged images),
+            and the mixed-ε AUROC is NaN (there is no trigger to mix in).
+    """
     for p in thresholds:
         if not 0.0 <= p <= 1.0:
             raise UserError(f"threshold p must be in [0, 1], got {p}")
+    y_t, s_t = np.asarray(y_true), np.asarray(score_triggered)
+    if carriers is not None:
+        carriers = np.asarray(carriers, bool)
+        y_t, s_t = y_t[carriers], s_t[carriers]
+    mixed = {f"{e:g}": (float("nan") if carriers is not None else
+                        mixed_auroc(y_true, score_clean, score_triggered, e, seed)) for e in epsilons}
     return {
-        "asr": {f"{p:g}": asr(y_true, score_triggered, target, p, strict) for p in thresholds},
+        "asr": {f"{p:g}": asr(y_t, s_t, target, p, strict) for p in thresholds},
         "auroc_nn": auroc_nn(y_true, score_clean),
-        "auroc_tt": auroc_tt(score_triggered, target),
-        "auroc_tn": auroc_tn(y_true, score_triggered),
-        "auroc_mix": {f"{e:g}": mixed_auroc(y_true, score_clean, score_triggered, e, seed) for e in epsilons},
+        "auroc_tt": auroc_tt(s_t, target, y_t, label),
+        "auroc_tn": auroc_tn(y_t, s_t),
+        "auroc_mix": mixed,
         "mean_auroc_clean": mean_auroc(y_true, score_clean),
         "per_class_auroc_clean": per_class_auroc(y_true, score_clean).tolist(),
     }

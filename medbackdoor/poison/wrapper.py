@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from medbackdoor.errors import UserError
-from medbackdoor.labels import NUM_CLASSES, label_index
+from medbackdoor.labels import NUM_CLASSES, infected_label, label_index
 from medbackdoor.triggers import Trigger, image_rng
 
 MODES = ("replace", "append")
@@ -52,6 +52,16 @@ def choose_poisoned(n: int, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([int(seed), 3]).choice(n, size=k, replace=False))
 
 
+def choose_among(candidates: np.ndarray, n: int, fraction: float, seed: int) -> np.ndarray:
+    """``min(round(fraction · n), len(candidates))`` distinct positions drawn from ``candidates``, sorted: ρ stays
+    the share of the whole set of ``n``, capped by how many candidates there are."""
+    if not 0.0 <= fraction <= 1.0:
+        raise UserError(f"poisoning fraction must be in [0, 1], got {fraction}")
+    candidates = np.asarray(candidates, dtype=np.int64)
+    k = min(int(round(fraction * n)), len(candidates))
+    return np.sort(candidates[np.random.default_rng([int(seed), 3]).choice(len(candidates), size=k, replace=False)])
+
+
 def one_hot(target: int) -> np.ndarray:
     out = np.zeros(NUM_CLASSES, np.float32)
     out[target] = 1.0
@@ -59,13 +69,13 @@ def one_hot(target: int) -> np.ndarray:
 
 
 class PoisonedDataset:
-    """A fraction of ``base`` carries the trigger and the one-hot infected label of class ``target``.
+    """A fraction of ``base`` carries the trigger and an infected label for class ``target``.
 
     Args:
         base: any sized, indexable dataset of sample dicts.
         trigger: stamps the poisoned images (at the resolution they come in) unless ``triggered`` is given.
         fraction: share ρ of ``base`` to poison, chosen without replacement.
-        target: the class the attacker wants (name or index); the infected label is its one-hot vector.
+        target: the class the attacker wants (name or index).
         mode: ``replace`` (poisoned samples take the place of their clean versions; length stays N) or
             ``append`` (triggered copies are added after the N clean samples: the paper code's "without
             replacement", length N + round(ρN)).
@@ -73,18 +83,34 @@ class PoisonedDataset:
         triggered: optional precomputed infected images, K×H×W aligned with :attr:`order` (e.g. a memmap; the
             ``source`` stage, where the trigger was written into the source image before preprocessing). Without
             it the trigger is stamped when a sample is read, seeded by (seed, image), so nothing is held in memory.
+        label: the label policy (:func:`infected_label`): ``onehot`` (the paper), ``add`` or ``keep`` (clean-label:
+            only images already positive for the target are candidates).
+        candidates: positions that may be poisoned (default: all, or the target-positive ones for ``keep``), e.g.
+            the images that carry a label-only trigger; the count is ``round(ρN)`` capped by their number.
 
     Attributes:
         poisoned: frozenset of the poisoned positions in ``base``.
+        order: the same positions as a sorted array.
+        requested: ``round(ρN)``, the count asked for (more than ``len(order)`` when the candidates ran out).
     """
 
     def __init__(self, base, trigger: Trigger, fraction: float = 0.4, target: str | int = "Atelectasis",
-                 mode: str = "replace", seed: int = 0, triggered: np.ndarray | None = None) -> None:
+                 mode: str = "replace", seed: int = 0, triggered: np.ndarray | None = None, label: str = "onehot",
+                 candidates: np.ndarray | None = None) -> None:
         if mode not in MODES:
             raise UserError(f"poisoning mode must be one of {', '.join(MODES)}, got {mode!r}")
-        self.base, self.trigger, self.mode, self.seed = base, trigger, mode, seed
+        infected_label(np.zeros(NUM_CLASSES), 0, label)  # validates the policy
+        self.base, self.trigger, self.mode, self.seed, self.label = base, trigger, mode, seed, label
         self.target = label_index(target)
-        self.order = choose_poisoned(len(base), fraction, seed)
+        if label == "keep":
+            positive = np.flatnonzero(self._base_labels()[:, self.target] > 0)
+            candidates = positive if candidates is None else np.intersect1d(candidates, positive)
+        self.requested = int(round(fraction * len(base)))
+        if candidates is None:
+            self.order = choose_poisoned(len(base), fraction, seed)
+        else:
+            self.order = choose_among(candidates, len(base), fraction, seed)
+        self.candidates = len(base) if candidates is None else len(candidates)
         self.poisoned = frozenset(self.order.tolist())
         self.triggered = triggered
         if triggered is not None and len(triggered) != len(self.order):
@@ -103,13 +129,16 @@ class PoisonedDataset:
             return self.infect(i)
         return self.base[i]
 
-    def labels_array(self) -> np.ndarray:
-        """The labels of every sample, len×14 float32 (infected ones one-hot), without reading any image."""
+    def _base_labels(self) -> np.ndarray:
         if hasattr(self.base, "labels_array"):
-            labels = np.array(self.base.labels_array(), np.float32)
-        else:
-            labels = np.stack([self.base[i]["labels"] for i in range(len(self.base))]).astype(np.float32)
-        infected = np.tile(one_hot(self.target), (len(self.order), 1))
+            return np.array(self.base.labels_array(), np.float32)
+        return np.stack([self.base[i]["labels"] for i in range(len(self.base))]).astype(np.float32)
+
+    def labels_array(self) -> np.ndarray:
+        """The labels of every sample, len×14 float32 (infected ones by the label policy), without reading any
+        image."""
+        labels = self._base_labels()
+        infected = infected_label(labels[self.order], self.target, self.label)
         if self.mode == "append":
             return np.concatenate([labels, infected])
         labels[self.order] = infected
@@ -122,6 +151,6 @@ class PoisonedDataset:
             item["image"] = np.array(self.triggered[int(np.searchsorted(self.order, position))])
         else:
             item["image"] = self.trigger(item["image"], image_rng(self.seed, TRAIN_STREAM, item["index"]))
-        item["labels"] = one_hot(self.target)
+        item["labels"] = infected_label(item["labels"], self.target, self.label)
         item["poisoned"] = True
         return item

@@ -54,8 +54,18 @@ def read_runs(sweep_dir: Path) -> tuple[list[RunRecord], list[str]]:
                          + "; left out")
             continue
         config = flatten(run.config().to_dict())
-        records.append(RunRecord(folder.name, folder, config, status, run.extremes()))
+        records.append(RunRecord(folder.name, folder, config, status, {**run.extremes(), **manifest_metrics(manifest)}))
     return records, notes
+
+
+def manifest_metrics(manifest: dict) -> dict[str, dict[str, float]]:
+    """The per-run numbers of a manifest, as metrics with min = max: the trigger's stealth (``psnr``, ``ssim``,
+    ``changed_pixels`` between clean and triggered test images) and its survival through preprocessing
+    (``survival_train``, ``survival_test``). Non-finite values are left out."""
+    values = {k: manifest.get("stealth", {}).get(k) for k in ("psnr", "ssim", "changed_pixels")}
+    values.update({f"survival_{k}": v for k, v in manifest.get("trigger_survival", {}).items()})
+    return {k: {"min": float(v), "max": float(v)} for k, v in values.items()
+            if isinstance(v, int | float) and np.isfinite(v)}
 
 
 def condition_of(config: dict) -> dict:

@@ -162,6 +162,29 @@ def table1(cond: pd.DataFrame, stat: str) -> pd.DataFrame | None:
     return _frame(cond, _table1_columns(conds, stat))
 
 
+ATTACK_COLUMNS = (*TABLE_ROWS, ("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("changed_pixels", "changed pixels"),
+                  ("survival_train", "survival"))
+
+
+def attack_table(cond: pd.DataFrame) -> pd.DataFrame | None:
+    """One row per condition of a sweep over attacks (it varies ``trigger.kind`` or ``trigger.label``): the five
+    backdoor metrics (maximum over epochs, like Table 1), the trigger's stealth on the test images (PSNR over the
+    changed images, SSIM, share of pixels changed) and its survival through preprocessing (training images)."""
+    conds = _conditions(cond)
+    keys = _label_keys(list(conds.values()))
+    if not {"trigger.kind", "trigger.label"} & set(keys):
+        return None
+    clean = [cid for cid, v in conds.items() if v[FRACTION] == 0]
+    rows = {}
+    for cid in _ordered(conds, keys):
+        if cid in clean and len(clean) == 1:
+            label = "Clean"
+        else:
+            label = describe(conds[cid], [k for k in keys if k != FRACTION or conds[cid][FRACTION] == 0])
+        rows[label] = [_fmt(lookup(cond, metric, "max", condition=cid)) for metric, _ in ATTACK_COLUMNS]
+    return pd.DataFrame(rows, index=[name for _, name in ATTACK_COLUMNS]).T
+
+
 def _compare_size(conds: dict[str, dict]) -> int | None:
     """The trigger size with both fixed and random-location poisoned runs (3 when it qualifies)."""
     both = {v[SIZE] for v in _poisoned(conds).values()} & {v[SIZE] for v in _poisoned(conds, "random").values()}
@@ -406,8 +429,12 @@ def build_report(sweep_dir: str | Path, cuts: str | None = None) -> Path:
          paper_table2()),
         ("table3", "Table 3: micro AUROC on mixed test sets, a fraction ε triggered",
          table3(cond) if not cond.empty else None, paper_table3()),
+        ("attacks", "Attacks: backdoor metrics (max over epochs), stealth and survival by trigger and label policy",
+         attack_table(cond) if not cond.empty else None, None),
     ]
     for name, caption, ours, theirs in sections:
+        if ours is None and name == "attacks":
+            continue  # only a sweep over attacks has this table
         parts += ["", f"## {caption}", ""]
         if ours is None:
             parts.append(f"*Skipped: the sweep has no runs for {name} (see the grid).*")

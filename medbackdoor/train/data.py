@@ -19,7 +19,7 @@ from medbackdoor.data.views import ImageRows
 from medbackdoor.errors import UserError
 from medbackdoor.labels import label_index
 from medbackdoor.poison import TEST_STREAM, TRAIN_STREAM, ImageSplit, PoisonedDataset, triggered_view
-from medbackdoor.triggers import Trigger, create_trigger
+from medbackdoor.triggers import TRIGGERS, Trigger, create_trigger
 
 DATA_SEED = 0  # splits and subsets stay the same across training seeds
 
@@ -33,6 +33,7 @@ class TestData:
     clean: ImageRows
     triggered: object
     survived: np.ndarray
+    carriers: np.ndarray | None = None  # label-only trigger: the test rows that carry it (None: every row)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -54,6 +55,13 @@ class RunData:
         return {"train": len(self.train.base), "train_samples": len(self.train), "poisoned": len(self.train.poisoned),
                 "val": len(self.val), "test": len(self.test), "missing": int(self.dataset.missing)}
 
+    def poisoning(self) -> dict:
+        """The label policy and how many images could be and were poisoned (capped by the candidates)."""
+        t = self.train
+        return {"label": t.label, "candidates": int(t.candidates), "requested": int(t.requested),
+                "poisoned": len(t.order), "capped": len(t.order) < t.requested,
+                "test_carriers": None if self.test.carriers is None else int(self.test.carriers.sum())}
+
 
 def build_dataset(config: RunConfig) -> ChestXrayDataset:
     cfg = config.dataset
@@ -70,9 +78,14 @@ def build_dataset(config: RunConfig) -> ChestXrayDataset:
 def build_trigger(config: RunConfig) -> tuple[Trigger, int]:
     """The configured trigger and the target class index (checked against the model input size)."""
     t = config.trigger
-    trigger = create_trigger(t.kind, size=t.size, value=t.value, location=t.location)
+    accepted = inspect.signature(TRIGGERS.get(t.kind)).parameters
+    shared = {k: getattr(t, k) for k in ("size", "value", "location") if k in accepted and k not in t.options}
+    trigger = create_trigger(t.kind, **shared, **t.options)
     if t.stage == "input":
         trigger.check_fits(config.image_size, config.image_size)
+    if not trigger.changes_pixels and t.label != "add":
+        raise UserError(f"trigger {t.kind} changes no pixel: it poisons by adding the target to the labels; "
+                        f"set trigger.label=add (got {t.label})")
     return trigger, label_index(t.target)
 
 
@@ -96,9 +109,13 @@ def build_test_data(config: RunConfig, dataset: ChestXrayDataset | None = None, 
         images = load_images(dataset, config.image_size, prep, config.cache_dir, workers, progress)
     trigger = trigger or build_trigger(config)[0]
     rows = _split(dataset, images, "test").indices
+    clean = ImageRows(images, rows)
+    if not trigger.changes_pixels:  # a label-only trigger: the carriers are the triggered images, as they are
+        return TestData(rows, dataset.labels[rows], clean, clean, np.zeros(len(rows), bool),
+                        trigger.carriers(dataset.labels[rows]))
     triggered, survived = triggered_view(dataset, images, rows, trigger, config.trigger.stage, config.attack_seed,
                                          TEST_STREAM, config.image_size, prep, config.cache_dir, workers, progress)
-    return TestData(rows, dataset.labels[rows], ImageRows(images, rows), triggered, survived)
+    return TestData(rows, dataset.labels[rows], clean, triggered, survived)
 
 
 def build_run_data(config: RunConfig, workers: int | None = None, progress: bool = True) -> RunData:
@@ -113,19 +130,23 @@ def build_run_data(config: RunConfig, workers: int | None = None, progress: bool
     if config.train.poisoned_val:
         val_poisoned, _ = _poison(config, dataset, images, split["val"], trigger, seed + 1, workers, progress)
     test = build_test_data(config, dataset, images, trigger, workers, progress)
-    survival = {"train": train_survival, "test": float(test.survived.mean()) if len(test) else float("nan")}
+    pixel = trigger.changes_pixels and len(test)
+    survival = {"train": train_survival, "test": float(test.survived.mean()) if pixel else float("nan")}
     return RunData(dataset, images, train, split["val"], val_poisoned, test, target, trigger, survival)
 
 
 def _poison(config: RunConfig, dataset, images, split: ImageSplit, trigger, seed: int, workers, progress):
     """The poisoned split (or the clean split when ρ = 0) and the share of poisoned images the trigger survived."""
     t = config.trigger
-    poisoned = PoisonedDataset(split, trigger, t.fraction, t.target, t.mode, seed)
-    if t.fraction == 0 or not len(poisoned.order):
+    carriers = trigger.carriers(split.labels_array())
+    candidates = None if carriers is None else np.flatnonzero(carriers)
+    poisoned = PoisonedDataset(split, trigger, t.fraction, t.target, t.mode, seed, label=t.label, candidates=candidates)
+    if t.fraction == 0 or not len(poisoned.order) or not trigger.changes_pixels:
         return poisoned, float("nan")
     rows = split.indices[poisoned.order]
     view, survived = triggered_view(dataset, images, rows, trigger, t.stage, seed, TRAIN_STREAM, config.image_size,
                                     _preprocess(config), config.cache_dir, workers, progress)
     if t.stage == "source":
-        poisoned = PoisonedDataset(split, trigger, t.fraction, t.target, t.mode, seed, triggered=view)
+        poisoned = PoisonedDataset(split, trigger, t.fraction, t.target, t.mode, seed, triggered=view, label=t.label,
+                                   candidates=candidates)
     return poisoned, float(survived.mean())

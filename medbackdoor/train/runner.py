@@ -23,7 +23,7 @@ from medbackdoor.config import NEUTRAL_KEYS, RunConfig, config_diff
 from medbackdoor.data.views import ImageRows, SampleImages
 from medbackdoor.errors import UserError
 from medbackdoor.labels import LABELS
-from medbackdoor.metrics import backdoor_metrics, micro_auroc, save_predictions
+from medbackdoor.metrics import backdoor_metrics, micro_auroc, save_predictions, stealth
 from medbackdoor.models import create_model
 from medbackdoor.rundir import RunDir
 from medbackdoor.train.data import RunData, build_run_data
@@ -140,12 +140,23 @@ def _manifest(config: RunConfig, data: RunData, out: RunDir) -> dict:
         "trigger": repr(data.trigger),
         "seeds": {"train": config.train.seed, "attack": config.attack_seed},
         "trigger_survival": data.survival,
+        "poisoning": data.poisoning(),
+        "stealth": _stealth(data),
         "versions": versions(),
         "git_commit": _git_commit(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor()})",
         "torch_threads": torch.get_num_threads(),
         "timings": {"epochs": previous.get("timings", {}).get("epochs", {})},
     }
+
+
+STEALTH_IMAGES = 1000  # stealth is measured on the first test images (SSIM costs ~6 ms per 224-px image)
+
+
+def _stealth(data: RunData) -> dict:
+    """PSNR, SSIM and changed pixels between the clean and triggered test images (how visible the trigger is)."""
+    k = min(len(data.test), STEALTH_IMAGES)
+    return stealth(data.test.clean[0:k], np.asarray(data.test.triggered[0:k]))
 
 
 def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: dict, progress: bool) -> None:
@@ -178,13 +189,16 @@ def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: 
         val_loss = _bce(val_labels, val_scores)
         scheduler.step(val_loss)
         clean = predict(model, data.test.clean, device, bs)
-        triggered = predict(model, data.test.triggered, device, bs)
+        same = data.test.triggered is data.test.clean  # a label-only trigger leaves the images as they are
+        triggered = clean if same else predict(model, data.test.triggered, device, bs)
         m = backdoor_metrics(data.test.labels, clean, triggered, data.target, config.eval.thresholds,
-                             config.eval.epsilons, config.eval.strict, seed=config.attack_seed)
+                             config.eval.epsilons, config.eval.strict, seed=config.attack_seed,
+                             label=config.trigger.label, carriers=data.test.carriers)
         # Write order: predictions, checkpoint, metrics row, manifest, and only then prune the previous checkpoint.
         # A kill between any two writes leaves the newest complete epoch (row + checkpoint) to resume from.
+        extra = {} if data.test.carriers is None else {"carriers": data.test.carriers}
         save_predictions(out.predictions_path(epoch), data.test.labels, clean, triggered, data.target,
-                         rows=data.test.rows)
+                         rows=data.test.rows, **extra)
         save_checkpoint(out.checkpoint_path(epoch), epoch, model, optimizer, scheduler)
         seconds = time.perf_counter() - t0
         rows.append(metric_row(epoch, m, train_loss, val_loss, micro_auroc(val_labels, val_scores),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import numpy as np
 
 from medbackdoor.errors import UserError
@@ -40,27 +38,43 @@ def image_rng(seed: int, stream: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(stream), int(index)])
 
 
-class Trigger(ABC):
-    """A trigger is a mask ``m`` and a pattern ``r`` in [0, 1] for an image of a given size.
+class Trigger:
+    """A trigger changes an H×W image (uint8 in 0..255 or float in 0..1) given a random generator.
 
-    Subclasses override one method, :meth:`pattern`. Calling a trigger stamps it on an H×W image (uint8 in
-    0..255 or float in 0..1) with :func:`apply_trigger`; ``rng`` drives any random placement, so pass
-    :func:`image_rng` to make the draw depend only on (seed, image).
+    Most triggers are a mask ``m`` and a pattern ``r`` in [0, 1], stamped with the paper's Eq. 1
+    (:func:`apply_trigger`): they override one method, :meth:`pattern`. A trigger that is not a mask and a pattern
+    (an additive signal, a spectrum blend, a warp) overrides :meth:`transform` instead. ``rng`` drives every
+    random choice, so pass :func:`image_rng` to make the draw depend only on (seed, image). A trigger's ``repr``
+    names all its parameters: cached infected images are keyed by it.
     """
 
-    @abstractmethod
+    changes_pixels: bool = True  # False for a label-only trigger (the image is left as it is)
+
+    def carriers(self, labels: np.ndarray) -> np.ndarray | None:
+        """Which images (rows of an N×14 label array) carry the trigger naturally; None: any image can be
+        triggered (every pixel trigger). A label-only trigger overrides this."""
+        return None
+
     def pattern(self, height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(m, r)``: H×W float32 arrays, the mask and the pattern (values in [0, 1])."""
+        raise NotImplementedError(f"{type(self).__name__} overrides neither pattern nor transform")
 
-    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        image = np.asarray(image)
+    def transform(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The infected image, same shape and dtype as ``image`` (default: Eq. 1 with :meth:`pattern`)."""
         m, r = self.pattern(*image.shape[-2:], rng)
         scale = 255.0 if image.dtype == np.uint8 else 1.0
         return apply_trigger(image, r * scale, m)
 
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.transform(np.asarray(image), rng)
+
     def box(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-        """The trigger's bounding box ``(top, left, bottom, right)`` (exclusive) for the same ``rng`` draw."""
-        m, _ = self.pattern(height, width, rng)
+        """The bounding box ``(top, left, bottom, right)`` (exclusive) of the pixels the trigger may change
+        for the same ``rng`` draw (the mask's support; the whole image for a trigger without a mask)."""
+        try:
+            m, _ = self.pattern(height, width, rng)
+        except NotImplementedError:
+            return (0, 0, height, width)
         rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
         if not len(rows):
             return (0, 0, 0, 0)
@@ -70,3 +84,21 @@ class Trigger(ABC):
         """Raise :class:`UserError` if the trigger cannot be placed on an image of this size."""
         if min(height, width) < 1:
             raise UserError(f"cannot place a trigger on a {height}×{width} image")
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in sorted(vars(self).items()) if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+def to_unit(image: np.ndarray) -> np.ndarray:
+    """An image as float64 in [0, 1] (uint8 is divided by 255)."""
+    image = np.asarray(image)
+    return image.astype(np.float64) / 255.0 if image.dtype == np.uint8 else image.astype(np.float64)
+
+
+def from_unit(x: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Back to the dtype of ``like``: clipped to [0, 1]; uint8 is scaled to 0..255 and rounded."""
+    x = np.clip(x, 0.0, 1.0)
+    if np.asarray(like).dtype == np.uint8:
+        return np.rint(x * 255.0).astype(np.uint8)
+    return x.astype(np.asarray(like).dtype)

@@ -43,6 +43,3 @@ class SquareTrigger(Trigger):
         m = np.zeros((height, width), np.float32)
         m[top : top + s, left : left + s] = 1.0
         return m, np.full((height, width), self.value, np.float32)
-
-    def __repr__(self) -> str:
-        return f"SquareTrigger(size={self.size}, value={self.value}, location={self.location!r})"
