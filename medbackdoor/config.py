@@ -187,16 +187,22 @@ def set_dotted(data: dict, assignment: str) -> None:
 BUILTIN = Path(__file__).resolve().parent / "configs"
 
 
-def resolve_config_path(path: str | Path) -> Path:
-    """A config file path, or the name of a built-in config (``quick``, ``paper``) shipped in the package."""
+def resolve_builtin(path: str | Path, folder: Path, what: str) -> Path:
+    """``path`` if it is a file, else the built-in ``folder/<path>.yaml``; one clear error listing the built-in
+    names (``what``: "config", "sweep") when neither exists."""
     candidate = Path(path)
     if candidate.is_file():
         return candidate
-    builtin = BUILTIN / f"{path}.yaml"
+    builtin = folder / f"{path}.yaml"
     if "/" not in str(path) and builtin.is_file():
         return builtin
-    names = ", ".join(sorted(p.stem for p in BUILTIN.glob("*.yaml")))
-    raise UserError(f"config file {path} does not exist (built-in configs: {names})")
+    names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none found in this installation"
+    raise UserError(f"{what} file {path} does not exist and is not a built-in {what} (built-in: {names})")
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file path, or the name of a built-in config (``quick``, ``paper``) shipped in the package."""
+    return resolve_builtin(path, BUILTIN, "config")
 
 
 def read_yaml(path: str | Path) -> dict:

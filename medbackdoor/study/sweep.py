@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from medbackdoor._io import write_json, write_text
-from medbackdoor.config import config_from_data, read_yaml, resolve_config_path, set_dotted
+from medbackdoor.config import config_from_data, read_yaml, resolve_builtin, resolve_config_path, set_dotted
 from medbackdoor.errors import UserError
 from medbackdoor.rundir import RunDir
 
@@ -104,14 +104,7 @@ def builtin_sweeps() -> list[str]:
 
 def resolve_sweep_path(path: str | Path) -> Path:
     """A sweep file, or the file of a built-in sweep name; a clear error naming both when neither exists."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    builtin = BUILTIN_SWEEPS / f"{path}.yaml"
-    if "/" not in str(path) and builtin.is_file():
-        return builtin
-    raise UserError(f"sweep file {path} does not exist and is not a built-in sweep "
-                    f"(built-in: {', '.join(builtin_sweeps()) or 'none found in this installation'})")
+    return resolve_builtin(path, BUILTIN_SWEEPS, "sweep")
 
 
 def expand_grid(grid, seeds: list[int] | None = None) -> list[dict]:
