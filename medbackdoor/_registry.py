@@ -7,6 +7,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from medbackdoor.config import check_value
 from medbackdoor.errors import UserError
 
 T = TypeVar("T")
@@ -43,9 +44,10 @@ class Registry(Generic[T]):
     def create_checked(self, name: str, options: dict[str, Any], what: str | None = None) -> T:
         """Build ``name`` from user options, refusing an unknown option or one of the wrong type in one line.
 
-        Options are checked against the constructor's parameters and their annotations (``int``, ``float``,
-        ``str``, ``bool``, ``list``, and unions of them with ``None``); ints are accepted for floats.
+        Options are checked against the constructor's parameters, and their values against its annotations with
+        the same rules as config keys (:func:`medbackdoor.config.check_value`).
         """
+
         factory = self.get(name)
         what = what or f"{self.kind} {name}"
         params = {k: p for k, p in inspect.signature(factory).parameters.items()
@@ -58,7 +60,7 @@ class Registry(Generic[T]):
         for key, value in options.items():
             if key not in params:
                 raise UserError(f"{what} has no option {key!r}; its options: {', '.join(params) or 'none'}")
-            checked[key] = _check_type(value, hints.get(key), f"{what} option {key}")
+            checked[key] = check_value(value, hints.get(key), f"{what} option {key}")
         return factory(**checked)
 
     def names(self) -> list[str]:
@@ -67,28 +69,3 @@ class Registry(Generic[T]):
     def __contains__(self, name: str) -> bool:
         return name in self._items
 
-
-def _check_type(value: Any, hint: Any, where: str) -> Any:
-    """``value`` if it fits ``hint`` (ints widen to float), else a :class:`UserError` naming ``where``."""
-    if hint is None or hint is Any:
-        return value
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _check_type(value, arg, where)
-            except UserError:
-                continue
-        raise UserError(f"{where} must be {' or '.join(getattr(a, '__name__', str(a)) for a in args)}, got {value!r}")
-    origin = typing.get_origin(hint) or hint
-    if origin is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if origin in (int, float) and isinstance(value, bool):
-        raise UserError(f"{where} must be a number, got {value!r}")
-    if origin in (list, tuple) and isinstance(value, list | tuple):
-        return list(value) if origin is list else tuple(value)
-    if isinstance(origin, type) and not isinstance(value, origin):
-        raise UserError(f"{where} must be of type {origin.__name__}, got {value!r}")
-    return value

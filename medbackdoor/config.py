@@ -110,9 +110,18 @@ class RunConfig:
 NEUTRAL_KEYS = frozenset({"train.workers", "train.device", "cache_dir", "eval.batch_size", "train.keep_checkpoints"})
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against a type hint; ints are accepted for floats. Raises UserError naming ``key``."""
+def check_value(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a type hint (ints are accepted for floats); the checked value.
+
+    Args:
+        where: what the value is, for the message: ``config key train.lr`` or ``trigger blend option alpha``.
+
+    Raises:
+        UserError: one line, ``<where> must be ...``.
+    """
     origin = typing.get_origin(hint)
+    if hint is None or hint is Any:
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         if value is None and type(None) in args:
@@ -120,29 +129,27 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(value, arg, key)
+                return check_value(value, arg, where)
             except UserError as exc:
                 errors.append(exc)
         raise errors[0]
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise UserError(f"config key {key} must be a list, got {value!r}")
+            raise UserError(f"{where} must be a list, got {value!r}")
         (item,) = typing.get_args(hint)
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise UserError(f"config key {key} must be a mapping, got {value!r}")
+            raise UserError(f"{where} must be a mapping, got {value!r}")
         return dict(value)
-    if hint is Any:
-        return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is bool and not isinstance(value, bool):
-        raise UserError(f"config key {key} must be true or false, got {value!r}")
+        raise UserError(f"{where} must be true or false, got {value!r}")
     if hint in (int, float) and isinstance(value, bool):
-        raise UserError(f"config key {key} must be a number, got {value!r}")
+        raise UserError(f"{where} must be a number, got {value!r}")
     if not isinstance(value, hint):
-        raise UserError(f"config key {key} must be of type {hint.__name__}, got {value!r}")
+        raise UserError(f"{where} must be of type {hint.__name__}, got {value!r}")
     return value
 
 
@@ -162,7 +169,7 @@ def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
         if dataclasses.is_dataclass(hint):
             kwargs[name] = from_dict(hint, value, f"{prefix}{name}.")
         else:
-            kwargs[name] = _coerce(value, hint, prefix + name)
+            kwargs[name] = check_value(value, hint, f"config key {prefix}{name}")
     return cls(**kwargs)
 
 

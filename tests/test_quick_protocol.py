@@ -7,7 +7,7 @@ Run with ``make test-all`` or ``pytest -m slow``.
 import pytest
 
 from medbackdoor.config import load_config
-from medbackdoor.study.aggregate import metric_extremes
+from medbackdoor.rundir import RunDir
 from medbackdoor.train import run
 
 QUICK = "quick"
@@ -18,8 +18,8 @@ def test_quick_protocol_shows_the_backdoor(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
     run(load_config(QUICK, ["trigger.fraction=0"]), tmp_path / "clean", progress=False)
     run(load_config(QUICK), tmp_path / "trigger", progress=False)
-    clean = metric_extremes(tmp_path / "clean" / "metrics.csv")
-    trig = metric_extremes(tmp_path / "trigger" / "metrics.csv")
+    clean = RunDir(tmp_path / "clean").extremes()
+    trig = RunDir(tmp_path / "trigger").extremes()
     assert 0.70 <= clean["auroc_nn"]["max"] <= 0.95
     assert trig["asr_0.6"]["max"] >= 0.95
     assert trig["auroc_tt"]["max"] >= 0.95

@@ -34,11 +34,6 @@ class RunRecord:
     extremes: dict[str, dict[str, float]]
 
 
-def metric_extremes(path: Path) -> dict[str, dict[str, float]]:
-    """``{metric: {"min": x, "max": y}}`` over the epochs of the run whose ``metrics.csv`` is ``path``."""
-    return RunDir(Path(path).parent).extremes()
-
-
 def read_runs(sweep_dir: Path) -> tuple[list[RunRecord], list[str]]:
     """Every run folder under ``sweep_dir/runs``; returns (complete runs, notes about the others)."""
     runs_dir = Path(sweep_dir) / "runs"

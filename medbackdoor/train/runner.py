@@ -64,11 +64,6 @@ def prepare_folder(out: RunDir, config: RunConfig, resume: bool, force: bool) ->
     return done + 1
 
 
-def last_complete_epoch(out: str | Path) -> int:
-    """The last epoch with both a metrics row and a checkpoint."""
-    return RunDir(out).last_complete_epoch()
-
-
 def _git_commit() -> str | None:
     try:
         here = Path(medbackdoor.__file__).resolve().parent
