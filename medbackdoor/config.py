@@ -73,6 +73,11 @@ class TrainConfig:
     keep_checkpoints: list[int] | None = None
     device: str = "auto"
     deterministic: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    backend: str = "auto"
+    log: list[str] = field(default_factory=list)
+    drop: str | None = None
 
 
 @dataclass
@@ -107,7 +112,8 @@ class RunConfig:
 # Config keys that change no number a run writes: where it runs, how fast, what it keeps on disk. Resuming a run
 # and grouping runs into conditions both ignore them (resume also lets ``train.epochs`` grow: epoch k's numbers do
 # not depend on how many epochs follow).
-NEUTRAL_KEYS = frozenset({"train.workers", "train.device", "cache_dir", "eval.batch_size", "train.keep_checkpoints"})
+NEUTRAL_KEYS = frozenset({"train.workers", "train.device", "cache_dir", "eval.batch_size", "train.keep_checkpoints",
+                          "train.backend", "train.log"})
 
 
 def check_value(value: Any, hint: Any, where: str) -> Any:
@@ -260,6 +266,13 @@ def validate(config: RunConfig) -> None:
     for key in ("epochs", "batch_size"):
         if getattr(config.train, key) < 1:
             raise UserError(f"train.{key} must be at least 1")
+    if config.train.backend not in ("auto", "nccl", "gloo"):
+        raise UserError(f"train.backend must be one of auto, nccl, gloo, got {config.train.backend!r}")
+    from medbackdoor.train.loggers import LOGGERS
+
+    for name in config.train.log:
+        if name not in LOGGERS.names():
+            raise UserError(f"train.log: unknown logger {name!r} (known: {', '.join(LOGGERS.names())})")
 
 
 def flatten(data: dict, prefix: str = "") -> dict:

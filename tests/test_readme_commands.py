@@ -113,7 +113,7 @@ def test_readme_set_spans_name_real_keys():
     spans = [s for s in re.findall(r"`([^`\n]+)`", README.read_text()) if "--set " in s]
     assert spans
     for span in spans:
-        load_config(None, re.findall(r"--set\s+(\S+)", span))
+        load_config(None, [v.strip("'\"") for v in re.findall(r"--set\s+(\S+)", span)])
 
 
 def test_extraction_handles_comments_continuations_and_fences():

@@ -116,13 +116,35 @@ class PoisonedDataset:
         if triggered is not None and len(triggered) != len(self.order):
             raise ValueError(f"{len(triggered)} precomputed triggered images for {len(self.order)} poisoned samples")
 
+    kept: np.ndarray | None = None  # positions as trained that remain after :meth:`drop` (None: all)
+
+    def drop(self, positions) -> PoisonedDataset:
+        """Leave out samples (positions in the training set as trained, e.g. flagged by a data defense).
+
+        Every per-sample view (length, items, labels, ``poisoned_mask``, ``sample_positions``) then covers the
+        kept samples only, in their order.
+        """
+        every = len(self.base) + (len(self.order) if self.mode == "append" else 0)
+        positions = np.unique(np.asarray(list(positions), dtype=np.int64))
+        if len(positions) and (positions.min() < 0 or positions.max() >= every):
+            raise UserError(f"sample positions to drop must be in 0..{every - 1}")
+        self.kept = np.setdiff1d(np.arange(every), positions)
+        return self
+
+    def _keep(self, values: np.ndarray) -> np.ndarray:
+        return values if self.kept is None else values[self.kept]
+
     def __len__(self) -> int:
+        if self.kept is not None:
+            return len(self.kept)
         return len(self.base) + (len(self.order) if self.mode == "append" else 0)
 
     def __getitem__(self, i: int) -> dict:
         n = len(self.base)
         if i < 0 or i >= len(self):
             raise IndexError(i)
+        if self.kept is not None:
+            i = int(self.kept[i])
         if i >= n:
             return self.infect(int(self.order[i - n]))
         if self.mode == "replace" and i in self.poisoned:
@@ -140,9 +162,23 @@ class PoisonedDataset:
         labels = self._base_labels()
         infected = infected_label(labels[self.order], self.target, self.label)
         if self.mode == "append":
-            return np.concatenate([labels, infected])
+            return self._keep(np.concatenate([labels, infected]))
         labels[self.order] = infected
-        return labels
+        return self._keep(labels)
+
+    def sample_positions(self) -> np.ndarray:
+        """For each sample as trained, its position in ``base`` (appended copies point at their source)."""
+        n = len(self.base)
+        return self._keep(np.concatenate([np.arange(n), self.order]) if self.mode == "append" else np.arange(n))
+
+    def poisoned_mask(self) -> np.ndarray:
+        """For each sample as trained, whether it is an infected one (the truth a defense is scored against)."""
+        n = len(self.base)
+        if self.mode == "append":
+            return self._keep(np.r_[np.zeros(n, bool), np.ones(len(self.order), bool)])
+        mask = np.zeros(n, bool)
+        mask[self.order] = True
+        return self._keep(mask)
 
     def infect(self, position: int) -> dict:
         """The infected sample made from ``base[position]`` (trigger stamped, label one-hot target)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -58,8 +59,12 @@ class RunData:
     def poisoning(self) -> dict:
         """The label policy and how many images could be and were poisoned (capped by the candidates)."""
         t = self.train
+        dropped = {}
+        if t.kept is not None:  # train.drop: samples left out (a cleanse-and-retrain run)
+            every = len(t.base) + (len(t.order) if t.mode == "append" else 0)
+            dropped = {"dropped": every - len(t.kept), "poisoned_kept": int(t.poisoned_mask().sum())}
         return {"label": t.label, "candidates": int(t.candidates), "requested": int(t.requested),
-                "poisoned": len(t.order), "capped": len(t.order) < t.requested,
+                "poisoned": len(t.order), "capped": len(t.order) < t.requested, **dropped,
                 "test_carriers": None if self.test.carriers is None else int(self.test.carriers.sum())}
 
 
@@ -118,6 +123,23 @@ def build_test_data(config: RunConfig, dataset: ChestXrayDataset | None = None, 
     return TestData(rows, dataset.labels[rows], clean, triggered, survived)
 
 
+def read_positions(path: str) -> np.ndarray:
+    """``train.drop``: a text file of training-sample positions (as trained), one per line, ``#`` comments."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"train.drop: {p} does not exist")
+    values = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            values.append(int(line))
+        except ValueError:
+            raise UserError(f"train.drop: {p} line {n} is not a sample position: {line!r}") from None
+    return np.asarray(values, np.int64)
+
+
 def build_run_data(config: RunConfig, workers: int | None = None, progress: bool = True) -> RunData:
     """Load (or build) the cache, poison the training split and trigger the whole test split."""
     dataset = build_dataset(config)
@@ -126,6 +148,8 @@ def build_run_data(config: RunConfig, workers: int | None = None, progress: bool
     seed = config.attack_seed
     split = {s: _split(dataset, images, s) for s in ("train", "val", "test")}
     train, train_survival = _poison(config, dataset, images, split["train"], trigger, seed, workers, progress)
+    if config.train.drop:
+        train.drop(read_positions(config.train.drop))
     val_poisoned = None
     if config.train.poisoned_val:
         val_poisoned, _ = _poison(config, dataset, images, split["val"], trigger, seed + 1, workers, progress)

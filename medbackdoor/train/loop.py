@@ -11,7 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
+
+from medbackdoor.train.dist import SINGLE, Dist
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -85,21 +87,36 @@ def augment(x: torch.Tensor, generator: torch.Generator, max_degrees: float = 5.
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
-def train_epoch(model: nn.Module, dataset, optimizer, device, *, epoch: int, seed: int, batch_size: int,
-                workers: int = 0, amp: bool = True, weights=None, do_augment: bool = False, progress=None) -> float:
-    """Train one epoch; the sample order and augmentation depend only on (seed, epoch). Returns the mean loss."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=RandomSampler(dataset, generator=generator),
-                        num_workers=workers, drop_last=len(dataset) > batch_size, collate_fn=collate,
-                        persistent_workers=False, pin_memory=device.type == "cuda")
-    channels_last = device.type == "cuda"
+def make_loader(dataset, batch_size: int, sampler, device: torch.device, workers: int = 0) -> DataLoader:
+    """The training loader, built once per run: ``sampler`` (an :class:`~medbackdoor.train.dist.EpochSampler`)
+    is re-seeded every epoch, so worker processes persist across epochs; pinned memory and prefetch on CUDA.
+
+    ``batch_size`` is this process's share of the global batch. Images stay uint8 until they reach the device.
+    """
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      drop_last=len(sampler) > batch_size, collate_fn=collate,
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                      pin_memory=device.type == "cuda")
+
+
+def train_epoch(model: nn.Module, loader: DataLoader, optimizer, device, *, epoch: int, amp: bool = True,
+                weights=None, do_augment: bool = False, progress=None, channels_last: bool | None = None,
+                dist: Dist = SINGLE) -> float:
+    """Train one epoch; the sample order and augmentation depend only on (seed, epoch, rank).
+
+    ``loader`` comes from :func:`make_loader`. Returns the mean loss over every image of every rank.
+    """
+    sampler = loader.sampler
+    sampler.set_epoch(epoch)
+    generator = sampler.augment_generator()
+    channels_last = device.type == "cuda" if channels_last is None else channels_last
     model.train()
     total, count = 0.0, 0
     for batch in loader:
         x = to_input(batch["image"], device, channels_last)
         if do_augment:
             x = augment(x, generator)
-        y = batch["labels"].to(device)
+        y = batch["labels"].to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)
         loss = bce_loss(logits.float(), y, weights)
@@ -109,7 +126,8 @@ def train_epoch(model: nn.Module, dataset, optimizer, device, *, epoch: int, see
         total += loss.item() * len(y)
         count += len(y)
         if progress is not None:
-            progress.update(len(y))
+            progress.update(len(y) * dist.world)
+    total, count = dist.sum(total, count)
     return total / max(count, 1)
 
 
@@ -119,17 +137,27 @@ def collate(items: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images, device, batch_size: int = 128) -> np.ndarray:
+def predict(model: nn.Module, images, device, batch_size: int = 128, dist: Dist = SINGLE) -> np.ndarray:
     """Sigmoid scores N×C, in float32, for N×H×W uint8 images.
 
     ``images`` is anything sliceable (an array, a memmap, or a lazy view such as
     :class:`~medbackdoor.data.views.ImageRows`); it is read ``batch_size`` images at a time. Scoring never runs
-    under autocast: bf16 logits carry 8 mantissa bits and their ties change the AUROC.
+    under autocast: bf16 logits carry 8 mantissa bits and their ties change the AUROC. Under ``torchrun`` each
+    rank scores its slice (:meth:`Dist.shard`) and every rank gets all N rows back, in order.
     """
     model.eval()
     out = []
     channels_last = device.type == "cuda"
-    for lo in range(0, len(images), batch_size):
-        x = to_input(torch.from_numpy(np.array(images[lo : lo + batch_size])), device, channels_last)
+    part = dist.shard(len(images))
+    for lo in range(part.start, part.stop, batch_size):
+        hi = min(lo + batch_size, part.stop)
+        x = to_input(torch.from_numpy(np.array(images[lo:hi])), device, channels_last)
         out.append(torch.sigmoid(model(x).float()).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 14), np.float32)
+    classes = out[0].shape[1] if out else _num_outputs(model)
+    scores = np.concatenate(out) if out else np.zeros((0, classes), np.float32)
+    return dist.gather(scores, len(images))
+
+
+def _num_outputs(model: nn.Module) -> int:
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linear[-1].out_features if linear else 14

@@ -27,7 +27,9 @@ from medbackdoor.metrics import backdoor_metrics, micro_auroc, save_predictions,
 from medbackdoor.models import create_model
 from medbackdoor.rundir import RunDir
 from medbackdoor.train.data import RunData, build_run_data
-from medbackdoor.train.loop import class_weights, deterministic, pick_device, predict, train_epoch
+from medbackdoor.train.dist import Dist, EpochSampler, setup, teardown
+from medbackdoor.train.loggers import open_loggers
+from medbackdoor.train.loop import class_weights, deterministic, make_loader, predict, train_epoch
 
 RESUME_IGNORES = NEUTRAL_KEYS | {"train.epochs"}  # a finished run can be extended with more epochs
 
@@ -99,34 +101,69 @@ def load_checkpoint(out: RunDir, epoch: int, model, optimizer, scheduler) -> Non
 
 
 def run(config: RunConfig, out: str | Path, resume: bool = False, force: bool = False, progress: bool = True) -> dict:
-    """Train and evaluate one run into ``out``; returns the manifest."""
-    out = RunDir(out)
-    start = prepare_folder(out, config, resume, force)
+    """Train and evaluate one run into ``out``; returns the manifest.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this: rank 0 checks and writes the folder, all ranks
+    train their share and score their slice (see :mod:`medbackdoor.train.dist`).
+    """
+    dist, device = setup(config.train.device, config.train.backend)
+    try:
+        return _run(config, RunDir(out), resume, force, progress and dist.is_main, dist, device)
+    finally:
+        teardown(dist)
+
+
+def _run(config: RunConfig, out: RunDir, resume: bool, force: bool, progress: bool, dist: Dist,
+         device: torch.device) -> dict:
+    if config.train.sync_bn and dist.enabled and device.type != "cuda":
+        raise UserError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); drop it for gloo on CPU")
+    if config.train.batch_size % dist.world:
+        raise UserError(f"train.batch_size {config.train.batch_size} must be a multiple of the {dist.world} "
+                        "processes (the global batch is split evenly)")
+    start = _prepare(out, config, resume, force, dist)
     if start > config.train.epochs:
         return out.manifest()
     t0 = time.perf_counter()
     data = build_run_data(config, progress=progress)  # bad data fails here, before the folder holds anything
-    out.path.mkdir(parents=True, exist_ok=True)
-    out.write_config(config)
-    manifest = _manifest(config, data, out)
-    manifest["timings"]["data_seconds"] = round(time.perf_counter() - t0, 3)
-    out.write_manifest(manifest)
+    manifest = {}
+    if dist.is_main:
+        out.path.mkdir(parents=True, exist_ok=True)
+        out.write_config(config)
+        manifest = _manifest(config, data, out, dist, device)
+        manifest["timings"]["data_seconds"] = round(time.perf_counter() - t0, 3)
+        out.write_manifest(manifest)
     try:
         with deterministic(config.train.deterministic):
-            _train(config, data, out, start, manifest, progress)
+            _train(config, data, out, start, manifest, progress, dist, device)
     except BaseException as exc:
-        manifest["status"] = "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted"
-        manifest["error"] = f"{type(exc).__name__}: {exc}"
-        out.write_manifest(manifest)
+        if dist.is_main:
+            manifest["status"] = "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted"
+            manifest["error"] = f"{type(exc).__name__}: {exc}"
+            out.write_manifest(manifest)
         raise
-    manifest["status"] = "complete"
-    out.write_manifest(manifest)
-    return manifest
+    if dist.is_main:
+        manifest["status"] = "complete"
+        out.write_manifest(manifest)
+    dist.barrier()
+    return manifest if dist.is_main else out.manifest()
 
 
-def _manifest(config: RunConfig, data: RunData, out: RunDir) -> dict:
+def _prepare(out: RunDir, config: RunConfig, resume: bool, force: bool, dist: Dist) -> int:
+    """:func:`prepare_folder` on rank 0, its answer (or its error) on every rank."""
+    answer: int | str = 0
+    if dist.is_main:
+        try:
+            answer = prepare_folder(out, config, resume, force)
+        except UserError as exc:
+            answer = str(exc)
+    answer = dist.broadcast(answer)
+    if isinstance(answer, str):
+        raise UserError(answer)
+    return answer
+
+
+def _manifest(config: RunConfig, data: RunData, out: RunDir, dist: Dist, device: torch.device) -> dict:
     previous = out.manifest()
-    device = pick_device(config.train.device)
     return {
         "status": "running",
         "config": config.to_dict(),
@@ -140,6 +177,7 @@ def _manifest(config: RunConfig, data: RunData, out: RunDir) -> dict:
         "versions": versions(),
         "git_commit": _git_commit(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor()})",
+        "distributed": dist.describe(),
         "torch_threads": torch.get_num_threads(),
         "timings": {"epochs": previous.get("timings", {}).get("epochs", {})},
     }
@@ -154,9 +192,9 @@ def _stealth(data: RunData) -> dict:
     return stealth(data.test.clean[0:k], np.asarray(data.test.triggered[0:k]))
 
 
-def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: dict, progress: bool) -> None:
+def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: dict, progress: bool, dist: Dist,
+           device: torch.device) -> None:
     tc = config.train
-    device = pick_device(tc.device)
     torch.manual_seed(tc.seed)
     model = create_model(config.model.arch, config.model.pretrained).to(device)
     if device.type == "cuda":
@@ -166,49 +204,84 @@ def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: 
                                                            patience=tc.lr_patience)
     if start > 1:
         load_checkpoint(out, start - 1, model, optimizer, scheduler)
+    step_model = _parallel(model, tc, dist, device)
     weights = class_weights(data.train.labels_array()) if tc.class_weights else None
     val_set = data.val_poisoned if tc.poisoned_val else data.val
     val_images = SampleImages(val_set) if tc.poisoned_val else ImageRows(data.images, data.val.indices)
     val_labels = val_set.labels_array()
-    rows = [r for r in out.metrics() if int(r["epoch"]) < start]
-    for epoch in range(start, tc.epochs + 1):
-        t0 = time.perf_counter()
-        with tqdm(total=len(data.train), desc=f"epoch {epoch}/{tc.epochs}", unit="img", leave=False,
-                  disable=None if progress else True) as bar:
-            train_loss = train_epoch(model, data.train, optimizer, device, epoch=epoch, seed=tc.seed,
-                                     batch_size=tc.batch_size, workers=tc.workers, amp=tc.amp, weights=weights,
-                                     do_augment=tc.augment, progress=bar)
-        train_seconds = time.perf_counter() - t0
-        bs = config.eval.batch_size
-        val_scores = predict(model, val_images, device, bs)  # evaluation is always fp32 (training may use bf16)
-        val_loss = _bce(val_labels, val_scores)
-        scheduler.step(val_loss)
-        clean = predict(model, data.test.clean, device, bs)
-        same = data.test.triggered is data.test.clean  # a label-only trigger leaves the images as they are
-        triggered = clean if same else predict(model, data.test.triggered, device, bs)
-        m = backdoor_metrics(data.test.labels, clean, triggered, data.target, config.eval.thresholds,
-                             config.eval.epsilons, config.eval.strict, seed=config.attack_seed,
-                             label=config.trigger.label, carriers=data.test.carriers)
-        # Write order: predictions, checkpoint, metrics row, manifest, and only then prune the previous checkpoint.
-        # A kill between any two writes leaves the newest complete epoch (row + checkpoint) to resume from.
-        extra = {} if data.test.carriers is None else {"carriers": data.test.carriers}
-        save_predictions(out.predictions_path(epoch), data.test.labels, clean, triggered, data.target,
-                         rows=data.test.rows, **extra)
-        save_checkpoint(out.checkpoint_path(epoch), epoch, model, optimizer, scheduler)
-        seconds = time.perf_counter() - t0
-        rows.append(metric_row(epoch, m, train_loss, val_loss, micro_auroc(val_labels, val_scores),
-                               optimizer.param_groups[0]["lr"], round(seconds, 3),
-                               round(len(data.train) / train_seconds, 2)))
-        out.write_metrics(rows)
-        manifest["timings"]["epochs"][str(epoch)] = {"seconds": round(seconds, 3),
-                                                     "train_seconds": round(train_seconds, 3)}
-        manifest["epochs_done"] = epoch
-        out.write_manifest(manifest)
-        _prune_checkpoints(out, epoch, tc.keep_checkpoints)
-        if progress:
-            print(f"epoch {epoch}: loss {train_loss:.4f} val {val_loss:.4f} | AUROC-NN {m['auroc_nn']:.3f} "
-                  f"TT {m['auroc_tt']:.3f} TN {m['auroc_tn']:.3f} | ASR(0.6) {m['asr'].get('0.6', float('nan')):.3f}"
-                  f" | {seconds:.1f}s", flush=True)
+    sampler = EpochSampler(len(data.train), tc.seed, dist)
+    loader = make_loader(data.train, tc.batch_size // dist.world, sampler, device, tc.workers)
+    rows = [r for r in out.metrics() if int(r["epoch"]) < start] if dist.is_main else []
+    loggers = open_loggers(tc.log, out.path / "logs", config) if dist.is_main else []
+    try:
+        for epoch in range(start, tc.epochs + 1):
+            _epoch(config, data, out, epoch, model, step_model, loader, optimizer, scheduler, weights, val_images,
+                   val_labels, rows, manifest, loggers, progress, dist, device)
+    finally:
+        for logger in loggers:
+            logger.close()
+
+
+def _parallel(model, tc, dist: Dist, device: torch.device):
+    """The module the training step calls: ``model`` itself, or wrapped in SyncBatchNorm / DDP / torch.compile.
+
+    Parameters are shared, so ``model`` (saved to checkpoints, used for scoring) always holds the trained weights.
+    """
+    step = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if tc.sync_bn:
+            step = torch.nn.SyncBatchNorm.convert_sync_batchnorm(step)
+        step = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
+    if tc.compile:
+        step = torch.compile(step)
+    return step
+
+
+def _epoch(config, data, out, epoch, model, step_model, loader, optimizer, scheduler, weights, val_images, val_labels,
+           rows, manifest, loggers, progress, dist: Dist, device) -> None:
+    tc = config.train
+    t0 = time.perf_counter()
+    with tqdm(total=len(loader.sampler) * dist.world, desc=f"epoch {epoch}/{tc.epochs}", unit="img", leave=False,
+              disable=None if progress else True) as bar:
+        train_loss = train_epoch(step_model, loader, optimizer, device, epoch=epoch, amp=tc.amp, weights=weights,
+                                 do_augment=tc.augment, progress=bar, dist=dist)
+    train_seconds = time.perf_counter() - t0
+    dist.sync_buffers(model)  # one set of BatchNorm statistics (rank 0's) for scoring on every rank
+    bs = config.eval.batch_size
+    val_scores = predict(model, val_images, device, bs, dist)  # evaluation is always fp32 (training may use bf16)
+    val_loss = _bce(val_labels, val_scores)
+    scheduler.step(val_loss)
+    clean = predict(model, data.test.clean, device, bs, dist)
+    same = data.test.triggered is data.test.clean  # a label-only trigger leaves the images as they are
+    triggered = clean if same else predict(model, data.test.triggered, device, bs, dist)
+    if not dist.is_main:
+        return
+    m = backdoor_metrics(data.test.labels, clean, triggered, data.target, config.eval.thresholds,
+                         config.eval.epsilons, config.eval.strict, seed=config.attack_seed,
+                         label=config.trigger.label, carriers=data.test.carriers)
+    # Write order: predictions, checkpoint, metrics row, manifest, and only then prune the previous checkpoint.
+    # A kill between any two writes leaves the newest complete epoch (row + checkpoint) to resume from.
+    extra = {} if data.test.carriers is None else {"carriers": data.test.carriers}
+    save_predictions(out.predictions_path(epoch), data.test.labels, clean, triggered, data.target,
+                     rows=data.test.rows, **extra)
+    save_checkpoint(out.checkpoint_path(epoch), epoch, model, optimizer, scheduler)
+    seconds = time.perf_counter() - t0
+    row = metric_row(epoch, m, train_loss, val_loss, micro_auroc(val_labels, val_scores),
+                     optimizer.param_groups[0]["lr"], round(seconds, 3), round(len(data.train) / train_seconds, 2))
+    rows.append(row)
+    out.write_metrics(rows)
+    manifest["timings"]["epochs"][str(epoch)] = {"seconds": round(seconds, 3), "train_seconds": round(train_seconds, 3)}
+    manifest["epochs_done"] = epoch
+    out.write_manifest(manifest)
+    _prune_checkpoints(out, epoch, tc.keep_checkpoints)
+    for logger in loggers:
+        logger.epoch(epoch, row)
+    if progress:
+        print(f"epoch {epoch}: loss {train_loss:.4f} val {val_loss:.4f} | AUROC-NN {m['auroc_nn']:.3f} "
+              f"TT {m['auroc_tt']:.3f} TN {m['auroc_tn']:.3f} | ASR(0.6) {m['asr'].get('0.6', float('nan')):.3f}"
+              f" | {seconds:.1f}s", flush=True)
 
 
 def _prune_checkpoints(out: RunDir, epoch: int, keep: list[int] | None) -> None:
