@@ -181,3 +181,27 @@ def test_attacks_protocol_covers_every_registered_trigger():
                 if r.data["trigger"].get("fraction", 0.4) > 0}
     assert ("label-combination", "add") in policies and ("blend", "keep") in policies
     assert len({r.data["train"]["seed"] for r in runs}) == 3
+
+
+def test_metrics_cli_uses_the_saved_label_policy_and_carriers(tmp_path, capsys):
+    """`medbackdoor metrics` on a run's predictions gives the run's own numbers for add and label-only attacks."""
+    import json as _json
+
+    from medbackdoor.cli.main import main
+    from medbackdoor.metrics import backdoor_metrics, save_predictions
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((40, 14)) < 0.3).astype(np.uint8)
+    clean, trig = rng.random((40, 14)), rng.random((40, 14))
+    carriers = rng.random(40) < 0.5
+    path = tmp_path / "p.npz"
+    save_predictions(path, y, clean, trig, 0, label=np.array("add"), carriers=carriers)
+    assert main(["metrics", str(path), "--json"]) == 0
+    got = _json.loads(capsys.readouterr().out)
+    want = backdoor_metrics(y, clean, trig, 0, label="add", carriers=carriers)
+    assert got["label"] == "add" and got["auroc_tt"] == pytest.approx(want["auroc_tt"])
+    assert got["asr"]["0.6"] == pytest.approx(want["asr"]["0.6"])
+    onehot = backdoor_metrics(y, clean, trig, 0)
+    assert want["auroc_tt"] != pytest.approx(onehot["auroc_tt"])  # the policy matters for this case
+    assert main(["metrics", str(path), "--json", "--label", "onehot"]) == 0
+    assert _json.loads(capsys.readouterr().out)["auroc_tt"] != pytest.approx(want["auroc_tt"])

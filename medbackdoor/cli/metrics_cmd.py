@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medbackdoor.cli._common import print_json
-from medbackdoor.labels import LABELS
+from medbackdoor.labels import LABEL_POLICIES, LABELS
 from medbackdoor.metrics import backdoor_metrics, load_predictions
 
 
@@ -16,14 +16,20 @@ def add_parser(sub) -> None:
     p.add_argument("--epsilon", type=float, nargs="*", default=[], help="fractions ε of triggered test images")
     p.add_argument("--strict", action="store_true", help="ASR counts scores > p (the paper's code), not ≥ p")
     p.add_argument("--seed", type=int, default=0, help="seeds which test images are triggered for ε")
+    p.add_argument("--label", choices=LABEL_POLICIES, default=None,
+                   help="the run's label policy (default: the one saved in the file, else onehot); with add, "
+                        "AUROC-TT/TN are taken on the target-negative images only")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     pred = load_predictions(args.predictions)
+    label = args.label or (str(pred["label"]) if "label" in pred else "onehot")
+    carriers = pred["carriers"].astype(bool) if "carriers" in pred else None  # a label-only trigger's carriers
     result = backdoor_metrics(pred["y_true"], pred["score_clean"], pred["score_triggered"], int(pred["target"]),
-                              args.threshold, args.epsilon, args.strict, args.seed)
+                              args.threshold, args.epsilon, args.strict, args.seed, label=label, carriers=carriers)
+    result["label"] = label
     result["target"] = LABELS[int(pred["target"])] if pred["y_true"].shape[1] == len(LABELS) else int(pred["target"])
     result["images"] = int(pred["y_true"].shape[0])
     if args.json:

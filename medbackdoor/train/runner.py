@@ -263,7 +263,9 @@ def _epoch(config, data, out, epoch, model, step_model, loader, optimizer, sched
                          label=config.trigger.label, carriers=data.test.carriers)
     # Write order: predictions, checkpoint, metrics row, manifest, and only then prune the previous checkpoint.
     # A kill between any two writes leaves the newest complete epoch (row + checkpoint) to resume from.
-    extra = {} if data.test.carriers is None else {"carriers": data.test.carriers}
+    extra = {"label": np.array(config.trigger.label)}
+    if data.test.carriers is not None:
+        extra["carriers"] = data.test.carriers
     save_predictions(out.predictions_path(epoch), data.test.labels, clean, triggered, data.target,
                      rows=data.test.rows, **extra)
     save_checkpoint(out.checkpoint_path(epoch), epoch, model, optimizer, scheduler)
