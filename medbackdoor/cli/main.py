@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from medbackdoor import __version__
-from medbackdoor.cli import data_cmd, explain_cmd, metrics_cmd, poison_cmd, run_cmd, study_cmd, summary_cmd
+from medbackdoor.cli import data_cmd, defend_cmd, explain_cmd, metrics_cmd, poison_cmd, run_cmd, study_cmd, summary_cmd
 from medbackdoor.errors import UserError
 
-COMMANDS = (data_cmd, metrics_cmd, poison_cmd, run_cmd, summary_cmd, study_cmd, explain_cmd)
+COMMANDS = (data_cmd, metrics_cmd, poison_cmd, run_cmd, summary_cmd, study_cmd, explain_cmd, defend_cmd)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -399,6 +399,25 @@ def explain_section(records, sweep_dir: Path) -> list[str]:
     return lines
 
 
+def defense_section(records: list[RunRecord], folder: Path) -> list[str]:
+    """The defense tables, when the runs hold ``defenses/*/summary.json`` (written by ``medbackdoor defend``)."""
+    from medbackdoor.study.defense_report import defense_rows, defense_tables
+
+    df = defense_rows(records, describe, _label_keys)
+    if df.empty:
+        return []
+    with atomic_path(folder / "defenses.csv", suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    parts = ["", "## Defenses", "",
+             "Every defense saw only the trained model, the training set as trained and a clean holdout; the truth "
+             "(poisoned samples, triggered inputs, target) only scores it. One row per defense, one column per "
+             "attack; `report/defenses.csv` holds every run."]
+    for name, caption, table in defense_tables(df):
+        write_table(folder, name, table, caption)
+        parts += ["", f"### {caption}", "", to_markdown(table)]
+    return parts
+
+
 def build_report(sweep_dir: str | Path, cuts: str | None = None) -> Path:
     """Write ``sweep_dir/report/`` from the run folders; returns the path of ``report.md``."""
     sweep_dir = Path(sweep_dir)
@@ -448,6 +467,7 @@ def build_report(sweep_dir: str | Path, cuts: str | None = None) -> Path:
         parts.append("![Figure 3](figure3.png)")
     else:
         parts.append("*Skipped: no poisoned runs with a fixed location.*")
+    parts += defense_section(records, folder)
     parts += runs_section(records)
     parts += explain_section(records, sweep_dir)
     if notes:

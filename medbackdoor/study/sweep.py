@@ -28,7 +28,8 @@ from medbackdoor.errors import UserError
 from medbackdoor.rundir import RunDir
 
 BUILTIN_SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
-SWEEP_KEYS = {"name", "description", "base_config", "base", "grid", "cuts", "figure1"}
+SWEEP_KEYS = {"name", "description", "base_config", "base", "grid", "cuts", "figure1", "defenses"}
+DEFENSE_KEYS = {"method", "name", "options", "holdout", "epoch", "retrain"}
 FIGURE_DIR = "figure1"  # OUT/figure1/{trigger,clean}: the pair trained for Figure 1 when a sweep asks for one
 
 
@@ -65,7 +66,35 @@ def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list
     runs += figure_runs(spec, base)
     for r in runs:
         config_from_data(r.data)  # validate every point before running any
+    defense_entries(spec)  # and every defense
     return spec, runs
+
+
+def defense_entries(spec: dict) -> list[dict]:
+    """The sweep's ``defenses`` list, each entry as ``{method, name, options, holdout, epoch, retrain}``.
+
+    An entry is a method name, or a mapping with ``method`` and optionally ``name`` (the folder under
+    ``RUN/defenses/``, needed when one method appears twice), ``options``, ``holdout``, ``epoch`` and
+    ``retrain`` (data defenses: cleanse and retrain). Checked here, before anything runs.
+    """
+    from medbackdoor.defenses.runner import create_defense
+
+    entries = []
+    for raw in spec.get("defenses") or []:
+        entry = {"method": raw} if isinstance(raw, str) else dict(raw or {})
+        unknown = sorted(set(entry) - DEFENSE_KEYS)
+        if unknown or "method" not in entry:
+            raise UserError(f"bad defenses entry {raw!r}: needs method, may have {', '.join(sorted(DEFENSE_KEYS))}")
+        entry.setdefault("name", entry["method"])
+        entry.setdefault("options", {})
+        defense = create_defense(entry["method"], entry["options"])
+        if entry.get("retrain") and defense.kind != "data":
+            raise UserError(f"defenses entry {entry['name']}: retrain needs a data defense")
+        entries.append(entry)
+    names = [e["name"] for e in entries]
+    if len(set(names)) != len(names):
+        raise UserError("the sweep lists two defenses with the same name; give each a name")
+    return entries
 
 
 def _base(spec: dict, path: Path, overrides) -> dict:
@@ -193,8 +222,64 @@ def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = 
                       + (f" - {result['error']}" if result.get("error") else ""), flush=True)
     order = {r.name: i for i, r in enumerate(runs)}
     results.sort(key=lambda x: order[x["name"]])
+    entries = defense_entries(spec)
+    if entries:
+        results += run_defenses(results, entries, jobs, threads, progress)
     write_json(out / "sweep_status.json", results)
     return results
+
+
+def run_defenses(results: list[dict], entries: list[dict], jobs: int, threads: int, progress: bool) -> list[dict]:
+    """Every defense on every complete run (each in a worker process; a failure is recorded, never raised).
+
+    Returns one status dict per (run, defense), named ``RUN:DEFENSE``; ``status`` is ``complete``, ``skipped``
+    (done before), ``not applicable`` (e.g. an input defense on a label-only attack) or ``failed``.
+    """
+    done = [r for r in results if r.get("status") in ("complete", "skipped (complete)")]
+    out = []
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        # one task per run, its defenses in order: the run's data, model and features are loaded once
+        futures = {pool.submit(_defend_run, r["folder"], entries, threads): r for r in done}
+        for i, fut in enumerate(as_completed(futures), 1):
+            r = futures[fut]
+            for e, status in zip(entries, fut.result()):
+                result = {"name": f"{r['name']}:{e['name']}",
+                          "folder": str(Path(r["folder"]) / "defenses" / e["name"]), **status}
+                out.append(result)
+                if progress:
+                    print(f"[defenses {i}/{len(done)}] {result['name']}: {result['status']} "
+                          f"({result['seconds']:.0f} s)" + (f" - {result['error']}" if result.get("error") else ""),
+                          flush=True)
+    out.sort(key=lambda x: x["name"])
+    return out
+
+
+def _defend_run(folder: str, entries: list[dict], threads: int) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(threads)
+    return [_defend_one(folder, e) for e in entries]
+
+
+def _defend_one(folder: str, entry: dict) -> dict:
+    """One defense on one run (and its retrain when asked); never raises."""
+    from medbackdoor.defenses.runner import defend, retrain
+
+    start = time.perf_counter()
+    try:
+        summary = defend(folder, entry["method"], entry.get("epoch"), entry.get("holdout"), entry["options"],
+                         name=entry["name"])
+        if entry.get("retrain") and "retrain" not in summary:
+            retrain(folder, entry["name"], summary, progress=False)
+        status, error = "complete", None
+    except UserError as exc:  # the defense does not apply to this run (e.g. nothing to detect)
+        status, error = "not applicable", str(exc)
+    except Exception as exc:  # noqa: BLE001 - recorded; the sweep goes on
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        path = Path(folder) / "defenses" / entry["name"]
+        path.mkdir(parents=True, exist_ok=True)
+        write_text(path / "failed.txt", traceback.format_exc())
+    return {"status": status, "error": error, "seconds": time.perf_counter() - start}
 
 
 def sweep_cuts(out: str | Path) -> str | None:

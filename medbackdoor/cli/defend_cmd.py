@@ -1,0 +1,57 @@
+"""``medbackdoor defend RUN_DIR --method NAME``: one defense on a finished run, scored against the truth."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    from medbackdoor.defenses import DEFENSES
+
+    p = sub.add_parser("defend", help="run a backdoor defense on a run and score it (writes RUN/defenses/NAME/)")
+    p.add_argument("run", type=Path, help="a run folder written by medbackdoor run")
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(DEFENSES.names())}")
+    p.add_argument("--epoch", type=int, default=None, help="checkpoint to defend (default: the last)")
+    p.add_argument("--holdout", type=int, default=None,
+                   help="clean holdout images the defender has: the first N of the validation split (default 1000)")
+    p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="a defense option, e.g. rule=faithful (repeatable)")
+    p.add_argument("--retrain", action="store_true",
+                   help="data defenses: drop the flagged samples and retrain with the run's config into "
+                        "RUN/defenses/NAME/retrain")
+    p.add_argument("--name", default=None, help="output folder under RUN/defenses/ (default: the method)")
+    p.add_argument("--force", action="store_true", help="recompute even if the same request is done")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's train.device)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medbackdoor.defenses.runner import defend, parse_options, retrain
+
+    summary = defend(args.run, args.method, args.epoch, args.holdout, parse_options(args.options), args.force,
+                     args.device, require_data=args.retrain, name=args.name)
+    print(describe(summary))
+    if args.retrain:
+        result = retrain(args.run, summary["name"], summary)
+        print(f"retrained without {result['dropped']} flagged samples: {result['run']}")
+        for key in ("asr_0.6", "auroc_nn"):
+            print(f"  {key}: {result['before'][key]:.3f} -> {result['after'][key]:.3f}")
+    return 0
+
+
+def describe(s: dict) -> str:
+    head = f"{s['method']} ({s['kind']}), epoch {s['epoch']}, holdout {s['holdout']}, {s['seconds']:.1f}s"
+    if "detection" in s:
+        d = s["detection"]
+        line = (f"detection AUROC {d['auroc']:.3f} | TPR@1%FPR {d['tpr_at_1pct_fpr']:.3f} "
+                f"TPR@5%FPR {d['tpr_at_5pct_fpr']:.3f}")
+        if "precision" in d:
+            line += f" | flagged {d['flagged']}: precision {d['precision']:.3f} recall {d['recall']:.3f}"
+        return f"{head}\n{line}\nwrote {Path(s['run']) / 'defenses' / s['name']}"
+    if "backdoored_verdict" in s:
+        return (f"{head}\nverdict: {'backdoored' if s['backdoored_verdict'] else 'clean'}; flagged "
+                f"{s['flagged_labels'] or 'none'}; true target {s['target']} ranked {s['target_rank']}")
+    b, a = s["before"], s["after"]
+    return (f"{head}\nASR(0.6) {b['asr_0.6']:.3f} -> {a['asr_0.6']:.3f} | AUROC-NN {b['auroc_nn']:.3f} -> "
+            f"{a['auroc_nn']:.3f}")

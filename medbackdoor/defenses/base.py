@@ -1,0 +1,249 @@
+"""What a defender has, and the small bases every defense builds on (one hook each).
+
+The rule: a defense sees only :class:`Defender` — the trained model, the training set *as trained* (images and
+labels, appended copies after the originals) and a small clean holdout (the run's validation split). The trigger,
+the target and which samples were poisoned live in :class:`Truth`, which the runner uses to *score* a defense and
+never passes to it.
+
+Bases by kind, each with one hook to override:
+
+* :class:`DataDefense` (training-set cleansing): ``suspicion(d) -> Detection`` (a score per training sample,
+  higher = more suspicious, and the method's own flags);
+* :class:`InputDefense` (inference-time detection): ``score(d, images) -> scores``; the base calibrates the
+  flag threshold on clean holdout images (never the test set) at ``fpr``;
+* :class:`ModelDefense` (scanning): ``scan(d) -> Scan`` (an anomaly score per label and a verdict);
+* :class:`Mitigation` (repair): ``repair(d) -> model`` or ``purify(d, images) -> images``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from medbackdoor._registry import Registry
+
+DEFENSES: Registry[type] = Registry("defense")
+KINDS = ("data", "input", "model", "mitigation")
+
+
+class Images:
+    """A read-only, sliceable view of N×H×W uint8 images that exposes nothing but the pixels."""
+
+    __slots__ = ("_read", "_n")
+
+    def __init__(self, read, n: int) -> None:
+        self._read, self._n = read, n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, sel) -> np.ndarray:
+        return self._read(sel)
+
+    @classmethod
+    def of(cls, array) -> Images:
+        """Wrap anything sliceable that returns uint8 N×H×W arrays (an array, a memmap, a lazy view)."""
+        return cls(lambda sel: np.asarray(array[sel]), len(array))
+
+
+class Defender:
+    """The defender's knowledge: model, training set as trained, clean holdout; plus cached model outputs.
+
+    Args:
+        model: the trained classifier (logits), any saved epoch; put in eval mode.
+        train_images: the training samples as trained (len N_train; appended poisoned copies included).
+        train_labels: N_train × C labels as trained.
+        holdout_images, holdout_labels: clean images the defender trusts (the validation split).
+        label_names: the C finding names.
+        device: where the model runs.
+        batch_size: scoring batch size.
+        seed: seeds every random choice a defense makes.
+    """
+
+    def __init__(self, model: nn.Module, train_images: Images, train_labels: np.ndarray, holdout_images: Images,
+                 holdout_labels: np.ndarray, label_names: list[str], device: torch.device | str = "cpu",
+                 batch_size: int = 128, seed: int = 0) -> None:
+        self.model = model.eval()
+        self.train_images, self.train_labels = train_images, np.asarray(train_labels, np.float32)
+        self.holdout_images, self.holdout_labels = holdout_images, np.asarray(holdout_labels, np.float32)
+        self.label_names = list(label_names)
+        self.device = torch.device(device)
+        self.batch_size, self.seed = batch_size, seed
+        self._cache: dict[str, np.ndarray] = {}
+
+    def rng(self, stream: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed, stream])
+
+    # --- model outputs, batched and cached -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def outputs(self, images, features: bool = False) -> np.ndarray:
+        """Sigmoid scores (N×C) or pooled penultimate features (N×D, ``features=True``) of uint8 images."""
+        out = []
+        for lo in range(0, len(images), self.batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[lo : lo + self.batch_size]))
+            out.append(self.forward(x, features).cpu().numpy())
+        width = out[0].shape[1] if out else 0
+        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+
+    def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
+        """One batch: uint8 or float [0, 1] images (N×H×W or N×1×H×W) → scores or features, on the device."""
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        x = x.to(self.device, torch.float32)
+        if x.ndim == 3:
+            x = x.unsqueeze(1)
+        if features:
+            return feature_vector(self.model, x)
+        return torch.sigmoid(self.model(x).float())
+
+    def cached(self, key: str, compute) -> np.ndarray:
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    @property
+    def train_features(self) -> np.ndarray:
+        return self.cached("train_features", lambda: self.outputs(self.train_images, features=True))
+
+    @property
+    def holdout_features(self) -> np.ndarray:
+        return self.cached("holdout_features", lambda: self.outputs(self.holdout_images, features=True))
+
+    @property
+    def train_scores(self) -> np.ndarray:
+        return self.cached("train_scores", lambda: self.outputs(self.train_images))
+
+    @property
+    def holdout_scores(self) -> np.ndarray:
+        return self.cached("holdout_scores", lambda: self.outputs(self.holdout_images))
+
+
+def feature_vector(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The pooled penultimate features (the input of the last linear layer) of a batch."""
+    if hasattr(model, "forward_features"):
+        return model.forward_features(x).float().mean((2, 3))
+    captured = {}
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    handle = linear.register_forward_pre_hook(lambda _m, args: captured.setdefault("x", args[0]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return captured["x"].float()
+
+
+@dataclass
+class Truth:
+    """What the attacker did: for scoring a defense only, never for running it.
+
+    ``poisoned``: per training sample as trained; ``target``: the attacked label index; ``test_triggered``: the
+    triggered test images (N_test×H×W) and ``test_clean`` their clean versions, for input defenses;
+    ``trigger_mask``: H×W bool, where the trigger writes (None when it is not a patch).
+    """
+
+    poisoned: np.ndarray
+    target: int
+    trigger_mask: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Detection:
+    """A data defense's answer: one score per training sample (higher = more suspicious) and its flags."""
+
+    scores: np.ndarray
+    flagged: np.ndarray
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # extra per-sample columns (e.g. group)
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Scan:
+    """A model defense's answer: an anomaly score per label, the labels it flags, and extra results."""
+
+    scores: np.ndarray
+    flagged: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    @property
+    def backdoored(self) -> bool:
+        return bool(np.any(self.flagged))
+
+
+class Defense:
+    """Common to every defense: a registered name, a kind, and options given to the constructor."""
+
+    kind = ""
+    paper = ""  # the paper it follows
+    changes = ""  # what was changed to make it multi-label
+
+    def options(self) -> dict:
+        """The options it was built with (public attributes; ``info``, the diagnostics of a run, left out)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "info"}
+
+
+class DataDefense(Defense):
+    kind = "data"
+
+    def suspicion(self, d: Defender) -> Detection:  # pragma: no cover - the hook
+        raise NotImplementedError
+
+
+class InputDefense(Defense):
+    """Scores test inputs; ``flag`` uses a threshold set at ``fpr`` on clean holdout images by :meth:`calibrate`.
+
+    The holdout is split in two: :meth:`reference` (the first half) is what the method itself may use (images to
+    blend with, to paste onto), and the second half only calibrates the threshold.
+    """
+
+    kind = "input"
+
+    def __init__(self, fpr: float = 0.05) -> None:
+        self.fpr = fpr
+        self._threshold = None
+
+    def score(self, d: Defender, images) -> np.ndarray:  # pragma: no cover - the hook
+        raise NotImplementedError
+
+    @staticmethod
+    def reference(d: Defender) -> tuple[np.ndarray, np.ndarray]:
+        half = len(d.holdout_images) // 2
+        return np.asarray(d.holdout_images[0:half]), d.holdout_labels[:half]
+
+    @staticmethod
+    def calibration(d: Defender) -> np.ndarray:
+        half = len(d.holdout_images) // 2
+        return np.asarray(d.holdout_images[half : len(d.holdout_images)])
+
+    def calibrate(self, d: Defender) -> float:
+        clean = self.score(d, self.calibration(d))
+        self._threshold = float(np.quantile(clean, 1.0 - self.fpr)) if len(clean) else float("inf")
+        return self._threshold
+
+    def flag(self, scores: np.ndarray) -> np.ndarray:
+        if self._threshold is None:
+            raise RuntimeError("calibrate() first")
+        return scores > self._threshold
+
+
+class ModelDefense(Defense):
+    kind = "model"
+
+    def scan(self, d: Defender) -> Scan:  # pragma: no cover - the hook
+        raise NotImplementedError
+
+
+class Mitigation(Defense):
+    """Either returns a repaired model (``repair``) or cleans inputs before the model sees them (``purify``)."""
+
+    kind = "mitigation"
+
+    def repair(self, d: Defender) -> nn.Module | None:
+        return None
+
+    def purify(self, d: Defender, images: np.ndarray) -> np.ndarray:
+        return images

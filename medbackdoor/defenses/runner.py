@@ -1,0 +1,373 @@
+"""``medbackdoor defend RUN --method NAME``: run one defense on a finished run and score it against the truth.
+
+Writes ``RUN/defenses/NAME/``: ``scores.csv`` (one row per training sample, test image or label, by kind),
+``summary.json`` (detection AUROC, TPR at 1% and 5% FPR, precision/recall of the flag rule; before/after metrics
+for mitigations; seconds and ms per image) and figures where they help. A second call with the same method,
+options, epoch and holdout reuses what is there.
+
+The defense gets a :class:`~medbackdoor.defenses.base.Defender` only; the :class:`Truth` built here is used
+after it returns, to score it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medbackdoor._io import atomic_path, save_figure, write_rows
+from medbackdoor.defenses.base import DEFENSES, Defender, Images, Truth
+from medbackdoor.defenses.scoring import detection_summary
+from medbackdoor.errors import UserError
+from medbackdoor.labels import LABELS
+from medbackdoor.rundir import RunDir
+
+DEFAULT_HOLDOUT = 1000
+
+
+def create_defense(method: str, options: dict):
+    """The registered defense ``method`` built from user options (unknown or ill-typed option: one line)."""
+    return DEFENSES.create_checked(method, options, what=f"defense {method}")
+
+
+_LAST: dict = {}  # the last loaded (defender, truth, data, epoch), so a run's defenses in one process share it
+
+
+def load_defender(run: RunDir, epoch: int | None = None, holdout: int | None = None, device: str | None = None,
+                  batch_size: int | None = None):
+    """The defender's view of a run, the truth kept apart, the run data and the epoch used.
+
+    The last one loaded is kept: several defenses of one run in one process build the data, load the model and
+    compute the features once (defenses never modify the Defender's model; repairs work on copies).
+    """
+    key = (str(run.path.resolve()), epoch, holdout, device, batch_size, run.manifest().get("git_commit"),
+           run.checkpoint_epochs())
+    if _LAST.get("key") == key:
+        return _LAST["value"]
+    _LAST.clear()
+    value = _load_defender(run, epoch, holdout, device, batch_size)
+    _LAST.update(key=key, value=value)
+    return value
+
+
+def _load_defender(run: RunDir, epoch, holdout, device, batch_size):
+    import torch
+
+    from medbackdoor.data.views import SampleImages
+    from medbackdoor.train.data import build_run_data
+    from medbackdoor.train.loop import pick_device
+
+    config = run.config()
+    have = run.checkpoint_epochs()
+    if not have:
+        raise UserError(f"{run.path} has no checkpoint to defend")
+    epoch = have[-1] if epoch is None else epoch
+    if epoch not in have:
+        raise UserError(f"{run.path} has no checkpoint for epoch {epoch}; available: {have}")
+    if holdout is not None and holdout < 2:
+        raise UserError(f"--holdout must be at least 2, got {holdout}")
+    dev = pick_device(device or config.train.device)
+    data = build_run_data(config, progress=False)
+    model = run.load_model(epoch, dev, config)
+    n_hold = min(len(data.val), holdout or DEFAULT_HOLDOUT)
+    val = data.val
+    hold_rows = val.indices[:n_hold]
+    defender = Defender(
+        model=model,
+        train_images=Images.of(SampleImages(data.train)),
+        train_labels=data.train.labels_array(),
+        holdout_images=Images.of(_Rows(data.images, hold_rows)),
+        holdout_labels=val.labels[hold_rows].astype(np.float32),
+        label_names=list(LABELS),
+        device=dev,
+        batch_size=batch_size or config.eval.batch_size,
+        seed=config.train.seed,
+    )
+    truth = Truth(poisoned=data.train.poisoned_mask(), target=data.target,
+                  trigger_mask=_trigger_mask(data))
+    torch.set_grad_enabled(True)
+    return defender, truth, data, epoch
+
+
+class _Rows:
+    def __init__(self, images, rows):
+        self.images, self.rows = images, np.asarray(rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, sel):
+        if isinstance(sel, int | np.integer):
+            return np.asarray(self.images[int(self.rows[sel])])
+        return np.asarray(self.images[self.rows[sel]])
+
+
+def _trigger_mask(data) -> np.ndarray | None:
+    """Where the trigger changed the first test images (union), for comparing a reversed trigger; None if none."""
+    if not data.trigger.changes_pixels or not len(data.test):
+        return None
+    k = min(len(data.test), 64)
+    changed = np.asarray(data.test.clean[0:k]) != np.asarray(data.test.triggered[0:k])
+    return changed.any(0) if changed.any() else None
+
+
+def defend(run_dir: str | Path, method: str, epoch: int | None = None, holdout: int | None = None,
+           options: dict | None = None, force: bool = False, device: str | None = None,
+           require_data: bool = False, name: str | None = None) -> dict:
+    """Run ``method`` on the run in ``run_dir``; returns the summary (also written to ``summary.json``).
+
+    ``require_data``: refuse any defense that is not a data defense (``--retrain`` needs flags per sample).
+    ``name``: the output folder under ``RUN/defenses/`` (default: the method), e.g. to keep two option sets.
+    """
+    run = RunDir(run_dir)
+    if not run.exists():
+        raise UserError(f"{run.path} is not a run folder (no config.yaml)")
+    options = dict(options or {})
+    defense = create_defense(method, options)  # a bad method or option fails before any work
+    if require_data and defense.kind != "data":
+        raise UserError(f"--retrain needs a data defense; {method} is a {defense.kind} defense")
+    name = name or method
+    if not name or "/" in name or name.startswith("."):
+        raise UserError(f"bad defense name {name!r}: a folder name under RUN/defenses/")
+    out = run.path / "defenses" / name
+    key = {"method": method, "options": options, "epoch": epoch, "holdout": holdout}
+    previous = out / "summary.json"
+    if previous.is_file() and not force:
+        done = json.loads(previous.read_text())
+        if done.get("request") == key and (out / "scores.csv").is_file():
+            return done
+    defender, truth, data, used_epoch = load_defender(run, epoch, holdout, device)
+    t0 = time.perf_counter()
+    summary = {"name": name, "method": method, "kind": defense.kind, "paper": defense.paper, "changes": defense.changes,
+               "options": defense.options(), "request": key, "epoch": used_epoch,
+               "holdout": len(defender.holdout_images), "run": str(run.path)}
+    out.mkdir(parents=True, exist_ok=True)
+    kind_runner = {"data": _data, "input": _input, "model": _model, "mitigation": _mitigation}[defense.kind]
+    rows, extra = kind_runner(defense, defender, truth, data, out)
+    summary.update(extra)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    summary["ms_per_image"] = round(1000 * summary["seconds"] / max(summary.get("images_scored", 1), 1), 3)
+    write_rows(out / "scores.csv", rows)
+    with atomic_path(previous, suffix=".json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=_json))
+    return summary
+
+
+def retrain(run_dir: str | Path, name: str, summary: dict, progress: bool = True) -> dict:
+    """Cleanse and retrain: drop what the data defense flagged and train the run's own config again.
+
+    The new run goes to ``RUN/defenses/NAME/retrain`` (an ordinary run folder, resumable) with ``train.drop``
+    naming the flagged positions; returns its last-epoch metrics beside the original run's.
+    """
+    from medbackdoor.config import load_config
+    from medbackdoor.train import run as train_run
+
+    run = RunDir(run_dir)
+    out = run.path / "defenses" / name
+    flagged = summary["flagged_positions"]
+    drop = out / "retrain_drop.txt"
+    text = f"# {len(flagged)} training samples flagged by {summary['method']} ({name})\n"
+    text += "".join(f"{i}\n" for i in flagged)
+    if not drop.is_file() or drop.read_text() != text:
+        with atomic_path(drop, suffix=".txt") as tmp:
+            tmp.write_text(text)
+    config = load_config(run.config_path, [f"train.drop={drop.resolve()}"])
+    new = RunDir(out / "retrain")
+    train_run(config, new.path, resume=True, progress=progress)
+    before, after = run.metrics()[-1], new.metrics()[-1]
+    keys = ("asr_0.6", "asr_0.9", "auroc_nn", "auroc_tt", "auroc_tn")
+    result = {"run": str(new.path), "dropped": len(flagged),
+              "before": {k: float(before[k]) for k in keys}, "after": {k: float(after[k]) for k in keys}}
+    summary["retrain"] = result
+    with atomic_path(out / "summary.json", suffix=".json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=_json))
+    return result
+
+
+def _json(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+# --- one function per kind: run the defense, then score it ---------------------------------------------------------
+
+def _data(defense, d: Defender, truth: Truth, data, out: Path):
+    det = defense.suspicion(d)
+    scores, flagged = np.asarray(det.scores, np.float64), np.asarray(det.flagged, bool)
+    if len(scores) != len(truth.poisoned) or len(flagged) != len(scores):
+        raise RuntimeError(f"{defense.kind} defense returned {len(scores)} scores for {len(truth.poisoned)} samples")
+    base_rows = data.train.base.indices[data.train.sample_positions()]
+    rows = [{"sample": i, "dataset_row": int(base_rows[i]), "score": float(scores[i]), "flagged": bool(flagged[i]),
+             "poisoned": bool(truth.poisoned[i]), **{k: v[i] for k, v in det.columns.items()}}
+            for i in range(len(scores))]
+    summary = {"detection": detection_summary(truth.poisoned, scores, flagged), "info": det.info,
+               "images_scored": len(scores), "flagged_positions": np.flatnonzero(flagged).tolist()}
+    _roc_figure(out / "roc.png", truth.poisoned, scores, f"{defense.kind} defense: poisoned training samples")
+    return rows, summary
+
+
+def _input(defense, d: Defender, truth: Truth, data, out: Path):
+    if not data.trigger.changes_pixels:
+        raise UserError("this run's trigger changes no pixel (a label-only attack): an input defense has "
+                        "nothing to detect")
+    threshold = defense.calibrate(d)
+    clean = defense.score(d, _Array(data.test.clean))
+    triggered = defense.score(d, _Array(data.test.triggered))
+    rows, y, s = [], [], []
+    for name, scores in (("clean", clean), ("triggered", triggered)):
+        flags = defense.flag(scores)
+        for i, (score, flag) in enumerate(zip(scores, flags)):
+            rows.append({"set": name, "test_row": int(data.test.rows[i]), "score": float(score), "flagged": bool(flag)})
+        y.append(np.full(len(scores), name == "triggered"))
+        s.append(scores)
+    y, s = np.concatenate(y), np.concatenate(s)
+    flagged = np.array([r["flagged"] for r in rows])
+    det = detection_summary(y, s, flagged)
+    survived = np.asarray(data.test.survived, bool)
+    if not survived.all():  # images the trigger did not change are clean in fact: score those that changed
+        keep = np.r_[np.ones(len(clean), bool), survived]
+        det["survived_only"] = detection_summary(y[keep], s[keep], flagged[keep])
+    _roc_figure(out / "roc.png", y, s, f"{defense.kind} defense: triggered test images")
+    return rows, {"detection": det, "threshold": threshold, "images_scored": len(s)}
+
+
+def _model(defense, d: Defender, truth: Truth, data, out: Path):
+    scan = defense.scan(d)
+    scores = np.asarray(scan.scores, np.float64)
+    order = np.argsort(-scores, kind="stable")
+    rank = int(np.flatnonzero(order == truth.target)[0]) + 1 if len(scores) else None
+    rows = [{"label": name, "score": float(scores[i]), "flagged": bool(scan.flagged[i]),
+             "target": i == truth.target} for i, name in enumerate(d.label_names)]
+    summary = {"backdoored_verdict": scan.backdoored, "flagged_labels": [d.label_names[i] for i in
+                                                                       np.flatnonzero(scan.flagged)],
+               "target": d.label_names[truth.target], "target_rank": rank,
+               "target_flagged": bool(scan.flagged[truth.target]), "poisoned_run": bool(truth.poisoned.any()),
+               "info": {k: v for k, v in scan.info.items() if k != "masks" and k != "patterns"},
+               "images_scored": len(d.holdout_images)}
+    masks = scan.info.get("masks")
+    if masks is not None:
+        summary["reversed_trigger"] = _reversed(out, masks, scan.info.get("patterns"), truth, d.label_names)
+    return rows, summary
+
+
+def _mitigation(defense, d: Defender, truth: Truth, data, out: Path):
+    before = _metrics(d.model, d, data, lambda x: x)
+    repaired = defense.repair(d)
+    model = repaired if repaired is not None else d.model
+    after = _metrics(model, d, data, lambda x: defense.purify(d, x))
+    rows = [{"when": when, **{k: v for k, v in m.items()}} for when, m in (("before", before), ("after", after))]
+    return rows, {"before": before, "after": after, "images_scored": 2 * len(data.test),
+                  "info": getattr(defense, "info", {})}
+
+
+def _metrics(model, d: Defender, data, transform) -> dict:
+    """ASR(0.6/0.9) and AUROC-NN/TT/TN of ``model`` on the test set, inputs passed through ``transform``."""
+    from medbackdoor.metrics import backdoor_metrics
+    from medbackdoor.train.loop import predict
+
+    def scores(view):
+        out = []
+        for lo in range(0, len(view), 256):
+            out.append(predict(model, transform(np.asarray(view[lo : lo + 256])), d.device, d.batch_size))
+        return np.concatenate(out)
+
+    clean = scores(data.test.clean)
+    triggered = scores(data.test.triggered)
+    m = backdoor_metrics(data.test.labels, clean, triggered, data.target, [0.6, 0.9], [], False, seed=0,
+                         label=getattr(data.train, "label", "onehot"), carriers=data.test.carriers)
+    return {"asr_0.6": m["asr"]["0.6"], "asr_0.9": m["asr"]["0.9"], "auroc_nn": m["auroc_nn"],
+            "auroc_tt": m["auroc_tt"], "auroc_tn": m["auroc_tn"]}
+
+
+class _Array:
+    """A lazy test view as something a defense can slice (``images[lo:hi]`` → uint8 array)."""
+
+    def __init__(self, view):
+        self.view = view
+
+    def __len__(self):
+        return len(self.view)
+
+    def __getitem__(self, sel):
+        return np.asarray(self.view[sel])
+
+
+def _reversed(out: Path, masks, patterns, truth: Truth, names) -> dict:
+    """IoU of the target's reversed-trigger mask (top pixels) with the true trigger, and a figure of all masks."""
+    masks = np.asarray(masks, np.float32)
+    result = {}
+    if truth.trigger_mask is not None and masks.shape[1:] == truth.trigger_mask.shape:
+        m = masks[truth.target]
+        k = max(int(truth.trigger_mask.sum()), 1)
+        top = np.zeros(m.size, bool)
+        top[np.argsort(-m.ravel())[:k]] = True
+        top = top.reshape(m.shape)
+        inter, union = (top & truth.trigger_mask).sum(), (top | truth.trigger_mask).sum()
+        result["iou_with_true_trigger"] = float(inter / union) if union else float("nan")
+        result["mask_l1_target"] = float(m.sum())
+    _mask_figure(out / "reversed_triggers.png", masks, names)
+    return result
+
+
+def _roc_figure(path: Path, y, scores, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    y = np.asarray(y, bool)
+    if y.all() or not y.any():
+        return
+    s = np.nan_to_num(np.asarray(scores, np.float64), nan=-1e300, neginf=-1e300, posinf=1e300)
+    fpr, tpr, _ = roc_curve(y, s)
+    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    ax.plot(fpr, tpr)
+    ax.plot([0, 1], [0, 1], ls=":", c="gray")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title=title)
+    ax.title.set_fontsize(8)
+    fig.tight_layout()
+    save_figure(fig, path.parent, path.stem, ("png",))
+    plt.close(fig)
+
+
+def _mask_figure(path: Path, masks: np.ndarray, names) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(masks)
+    cols = min(n, 7)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.6 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (ax, m) in enumerate(zip(axes.ravel(), masks)):
+        ax.imshow(m, cmap="magma", vmin=0, vmax=1)
+        ax.set_title(str(names[i])[:12], fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, path.parent, path.stem, ("png",))
+    plt.close(fig)
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """``--set key=value`` pairs as defense options (values read as YAML)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {key}: cannot read {value!r}") from None
+    return out
+

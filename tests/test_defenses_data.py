@@ -1,0 +1,340 @@
+"""Data defenses spectral, activation-clustering and spectre on hand-built features with a known answer.
+
+No model is trained: the Defender's cached features are filled with planted data (an anisotropic Gaussian per sample
+plus a mean per positive finding; poisoned samples are clean draws moved far along one random direction, "the
+trigger", and relabelled). The stub model and images raise if a defense touches them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
+from torch import nn
+
+import medbackdoor.defenses.activation_clustering  # noqa: F401 - registers
+import medbackdoor.defenses.spectral  # noqa: F401 - registers
+import medbackdoor.defenses.spectre  # noqa: F401 - registers
+from medbackdoor.defenses.base import DEFENSES, DataDefense, Defender, Images
+from medbackdoor.defenses.spectral import crossfit, cut_count, top_directions
+from medbackdoor.errors import UserError
+
+METHODS = ("spectral", "activation-clustering", "spectre")
+RULES = ("holdout", "faithful")
+NAMES = ["A", "B", "C", "D"]
+PREVALENCE = np.array([0.3, 0.25, 0.2, 0.005])  # D is too rare to make a group (min_group 10)
+
+
+class NoModel(nn.Module):
+    def forward(self, x):
+        raise AssertionError("a data defense called the model although the features were cached")
+
+
+def no_images(n: int) -> Images:
+    def read(sel):
+        raise AssertionError("a data defense read images although the features were cached")
+
+    return Images(read, n)
+
+
+def make_case(n_train=900, n_hold=400, dim=48, poison=0, poison_labels=(0,), shift=15.0, seed=0, d_seed=0,
+              holdout_features=True):
+    """A Defender on planted features and the truth (poisoned mask). Group A ≈ 270 clean training samples."""
+    rng = np.random.default_rng(seed)
+    scales = np.linspace(2.0, 0.5, dim)
+    means = rng.normal(0, 0.5, (len(NAMES), dim))
+    trigger = rng.normal(size=dim)
+    trigger /= np.linalg.norm(trigger)
+
+    def clean(n):
+        y = (rng.random((n, len(NAMES))) < PREVALENCE).astype(np.float32)
+        return (rng.normal(size=(n, dim)) * scales + y @ means).astype(np.float32), y
+
+    xt, yt = clean(n_train)
+    xh, yh = clean(n_hold)
+    xp, _ = clean(poison)
+    xp += shift * trigger
+    yp = np.zeros((poison, len(NAMES)), np.float32)
+    yp[:, list(poison_labels)] = 1
+    x, y = np.concatenate([xt, xp]), np.concatenate([yt, yp])
+    d = Defender(NoModel(), no_images(len(x)), y, no_images(n_hold), yh, NAMES, seed=d_seed)
+    d._cache["train_features"] = x
+    if holdout_features:
+        d._cache["holdout_features"] = xh
+    return d, np.r_[np.zeros(n_train, bool), np.ones(poison, bool)]
+
+
+def run(method, d, **options):
+    det = DEFENSES.create_checked(method, options).suspicion(d)
+    n = len(d.train_labels)
+    assert det.scores.shape == (n,) and det.flagged.shape == (n,) and det.flagged.dtype == bool
+    assert np.isfinite(det.scores).all()
+    assert all(len(v) == n for v in det.columns.values())
+    json.dumps(det.info)  # JSON-serialisable as it is
+    return det
+
+
+def stats(det, truth, members=None):
+    keep = np.ones(len(truth), bool) if members is None else members
+    y, s, f = truth[keep], det.scores[keep], det.flagged[keep]
+    return {"auroc": roc_auc_score(y, s), "recall": (f & y).sum() / y.sum(),
+            "precision": (f & y).sum() / max(f.sum(), 1), "fpr": (f & ~y).sum() / (~y).sum()}
+
+
+# --- registration and options ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+def test_registered_with_paper_and_changes(method):
+    defense = DEFENSES.create_checked(method, {})
+    assert isinstance(defense, DataDefense) and defense.kind == "data"
+    assert defense.paper and defense.changes
+    assert defense.options()["rule"] == "holdout"  # the default does not assume a poisoned minority
+    json.dumps(defense.options())
+
+
+@pytest.mark.parametrize("method, options", [
+    *[(m, o) for m in METHODS for o in (
+        {"rule": "majority"}, {"rule": 3}, {"min_group": 2}, {"min_group": 10.5}, {"min_holdout": 1},
+        {"fallback": "whole"}, {"nonsense": 1})],
+    ("spectral", {"eps": 0.0}), ("spectral", {"eps": 0.7}), ("spectral", {"fpr": 1.0}), ("spectral", {"min_z": -1}),
+    ("spectral", {"folds": 0}), ("spectral", {"eps": True}),
+    ("activation-clustering", {"dims": 0}), ("activation-clustering", {"size": 0.6}),
+    ("activation-clustering", {"silhouette": 1.5}), ("activation-clustering", {"excess": 1.0}),
+    ("activation-clustering", {"significance": 0}), ("activation-clustering", {"whiten": "yes"}),
+    ("spectre", {"dims": 0}), ("spectre", {"alpha": 0}), ("spectre", {"eps": 1.0}), ("spectre", {"keep": 0}),
+    ("spectre", {"keep": 1.5}), ("spectre", {"fpr": -0.1}), ("spectre", {"min_que": -1}), ("spectre", {"folds": 0}),
+])
+def test_bad_options_are_one_line_user_errors(method, options):
+    with pytest.raises(UserError) as err:
+        DEFENSES.create_checked(method, options)
+    assert "\n" not in str(err.value) and str(err.value)
+
+
+def test_direct_construction_validates_too():
+    from medbackdoor.defenses.activation_clustering import ActivationClustering
+    from medbackdoor.defenses.spectral import SpectralSignatures
+    from medbackdoor.defenses.spectre import Spectre
+
+    for cls in (SpectralSignatures, ActivationClustering, Spectre):
+        with pytest.raises(UserError, match="rule"):
+            cls(rule="Holdout")
+        with pytest.raises(UserError, match="min_group"):
+            cls(min_group=True)
+
+
+# --- known answers ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("method", METHODS)
+def test_minority_cluster_is_caught_by_both_rules(method, rule):
+    d, truth = make_case(poison=20)  # 20 of ≈290 in group A (7%)
+    det = run(method, d, rule=rule)
+    s = stats(det, truth)
+    assert s["auroc"] > 0.95
+    assert s["recall"] >= 0.9
+    if rule == "holdout":
+        assert s["precision"] >= 0.7 and s["fpr"] <= 0.02
+    assert set(det.columns["group"][truth]) == {"A"}
+
+
+@pytest.mark.parametrize("method, options", [(m, {}) for m in METHODS] + [("activation-clustering", {"whiten": True})])
+def test_majority_cluster_holdout_rule_catches_it(method, options):
+    d, truth = make_case(poison=500)  # 500 of ≈770 in group A (65%), like the project's one-hot Atelectasis attack
+    det = run(method, d, **options)
+    s = stats(det, truth)
+    assert s["auroc"] > 0.95
+    assert s["recall"] >= 0.95 and s["precision"] >= 0.95
+    assert stats(det, truth, d.train_labels[:, 0] > 0.5)["auroc"] > 0.95  # within the group too
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_majority_cluster_faithful_rule_fails_as_documented(method):
+    """A result, not a bug: the papers' rules assume the poison is a minority of its class."""
+    d, truth = make_case(poison=500)
+    det = run(method, d, rule="faithful")
+    group = stats(det, truth, d.train_labels[:, 0] > 0.5)
+    assert group["auroc"] < 0.6 and group["recall"] < 0.2
+    if method in ("spectral", "activation-clustering"):
+        # the ranking is inverted: the clean minority sits far from the (poisoned) group mean / is the smaller cluster
+        assert group["auroc"] < 0.1 and group["precision"] < 0.1
+
+
+def test_poison_off_the_top_direction_needs_whitening():
+    """SPECTRE's point: a trigger that is not the group's top-variance direction escapes the spectral signature."""
+    d, truth = make_case(poison=60, shift=6.0)
+    rng = np.random.default_rng(100)
+    big = rng.normal(size=48).astype(np.float32)
+    big /= np.linalg.norm(big)
+    for key in ("train_features", "holdout_features"):  # a dominant clean factor (sd 8) beside the trigger (6)
+        d._cache[key] += 8 * rng.normal(size=(len(d._cache[key]), 1)).astype(np.float32) * big
+    assert stats(run("spectral", d), truth)["auroc"] < 0.85
+    s = stats(run("spectre", d), truth)
+    assert s["auroc"] > 0.9 and s["precision"] >= 0.8
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_clean_training_set_holdout_rule_flags_few(method):
+    d, truth = make_case(poison=0)
+    det = run(method, d)
+    assert det.flagged.mean() <= 0.03
+    for g in det.info["groups"]:
+        assert g["reference"] == "group"
+
+
+def test_faithful_spectral_removes_one_and_a_half_eps_per_group():
+    d, _ = make_case(poison=0)
+    det = run("spectral", d, rule="faithful", eps=0.1)
+    assert [g["finding"] for g in det.info["groups"]] == ["A", "B", "C"]
+    for g in det.info["groups"]:
+        assert g["flagged"] == cut_count(0.1, g["train"]) == round(0.15 * g["train"])
+    assert det.info["skipped"][0]["finding"] == "D"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_multilabel_membership_max_and_union(method):
+    d, truth = make_case(poison=20, poison_labels=(0, 1))  # poisoned samples are in groups A and B
+    defense = DEFENSES.create_checked(method, {})
+    det = defense.suspicion(d)
+    assert (det.columns["groups"][truth] == 2).all()
+    assert set(det.columns["group"][truth]) <= {"A", "B"}
+    s = stats(det, truth)
+    assert s["auroc"] > 0.95 and s["recall"] >= 0.9
+
+    # the combined score is the max over a sample's groups; flags are the union
+    results, skipped = defense.group_results(d)
+    n = len(truth)
+    per_group = np.full((len(results), n), -np.inf)
+    union = np.zeros(n, bool)
+    for j, (g, r) in enumerate(results):
+        per_group[j, g.train] = r.scores
+        union[g.train] |= r.flagged
+    scored = np.isfinite(per_group).any(0)
+    np.testing.assert_allclose(det.scores[scored], per_group.max(0)[scored])
+    np.testing.assert_array_equal(det.flagged, union)
+    best = np.array([NAMES[results[j][0].finding] for j in per_group.argmax(0)])
+    assert (det.columns["group"][scored] == best[scored]).all()
+
+    # samples in no scored group (no finding, or only the too-rare D) get the minimum score and no flag
+    assert (~scored).sum() > 100 and [s["finding"] for s in skipped] == ["D"]
+    assert (det.scores[~scored] == det.scores.min()).all()
+    assert not det.flagged[~scored].any() and (det.columns["group"][~scored] == "").all()
+    assert (det.columns["groups"][~scored] == 0).all()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_small_holdout_group_falls_back_or_is_skipped(method):
+    d, truth = make_case(poison=20)
+    d.holdout_labels[3:, 0] = 0  # only a few clean holdout samples left with finding A
+    assert (d.holdout_labels[:, 0] > 0.5).sum() < 5
+    det = run(method, d)
+    ref = {g["finding"]: g["reference"] for g in det.info["groups"]}
+    assert ref == {"A": "all", "B": "group", "C": "group"}
+    assert stats(det, truth)["auroc"] > 0.95  # the trigger is far from every clean sample
+    det = run(method, d, fallback="skip")
+    assert [g["finding"] for g in det.info["groups"]] == ["B", "C"]
+    assert {s["finding"] for s in det.info["skipped"]} == {"A", "D"}
+
+
+# --- determinism, and nothing but the Defender -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("method", METHODS)
+def test_same_seed_same_output(method, rule):
+    a = run(method, make_case(poison=30)[0], rule=rule)
+    b = run(method, make_case(poison=30)[0], rule=rule)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(a.flagged, b.flagged)
+    assert json.dumps(a.info) == json.dumps(b.info)
+    for key in a.columns:
+        np.testing.assert_array_equal(a.columns[key], b.columns[key])
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("method", METHODS)
+def test_uses_only_the_defender(method, rule):
+    """The stub model and images raise if touched; the Defender's arrays are left as they were."""
+    d, truth = make_case(poison=20, holdout_features=rule == "holdout")  # faithful: holdout features never needed
+    before = {k: v.copy() for k, v in d._cache.items()}
+    labels, hold_labels = d.train_labels.copy(), d.holdout_labels.copy()
+    run(method, d, rule=rule)
+    assert set(d._cache) == set(before)
+    for key, value in before.items():
+        np.testing.assert_array_equal(d._cache[key], value)
+    np.testing.assert_array_equal(d.train_labels, labels)
+    np.testing.assert_array_equal(d.holdout_labels, hold_labels)
+
+
+class TinyNet(nn.Module):
+    """An untrained conv net with ``forward_features``, so the Defender computes the features itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv2d(1, 16, 3)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator))
+            self.conv.bias.zero_()
+        self.fc = nn.Linear(16, len(NAMES))
+
+    def forward_features(self, x):
+        return torch.relu(self.conv(x))
+
+    def forward(self, x):
+        return self.fc(self.forward_features(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_features_from_a_model_end_to_end(method):
+    rng = np.random.default_rng(0)
+
+    def images(n):
+        return rng.integers(40, 90, (n, 12, 12), dtype=np.uint8)
+
+    n_clean, n_poison = 160, 12
+    train = images(n_clean + n_poison)
+    train[n_clean:, 2:8, 2:8] = 255  # the trigger
+    labels = (rng.random((n_clean + n_poison, len(NAMES))) < PREVALENCE).astype(np.float32)
+    labels[:, 0] = rng.random(len(labels)) < 0.4
+    labels[n_clean:] = 0
+    labels[n_clean:, 0] = 1
+    hold_labels = (rng.random((80, len(NAMES))) < PREVALENCE).astype(np.float32)
+    hold_labels[:, 0] = rng.random(80) < 0.4
+    d = Defender(TinyNet(), Images.of(train), labels, Images.of(images(80)), hold_labels, NAMES, batch_size=64)
+    det = run(method, d)
+    assert d.train_features.shape == (n_clean + n_poison, 16)
+    truth = np.r_[np.zeros(n_clean, bool), np.ones(n_poison, bool)]
+    assert stats(det, truth)["auroc"] > 0.9
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------------
+
+def test_crossfit_parts_cover_the_group_once():
+    pairs = crossfit(23, 2, seed=5)
+    scored = np.concatenate([part for _, part in pairs])
+    assert sorted(scored.tolist()) == list(range(23))
+    for fit, part in pairs:
+        assert not set(fit) & set(part) and len(fit) + len(part) == 23
+    assert crossfit(23, 2, seed=5)[0][1].tolist() == pairs[0][1].tolist()
+    fit, part = crossfit(8, 2, seed=5)[0]  # too small to split: in-sample
+    assert fit.tolist() == part.tolist() == list(range(8))
+
+
+def test_randomized_and_exact_top_direction_agree():
+    with threadpool_limits(1, user_api="blas"):  # small matrices: threads only oversubscribe a busy machine
+        _check_randomized_svd()
+
+
+def _check_randomized_svd():
+    rng = np.random.default_rng(1)
+    direction = rng.normal(size=400)
+    direction /= np.linalg.norm(direction)
+    x = rng.normal(size=(600, 400)) + 6 * rng.normal(size=(600, 1)) * direction
+    xc = (x - x.mean(0)).astype(np.float32)
+    v = top_directions(xc, 1, seed=0)[0]  # min(600, 400) > 256: randomized SVD
+    assert abs(v @ direction) > 0.95  # the sample direction (noise limits it), found by the randomized SVD
+    exact = np.linalg.svd(xc.astype(np.float64), full_matrices=False)[2][0]
+    assert abs(v @ exact) > 0.999
