@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from medbackdoor._registry import Registry
+from medbackdoor.errors import UserError
 
 DEFENSES: Registry[type] = Registry("defense")
 KINDS = ("data", "input", "model", "mitigation")
@@ -134,6 +135,12 @@ def feature_vector(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     finally:
         handle.remove()
     return captured["x"].float()
+
+
+def one_of(defense: str, option: str, value, choices) -> None:
+    """Raise one line (``UserError``) unless ``value`` is one of ``choices``: the check every choice option needs."""
+    if value not in choices:
+        raise UserError(f"{defense} {option} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 @dataclass

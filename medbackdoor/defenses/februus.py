@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from medbackdoor.defenses.base import DEFENSES, Defender, Mitigation
+from medbackdoor.defenses.base import DEFENSES, Defender, Mitigation, one_of
 from medbackdoor.errors import UserError
 from medbackdoor.explain.cam import CAMS
 
@@ -72,8 +72,7 @@ class Februus(Mitigation):
             raise UserError("februus layer must be last, middle or a module name")
         if method not in CAMS:
             raise UserError(f"februus method must be one of {', '.join(CAMS.names())}, got {method!r}")
-        if inpainter not in INPAINTERS:
-            raise UserError(f"februus inpainter must be one of {', '.join(INPAINTERS)}, got {inpainter!r}")
+        one_of("februus", "inpainter", inpainter, INPAINTERS)
         if inpainter == "opencv" and _cv2() is None:
             raise UserError("februus inpainter opencv needs OpenCV (pip install opencv-python-headless); "
                             "use inpainter: biharmonic")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medbackdoor.defenses.base import DEFENSES, Defender, InputDefense
+from medbackdoor.defenses.base import DEFENSES, Defender, InputDefense, one_of
 from medbackdoor.errors import UserError
 from medbackdoor.explain.cam import CAMS
 from medbackdoor.explain.localise import DETECTORS
@@ -26,8 +26,7 @@ def check_fpr(name: str, fpr: float) -> None:
 
 
 def check_layer(name: str, layer: str) -> None:
-    if layer not in LAYERS:
-        raise UserError(f"{name} layer must be one of {', '.join(LAYERS)}, got {layer!r}")
+    one_of(name, "layer", layer, LAYERS)
 
 
 def top_findings(d: Defender, images: np.ndarray) -> np.ndarray:
@@ -67,8 +66,7 @@ class Saliency(InputDefense):
         super().__init__(fpr)
         check_fpr("saliency", fpr)
         check_layer("saliency", layer)
-        if detector not in DETECTORS:
-            raise UserError(f"saliency detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+        one_of("saliency", "detector", detector, DETECTORS)
         if target != "predicted":
             label_index(target)  # a bad name or index fails here, in one line
         self.detector, self.layer, self.target = detector, layer, target

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medbackdoor.defenses.base import DEFENSES, Defender, InputDefense
+from medbackdoor.defenses.base import DEFENSES, Defender, InputDefense, one_of
 from medbackdoor.defenses.saliency import check_fpr
 from medbackdoor.defenses.strip import as_float
 from medbackdoor.errors import UserError
@@ -72,8 +72,7 @@ class ScaleUp(InputDefense):
         check_fpr("scale-up", fpr)
         if max_scale < 2:
             raise UserError(f"scale-up max_scale must be at least 2, got {max_scale}")
-        if consistency not in CONSISTENCY:
-            raise UserError(f"scale-up consistency must be one of {', '.join(CONSISTENCY)}, got {consistency!r}")
+        one_of("scale-up", "consistency", consistency, CONSISTENCY)
         if not 0 < threshold < 1:
             raise UserError(f"scale-up threshold must be in (0, 1), got {threshold}")
         if min_count < 2:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medbackdoor.defenses.base import DEFENSES, Defender, InputDefense
+from medbackdoor.defenses.base import DEFENSES, Defender, InputDefense, one_of
 from medbackdoor.defenses.saliency import cam_maps, check_fpr, check_layer
 from medbackdoor.defenses.strip import as_float, choose_references
 from medbackdoor.errors import UserError
@@ -71,10 +71,8 @@ class SentiNet(InputDefense):
             raise UserError(f"sentinet fraction must be in (0, 0.5], got {fraction}")
         if k < 1:
             raise UserError(f"sentinet k must be at least 1, got {k}")
-        if measure not in MEASURES:
-            raise UserError(f"sentinet measure must be one of {', '.join(MEASURES)}, got {measure!r}")
-        if neutral not in NEUTRALS:
-            raise UserError(f"sentinet neutral must be one of {', '.join(NEUTRALS)}, got {neutral!r}")
+        one_of("sentinet", "measure", measure, MEASURES)
+        one_of("sentinet", "neutral", neutral, NEUTRALS)
         if not 0 < threshold < 1:
             raise UserError(f"sentinet threshold must be in (0, 1), got {threshold}")
         self.fraction, self.k, self.layer, self.measure = fraction, k, layer, measure

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medbackdoor.defenses.base import DEFENSES, Defender, InputDefense
+from medbackdoor.defenses.base import DEFENSES, Defender, InputDefense, one_of
 from medbackdoor.defenses.saliency import check_fpr
 from medbackdoor.errors import UserError
 
@@ -80,10 +80,8 @@ class Strip(InputDefense):
             raise UserError(f"strip alpha must be in (0, 1), got {alpha}")
         if k < 1:
             raise UserError(f"strip k must be at least 1, got {k}")
-        if score not in SCORES:
-            raise UserError(f"strip score must be one of {', '.join(SCORES)}, got {score!r}")
-        if baseline not in BASELINES:
-            raise UserError(f"strip baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+        one_of("strip", "score", score, SCORES)
+        one_of("strip", "baseline", baseline, BASELINES)
         if baseline_images < 2:
             raise UserError(f"strip baseline_images must be at least 2, got {baseline_images}")
         self.alpha, self.k, self.score_kind, self.baseline = alpha, k, score, baseline
