@@ -53,9 +53,8 @@ def load_defender(run: RunDir, epoch: int | None = None, holdout: int | None = N
 
 
 def _load_defender(run: RunDir, epoch, holdout, device, batch_size):
-    import torch
 
-    from medbackdoor.data.views import SampleImages
+    from medbackdoor.data.views import ImageRows, SampleImages
     from medbackdoor.train.data import build_run_data
     from medbackdoor.train.loop import pick_device
 
@@ -78,7 +77,7 @@ def _load_defender(run: RunDir, epoch, holdout, device, batch_size):
         model=model,
         train_images=Images.of(SampleImages(data.train)),
         train_labels=data.train.labels_array(),
-        holdout_images=Images.of(_Rows(data.images, hold_rows)),
+        holdout_images=Images.of(ImageRows(data.images, hold_rows)),
         holdout_labels=val.labels[hold_rows].astype(np.float32),
         label_names=list(LABELS),
         device=dev,
@@ -87,21 +86,7 @@ def _load_defender(run: RunDir, epoch, holdout, device, batch_size):
     )
     truth = Truth(poisoned=data.train.poisoned_mask(), target=data.target,
                   trigger_mask=_trigger_mask(data))
-    torch.set_grad_enabled(True)
     return defender, truth, data, epoch
-
-
-class _Rows:
-    def __init__(self, images, rows):
-        self.images, self.rows = images, np.asarray(rows)
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, sel):
-        if isinstance(sel, int | np.integer):
-            return np.asarray(self.images[int(self.rows[sel])])
-        return np.asarray(self.images[self.rows[sel]])
 
 
 def _trigger_mask(data) -> np.ndarray | None:
@@ -216,8 +201,8 @@ def _input(defense, d: Defender, truth: Truth, data, out: Path):
         raise UserError("this run's trigger changes no pixel (a label-only attack): an input defense has "
                         "nothing to detect")
     threshold = defense.calibrate(d)
-    clean = defense.score(d, _Array(data.test.clean))
-    triggered = defense.score(d, _Array(data.test.triggered))
+    clean = defense.score(d, Images.of(data.test.clean))
+    triggered = defense.score(d, Images.of(data.test.triggered))
     rows, y, s = [], [], []
     for name, scores in (("clean", clean), ("triggered", triggered)):
         flags = defense.flag(scores)
@@ -282,19 +267,6 @@ def _metrics(model, d: Defender, data, transform) -> dict:
                          label=getattr(data.train, "label", "onehot"), carriers=data.test.carriers)
     return {"asr_0.6": m["asr"]["0.6"], "asr_0.9": m["asr"]["0.9"], "auroc_nn": m["auroc_nn"],
             "auroc_tt": m["auroc_tt"], "auroc_tn": m["auroc_tn"]}
-
-
-class _Array:
-    """A lazy test view as something a defense can slice (``images[lo:hi]`` → uint8 array)."""
-
-    def __init__(self, view):
-        self.view = view
-
-    def __len__(self):
-        return len(self.view)
-
-    def __getitem__(self, sel):
-        return np.asarray(self.view[sel])
 
 
 def _reversed(out: Path, masks, patterns, truth: Truth, names) -> dict:
