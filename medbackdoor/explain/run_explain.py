@@ -21,6 +21,7 @@ from medbackdoor.explain.localise import (
 from medbackdoor.labels import LABELS, label_index
 from medbackdoor.rundir import RunDir
 from medbackdoor.train.data import build_test_data
+from medbackdoor.train.loggers import open_loggers
 from medbackdoor.train.loop import pick_device, predict
 
 
@@ -74,7 +75,12 @@ def explain_run(run_dir: str | Path, epochs: list[int] | None = None, layers: tu
             panels[(epoch, layer)] = (maps["clean"][show], maps["infected"][show])
     out = run.explain_dir
     write_rows(run.localisation_path, rows)
-    figure1(out, epochs, layers, clean[show], infected[show], boxes[show], panels, sizes)
+    loggers = open_loggers(config.train.log, run.path / "logs", None)
+    try:
+        figure1(out, epochs, layers, clean[show], infected[show], boxes[show], panels, sizes, loggers)
+    finally:
+        for logger in loggers:
+            logger.close()
     return {"rows": rows, "csv": run.localisation_path, "figure": out / "figure1.png", "images": len(chosen),
             "map_sizes": sizes}
 
@@ -113,8 +119,12 @@ def _mean(values: np.ndarray) -> float:
     return float(finite.mean()) if len(finite) else float("nan")
 
 
-def figure1(out: Path, epochs, layers, clean, infected, box, panels, sizes: dict | None = None) -> None:
+def figure1(out: Path, epochs, layers, clean, infected, box, panels, sizes: dict | None = None,
+            loggers: list | None = None) -> None:
     """Rows: epochs; columns: clean and infected at each layer, maps over the image, the trigger circled.
+
+    The figure also goes to the run's loggers (``train.log``, e.g. TensorBoard's Images tab as
+    ``explain/figure1`` at the last explained epoch).
 
     Each column title gives the layer's map size (``sizes[layer]``): a 2×2 map upsampled to the image is a flat
     wash of colour, not a broken figure.
@@ -149,4 +159,6 @@ def figure1(out: Path, epochs, layers, clean, infected, box, panels, sizes: dict
              "raises the class at that layer.", ha="center", va="bottom", fontsize=7)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     save_figure(fig, out, "figure1")
+    for logger in loggers or []:
+        logger.figure("explain/figure1", fig, max(epochs))
     plt.close(fig)

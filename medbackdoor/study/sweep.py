@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import yaml
@@ -26,6 +23,7 @@ from medbackdoor._io import write_json, write_text
 from medbackdoor.config import config_from_data, read_yaml, resolve_builtin, resolve_config_path, set_dotted
 from medbackdoor.errors import UserError
 from medbackdoor.rundir import RunDir
+from medbackdoor.study.executors import Executor, LocalExecutor
 
 BUILTIN_SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
 SWEEP_KEYS = {"name", "description", "base_config", "base", "grid", "cuts", "figure1", "defenses"}
@@ -197,59 +195,75 @@ def run_state(folder: Path) -> str:
 
 
 def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = False,
-              seeds: list[int] | None = None, progress: bool = True, overrides: list[str] | tuple[str, ...] = ()
-              ) -> list[dict]:
+              seeds: list[int] | None = None, progress: bool = True, overrides: list[str] | tuple[str, ...] = (),
+              executor: Executor | None = None) -> list[dict]:
     """Run every grid point into ``out/runs/<name>`` (and a ``figure1`` pair into ``out/figure1/``); returns one
-    status dict per run, with its ``folder``."""
+    status dict per run, with its ``folder``.
+
+    ``executor`` runs the tasks (default: a local pool of ``jobs`` processes; see
+    :mod:`medbackdoor.study.executors` for Ray); whichever runs them, the folders and results are the same.
+    """
     out = Path(out)
     spec, runs = load_sweep(path, seeds, overrides)
     if dry_run:
         return [{"name": r.name, "state": run_state(out / r.folder), "overrides": r.overrides} for r in runs]
-    if jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {jobs}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "sweep.yaml", yaml.safe_dump({**spec, "runs": [r.name for r in runs]}, sort_keys=False))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    results = []
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_run_one, r.data, str(out / r.folder), threads): r for r in runs}
-        for done, fut in enumerate(as_completed(futures), 1):
-            r = futures[fut]
-            result = {"name": r.name, "folder": str(out / r.folder), **fut.result()}
+    own = executor is None
+    executor = executor or LocalExecutor(jobs)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "sweep.yaml", yaml.safe_dump({**spec, "runs": [r.name for r in runs]}, sort_keys=False))
+        results = []
+        tasks = [(r.data, str(out / r.folder)) for r in runs]
+        for done, (i, status) in enumerate(executor.map(_run_one, tasks), 1):
+            r = runs[i]
+            result = {"name": r.name, "folder": str(out / r.folder), **_settle(status, out / r.folder, r.data)}
             results.append(result)
             if progress:
                 print(f"[{done}/{len(runs)}] {r.name}: {result['status']} ({result['seconds']:.0f} s)"
                       + (f" - {result['error']}" if result.get("error") else ""), flush=True)
-    order = {r.name: i for i, r in enumerate(runs)}
-    results.sort(key=lambda x: order[x["name"]])
-    entries = defense_entries(spec)
-    if entries:
-        results += run_defenses(results, entries, jobs, threads, progress)
+        order = {r.name: i for i, r in enumerate(runs)}
+        results.sort(key=lambda x: order[x["name"]])
+        entries = defense_entries(spec)
+        if entries:
+            results += run_defenses(results, entries, executor, progress)
+    finally:
+        if own:
+            executor.close()
     write_json(out / "sweep_status.json", results)
     return results
 
 
-def run_defenses(results: list[dict], entries: list[dict], jobs: int, threads: int, progress: bool) -> list[dict]:
-    """Every defense on every complete run (each in a worker process; a failure is recorded, never raised).
+def _settle(status: dict, folder: Path, data: dict) -> dict:
+    """A task's status; a worker that died before answering is recorded in the run's manifest as failed."""
+    status = dict(status)
+    trace = status.pop("traceback", None)
+    if trace is not None:
+        _record_failure(folder, data, status["error"], trace)
+    return status
+
+
+def run_defenses(results: list[dict], entries: list[dict], executor: Executor, progress: bool) -> list[dict]:
+    """Every defense on every complete run (each run's defenses in one task; a failure is recorded, never raised).
 
     Returns one status dict per (run, defense), named ``RUN:DEFENSE``; ``status`` is ``complete``, ``skipped``
     (done before), ``not applicable`` (e.g. an input defense on a label-only attack) or ``failed``.
     """
     done = [r for r in results if r.get("status") in ("complete", "skipped (complete)")]
     out = []
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        # one task per run, its defenses in order: the run's data, model and features are loaded once
-        futures = {pool.submit(_defend_run, r["folder"], entries, threads): r for r in done}
-        for i, fut in enumerate(as_completed(futures), 1):
-            r = futures[fut]
-            for e, status in zip(entries, fut.result()):
-                result = {"name": f"{r['name']}:{e['name']}",
-                          "folder": str(Path(r["folder"]) / "defenses" / e["name"]), **status}
-                out.append(result)
-                if progress:
-                    print(f"[defenses {i}/{len(done)}] {result['name']}: {result['status']} "
-                          f"({result['seconds']:.0f} s)" + (f" - {result['error']}" if result.get("error") else ""),
-                          flush=True)
+    # one task per run, its defenses in order: the run's data, model and features are loaded once
+    tasks = [(r["folder"], entries) for r in done]
+    for i, (k, statuses) in enumerate(executor.map(_defend_run, tasks), 1):
+        r = done[k]
+        if isinstance(statuses, dict):  # the worker died: every defense of this run failed
+            statuses = [{key: v for key, v in statuses.items() if key != "traceback"}] * len(entries)
+        for e, status in zip(entries, statuses):
+            result = {"name": f"{r['name']}:{e['name']}",
+                      "folder": str(Path(r["folder"]) / "defenses" / e["name"]), **status}
+            out.append(result)
+            if progress:
+                print(f"[defenses {i}/{len(done)}] {result['name']}: {result['status']} "
+                      f"({result['seconds']:.0f} s)" + (f" - {result['error']}" if result.get("error") else ""),
+                      flush=True)
     out.sort(key=lambda x: x["name"])
     return out
 
