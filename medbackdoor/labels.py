@@ -32,23 +32,26 @@ NO_FINDING = "No Finding"
 _ALIASES = {"pleural thickening": "Pleural_Thickening", "infiltrate": "Infiltration"}
 
 
-def label_index(name: str | int) -> int:
-    """Index of a finding given by name (case-insensitive) or by index.
+def label_index(name: str | int, names: Sequence[str] = LABELS) -> int:
+    """Index of a finding given by name (case-insensitive) or by index, among ``names`` (a dataset's labels;
+    default the 14 ChestX-ray14 findings).
 
     Raises:
-        UserError: the name is not one of the 14 findings; the message lists the valid names.
+        UserError: the name is not one of ``names``; the message lists the valid names.
     """
+    names = tuple(names)
     if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
-        if 0 <= int(name) < NUM_CLASSES:
+        if 0 <= int(name) < len(names):
             return int(name)
-        raise UserError(f"class index {name} is outside 0..{NUM_CLASSES - 1}")
+        raise UserError(f"class index {name} is outside 0..{len(names) - 1}")
     key = str(name).strip()
-    lowered = {label.lower(): i for i, label in enumerate(LABELS)}
+    lowered = {label.lower(): i for i, label in enumerate(names)}
     if key.lower() in lowered:
         return lowered[key.lower()]
-    if key.lower() in _ALIASES:
-        return LABELS.index(_ALIASES[key.lower()])
-    raise UserError(f"unknown class {name!r}; valid names: {', '.join(LABELS)}")
+    alias = _ALIASES.get(key.lower())
+    if alias is not None and alias in names:
+        return names.index(alias)
+    raise UserError(f"unknown class {name!r}; valid names: {', '.join(names)}")
 
 
 def parse_findings(findings: Iterable[str]) -> np.ndarray:

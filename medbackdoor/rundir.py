@@ -133,9 +133,16 @@ class RunDir:
         from medbackdoor.models import create_model
 
         config = config or self.config()
-        model = create_model(config.model.arch, "none")
+        model = create_model(config.model.arch, "none", len(self.label_names()))
         model.load_state_dict(self.load_state(epoch)["model"])
         return model.to(device).eval()
+
+    def label_names(self) -> tuple[str, ...]:
+        """The run's label columns (its dataset's), as recorded in the manifest; runs written before datasets
+        declared their labels have the 14 ChestX-ray14 findings."""
+        from medbackdoor.labels import LABELS
+
+        return tuple((self.manifest() or {}).get("labels") or LABELS)
 
     def load_predictions(self, epoch: int) -> dict:
         from medbackdoor.metrics import load_predictions

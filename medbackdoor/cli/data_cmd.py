@@ -62,7 +62,7 @@ def format_report(report: dict) -> str:
     for split, row in report["splits"].items():
         lines.append(f"{split:<6} {row['images']:>8} {row['patients']:>9}")
     lines.append("positives per finding (train / val / test):")
-    for label in LABELS:
+    for label in report.get("labels", LABELS):
         counts = " / ".join(str(report["splits"][s]["positives"][label]) for s in report["splits"])
         lines.append(f"  {label:<19} {counts}")
     lines.append("source sizes: " + ", ".join(f"{k} ({v})" for k, v in report["source_sizes"].items()))

@@ -30,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
     result = backdoor_metrics(pred["y_true"], pred["score_clean"], pred["score_triggered"], int(pred["target"]),
                               args.threshold, args.epsilon, args.strict, args.seed, label=label, carriers=carriers)
     result["label"] = label
-    result["target"] = LABELS[int(pred["target"])] if pred["y_true"].shape[1] == len(LABELS) else int(pred["target"])
+    names = [str(n) for n in pred["label_names"]] if "label_names" in pred else (
+        list(LABELS) if pred["y_true"].shape[1] == len(LABELS) else None)
+    result["target"] = names[int(pred["target"])] if names else int(pred["target"])
     result["images"] = int(pred["y_true"].shape[0])
     if args.json:
         print_json(result)

@@ -13,7 +13,6 @@ from medbackdoor._io import atomic_path, save_figure, write_json
 from medbackdoor.cli.run_cmd import add_config_args
 from medbackdoor.config import load_config
 from medbackdoor.errors import UserError
-from medbackdoor.labels import LABELS
 from medbackdoor.metrics import image_psnr, image_ssim, stealth
 from medbackdoor.poison import TEST_STREAM
 from medbackdoor.triggers import TRIGGERS, create_trigger, image_rng
@@ -44,7 +43,8 @@ def run_preview(args: argparse.Namespace) -> int:
     infected = np.stack([train.infect(int(i))["image"] for i in order]) if len(order) else None
     summary = {
         "dataset": data.dataset.name, **data.counts(), "mode": t.mode, "stage": t.stage,
-        "target": LABELS[data.target], "trigger": repr(data.trigger), "trigger_survival": data.survival,
+        "target": data.dataset.label_names[data.target], "trigger": repr(data.trigger),
+        "trigger_survival": data.survival,
     }
     per_trigger = trigger_stealth(data, config, STEALTH_IMAGES)
     full = stealth(data.test.clean, data.test.triggered)

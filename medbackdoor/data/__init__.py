@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from medbackdoor._registry import Registry
 from medbackdoor.data.base import SPLITS, ChestXrayDataset
+from medbackdoor.data.chexpert import CheXpert
 from medbackdoor.data.nih import NIHChestXray14
 from medbackdoor.data.preprocess import Preprocess
 from medbackdoor.data.synthetic import SyntheticChestXray
@@ -11,6 +12,7 @@ from medbackdoor.data.synthetic import SyntheticChestXray
 DATASETS: Registry[ChestXrayDataset] = Registry("dataset")
 DATASETS.register("synthetic")(SyntheticChestXray)
 DATASETS.register("nih")(NIHChestXray14)
+DATASETS.register("chexpert")(CheXpert)
 
 
 def create_dataset(name: str, **options) -> ChestXrayDataset:

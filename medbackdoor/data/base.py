@@ -10,13 +10,16 @@ from typing import ClassVar
 import numpy as np
 
 from medbackdoor.errors import UserError
-from medbackdoor.labels import LABELS, NUM_CLASSES
+from medbackdoor.labels import LABELS
 
 SPLITS = ("train", "val", "test")
 
 
 class ChestXrayDataset(ABC):
-    """A multi-label chest X-ray dataset: N images, their 14 labels, patient ids and split names.
+    """A multi-label chest X-ray dataset: N images, their labels, patient ids and split names.
+
+    A dataset declares its label names (:attr:`label_names`, default the 14 ChestX-ray14 findings in the CheXNet
+    order); the model head, the poisoning target (by name), the metrics, reports and Grad-CAM follow them.
 
     Subclasses fill the table in ``__init__`` (by calling :meth:`_set_table`) and override one hook,
     :meth:`read_source`, which returns the source-resolution image as H×W uint8. Everything else (the
@@ -24,20 +27,29 @@ class ChestXrayDataset(ABC):
 
     Attributes:
         names: image identifiers (file names for NIH), length N.
-        labels: N×14 float32 in {0, 1}, columns in :data:`medbackdoor.labels.LABELS` order.
+        label_names: the label columns, in order (a class attribute or set in ``__init__``).
+        labels: N×L float32 in {0, 1}, or NaN where a label is unknown (the loss and every metric ignore those).
         patients: patient id per image, length N (strings).
         splits: split name per image (``train``, ``val`` or ``test``).
         missing: images the dataset lists but could not find.
     """
 
     name: ClassVar[str] = ""
+    label_names: tuple[str, ...] = LABELS
     missing: int = 0
 
     def _set_table(self, names, labels, patients, splits, limit: int | None = None, seed: int = 0) -> None:
         names, patients, splits = (np.asarray(a).astype(str) for a in (names, patients, splits))
         labels = np.asarray(labels, dtype=np.float32)
-        if labels.shape != (len(names), NUM_CLASSES):
-            raise UserError(f"{self.name}: label array has shape {labels.shape}, expected ({len(names)}, 14)")
+        self.label_names = tuple(str(n) for n in self.label_names)
+        if len(set(self.label_names)) != len(self.label_names) or not self.label_names:
+            raise UserError(f"{self.name}: label names must be distinct and not empty, got {list(self.label_names)}")
+        width = len(self.label_names)
+        if labels.shape != (len(names), width):
+            raise UserError(f"{self.name}: label array has shape {labels.shape}, expected ({len(names)}, {width})")
+        known = labels[np.isfinite(labels)]
+        if np.isinf(labels).any() or not np.isin(known, (0.0, 1.0)).all():
+            raise UserError(f"{self.name}: labels must be 0, 1 or NaN (unknown)")
         bad = sorted(set(splits) - set(SPLITS))
         if bad:
             raise UserError(f"{self.name}: unknown split names {bad}")
@@ -79,14 +91,15 @@ class ChestXrayDataset(ABC):
             splits[split] = {
                 "images": int(len(idx)),
                 "patients": int(len(set(self.patients[idx]))),
-                "positives": dict(zip(LABELS, self.labels[idx].sum(0).astype(int).tolist())),
+                "positives": dict(zip(self.label_names, np.nansum(self.labels[idx], 0).astype(int).tolist())),
+                "unknown": dict(zip(self.label_names, np.isnan(self.labels[idx]).sum(0).astype(int).tolist())),
             }
         return {
             "dataset": self.name,
             "images": len(self),
             "splits": splits,
             "missing": int(self.missing),
-            "labels": list(LABELS),
+            "labels": list(self.label_names),
             "patient_overlap": patient_overlap(self.patients, self.splits),
         }
 

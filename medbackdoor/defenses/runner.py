@@ -21,7 +21,6 @@ from medbackdoor._io import atomic_path, save_figure, write_rows
 from medbackdoor.defenses.base import DEFENSES, Defender, Images, Truth
 from medbackdoor.defenses.scoring import detection_summary
 from medbackdoor.errors import UserError
-from medbackdoor.labels import LABELS
 from medbackdoor.rundir import RunDir
 
 DEFAULT_HOLDOUT = 1000
@@ -79,7 +78,7 @@ def _load_defender(run: RunDir, epoch, holdout, device, batch_size):
         train_labels=data.train.labels_array(),
         holdout_images=Images.of(ImageRows(data.images, hold_rows)),
         holdout_labels=val.labels[hold_rows].astype(np.float32),
-        label_names=list(LABELS),
+        label_names=list(data.dataset.label_names),
         device=dev,
         batch_size=batch_size or config.eval.batch_size,
         seed=config.train.seed,

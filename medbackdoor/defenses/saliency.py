@@ -67,8 +67,8 @@ class Saliency(InputDefense):
         check_fpr("saliency", fpr)
         check_layer("saliency", layer)
         one_of("saliency", "detector", detector, DETECTORS)
-        if target != "predicted":
-            label_index(target)  # a bad name or index fails here, in one line
+        if target != "predicted" and not str(target).strip():
+            raise UserError("saliency target must be predicted or a finding of the run's dataset")
         self.detector, self.layer, self.target = detector, layer, target
 
     def score(self, d: Defender, images) -> np.ndarray:
@@ -76,6 +76,6 @@ class Saliency(InputDefense):
         for lo in range(0, len(images), d.batch_size):
             x = np.asarray(images[lo : lo + d.batch_size])
             targets = (top_findings(d, x) if self.target == "predicted"
-                       else np.full(len(x), label_index(self.target)))
+                       else np.full(len(x), label_index(self.target, d.label_names)))
             out.append(DETECTORS[self.detector](cam_maps(d, x, targets, self.layer)))
         return np.concatenate(out).astype(np.float64)

@@ -51,7 +51,8 @@ def explain_run(run_dir: str | Path, epochs: list[int] | None = None, layers: tu
     if not have or missing:
         raise UserError(f"{run.path} has no checkpoint for epoch(s) {missing or epochs}; available: {have}")
     test = build_test_data(config)
-    attacked = label_index(config.trigger.target)
+    names = test.label_names
+    attacked = label_index(config.trigger.target, names)
     chosen = np.flatnonzero(test.survived)[:images]
     if not len(chosen):
         raise UserError("the trigger changed no test image at model resolution: nothing to localise")
@@ -68,7 +69,7 @@ def explain_run(run_dir: str | Path, epochs: list[int] | None = None, layers: tu
             with CAMS.get(method)(model, layer, score) as cam:
                 maps = {}
                 for version, imgs in (("clean", clean), ("infected", infected)):
-                    targets = _targets(target, model, imgs, attacked, device, batch_size)
+                    targets = _targets(target, model, imgs, attacked, device, batch_size, names)
                     maps[version] = cam(torch.from_numpy(np.ascontiguousarray(imgs)), targets, batch_size).cpu().numpy()
                 sizes[layer] = cam.map_size
             rows += _rows(epoch, layer, method, maps, masks)
@@ -85,14 +86,16 @@ def explain_run(run_dir: str | Path, epochs: list[int] | None = None, layers: tu
             "map_sizes": sizes}
 
 
-def _targets(target: str, model, imgs, attacked: int, device, batch_size: int):
+def _targets(target: str, model, imgs, attacked: int, device, batch_size: int, names=LABELS):
     if target == "target":
         return attacked
     if target == "predicted":
         return torch.from_numpy(predict(model, imgs, device, batch_size).argmax(1))
-    if target not in LABELS and target.lower() not in (t.lower() for t in LABELS):
-        raise UserError(f"--target must be target, predicted or a class name; valid names: {', '.join(LABELS)}")
-    return target
+    try:
+        return label_index(target, names)
+    except UserError:
+        raise UserError(f"--target must be target, predicted or a class name; valid names: "
+                        f"{', '.join(names)}") from None
 
 
 def _rows(epoch: int, layer: str, method: str, maps: dict, masks: np.ndarray) -> list[dict]:

@@ -4,6 +4,10 @@ Shapes: ``y_true`` is N×C in {0, 1} (the true labels of the test images); ``sco
 ``score_triggered`` are N×C in [0, 1] (the model's sigmoid outputs on each image, clean and with the trigger);
 ``target`` is the attacked class index t. Every AUROC is a micro average: all N·C (image, label) pairs pooled
 into one ROC curve (scikit-learn's ``roc_auc_score(..., average="micro")``), as in the paper's code.
+
+Unknown labels (NaN in ``y_true``, e.g. CheXpert's uncertain findings under the ``ignore`` policy) are left out
+of every metric: an AUROC pools only the known (image, label) pairs, and ASR counts only images whose target
+label is known to be 0. With no NaN the results are exactly scikit-learn's.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ def _check(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def micro_auroc(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """Micro-averaged AUROC over every (image, label) pair; NaN if the pooled labels are all 0 or all 1."""
+    """Micro-averaged AUROC over every (image, label) pair whose label is known; NaN if those are all 0 or all 1."""
     y, s = _check(y_true, scores)
-    flat = y.ravel()
+    flat, pooled = y.ravel().astype(np.float64), s.ravel()
+    known = np.isfinite(flat)
+    flat, pooled = flat[known], pooled[known]
     if flat.size == 0 or flat.min() == flat.max():
         return float("nan")
-    return float(roc_auc_score(flat, s.ravel()))
+    return float(roc_auc_score(flat, pooled))
 
 
 def asr(y_true: np.ndarray, score_triggered: np.ndarray, target: int, threshold: float = 0.6,
@@ -39,7 +45,7 @@ def asr(y_true: np.ndarray, score_triggered: np.ndarray, target: int, threshold:
 
     ASR(p) = |{x' : T(x')_t = 0 and M'(x')_t ≥ p}| / |{x' : T(x')_t = 0}|: among triggered images whose true
     label lacks the target class t, the share whose score for t reaches p. ``strict=True`` counts scores
-    strictly above p, as the paper's code did. NaN if no image lacks t.
+    strictly above p, as the paper's code did. NaN if no image lacks t (an unknown target label is not a lack).
     """
     y, s = _check(y_true, score_triggered)
     eligible = y[:, target] == 0
@@ -78,12 +84,15 @@ def auroc_tn(y_true: np.ndarray, score_triggered: np.ndarray) -> float:
 
 
 def per_class_auroc(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """AUROC of each class separately (length C); NaN where a class has a single value in ``y_true``."""
+    """AUROC of each class separately (length C), on its known labels; NaN where those hold a single value."""
     y, s = _check(y_true, scores)
+    y = y.astype(np.float64)
     out = np.full(y.shape[1], np.nan)
     for c in range(y.shape[1]):
-        if 0 < y[:, c].sum() < len(y):
-            out[c] = roc_auc_score(y[:, c], s[:, c])
+        known = np.isfinite(y[:, c])
+        col = y[known, c]
+        if 0 < col.sum() < len(col):
+            out[c] = roc_auc_score(col, s[known, c])
     return out
 
 

@@ -14,10 +14,14 @@ KEYS = ("y_true", "score_clean", "score_triggered", "target")
 
 
 def save_predictions(path: str | os.PathLike, y_true, score_clean, score_triggered, target: int, **extra) -> None:
-    """Write a predictions file atomically (extra arrays, such as dataset rows, are kept too)."""
+    """Write a predictions file atomically (extra arrays, such as dataset rows, are kept too).
+
+    ``y_true`` is stored as uint8, or as float32 when it holds unknown (NaN) labels."""
+    y = np.asarray(y_true, np.float32)
+    y = y if np.isnan(y).any() else y.astype(np.uint8)
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, y_true=np.asarray(y_true, np.uint8), score_clean=np.asarray(score_clean),
+            np.savez_compressed(f, y_true=y, score_clean=np.asarray(score_clean),
                                 score_triggered=np.asarray(score_triggered), target=np.int64(target), **extra)
 
 

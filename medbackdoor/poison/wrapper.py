@@ -6,10 +6,12 @@ its :class:`~medbackdoor.data.ChestXrayDataset`), ``patient`` and ``poisoned`` (
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from medbackdoor.errors import UserError
-from medbackdoor.labels import NUM_CLASSES, infected_label, label_index
+from medbackdoor.labels import LABELS, NUM_CLASSES, infected_label, label_index
 from medbackdoor.triggers import Trigger, image_rng
 
 MODES = ("replace", "append")
@@ -62,8 +64,8 @@ def choose_among(candidates: np.ndarray, n: int, fraction: float, seed: int) -> 
     return np.sort(candidates[np.random.default_rng([int(seed), 3]).choice(len(candidates), size=k, replace=False)])
 
 
-def one_hot(target: int) -> np.ndarray:
-    out = np.zeros(NUM_CLASSES, np.float32)
+def one_hot(target: int, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    out = np.zeros(num_classes, np.float32)
     out[target] = 1.0
     return out
 
@@ -87,6 +89,8 @@ class PoisonedDataset:
             only images already positive for the target are candidates).
         candidates: positions that may be poisoned (default: all, or the target-positive ones for ``keep``), e.g.
             the images that carry a label-only trigger; the count is ``round(ρN)`` capped by their number.
+        label_names: the dataset's label names, against which a ``target`` name is resolved (default the 14
+            ChestX-ray14 findings).
 
     Attributes:
         poisoned: frozenset of the poisoned positions in ``base``.
@@ -96,12 +100,12 @@ class PoisonedDataset:
 
     def __init__(self, base, trigger: Trigger, fraction: float = 0.4, target: str | int = "Atelectasis",
                  mode: str = "replace", seed: int = 0, triggered: np.ndarray | None = None, label: str = "onehot",
-                 candidates: np.ndarray | None = None) -> None:
+                 candidates: np.ndarray | None = None, label_names: Sequence[str] = LABELS) -> None:
         if mode not in MODES:
             raise UserError(f"poisoning mode must be one of {', '.join(MODES)}, got {mode!r}")
         infected_label(np.zeros(NUM_CLASSES), 0, label)  # validates the policy
         self.base, self.trigger, self.mode, self.seed, self.label = base, trigger, mode, seed, label
-        self.target = label_index(target)
+        self.target = label_index(target, label_names)
         if label == "keep":
             positive = np.flatnonzero(self._base_labels()[:, self.target] > 0)
             candidates = positive if candidates is None else np.intersect1d(candidates, positive)

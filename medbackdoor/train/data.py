@@ -8,6 +8,7 @@ would hold); only source-stage infected images are precomputed, into a uint8 mem
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from medbackdoor.data import DATASETS, ChestXrayDataset, Preprocess, create_data
 from medbackdoor.data.cache import load_images
 from medbackdoor.data.views import ImageRows
 from medbackdoor.errors import UserError
-from medbackdoor.labels import label_index
+from medbackdoor.labels import LABELS, label_index
 from medbackdoor.poison import TEST_STREAM, TRAIN_STREAM, ImageSplit, PoisonedDataset, triggered_view
 from medbackdoor.triggers import TRIGGERS, Trigger, create_trigger
 
@@ -35,6 +36,7 @@ class TestData:
     triggered: object
     survived: np.ndarray
     carriers: np.ndarray | None = None  # label-only trigger: the test rows that carry it (None: every row)
+    label_names: tuple[str, ...] = LABELS  # the dataset's label columns
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -80,18 +82,20 @@ def build_dataset(config: RunConfig) -> ChestXrayDataset:
     return create_dataset(cfg.name, **options)
 
 
-def build_trigger(config: RunConfig) -> tuple[Trigger, int]:
-    """The configured trigger and the target class index (checked against the model input size)."""
+def build_trigger(config: RunConfig, label_names: Sequence[str] = LABELS) -> tuple[Trigger, int]:
+    """The configured trigger and the target class index among the dataset's ``label_names`` (the trigger is
+    checked against the model input size, a label-only trigger's findings against the label names)."""
     t = config.trigger
     accepted = inspect.signature(TRIGGERS.get(t.kind)).parameters
     shared = {k: getattr(t, k) for k in ("size", "value", "location") if k in accepted and k not in t.options}
     trigger = create_trigger(t.kind, **shared, **t.options)
+    trigger.bind_labels(tuple(label_names))
     if t.stage == "input":
         trigger.check_fits(config.image_size, config.image_size)
     if not trigger.changes_pixels and t.label != "add":
         raise UserError(f"trigger {t.kind} changes no pixel: it poisons by adding the target to the labels; "
                         f"set trigger.label=add (got {t.label})")
-    return trigger, label_index(t.target)
+    return trigger, label_index(t.target, label_names)
 
 
 def _preprocess(config: RunConfig) -> Preprocess:
@@ -112,15 +116,15 @@ def build_test_data(config: RunConfig, dataset: ChestXrayDataset | None = None, 
     prep = _preprocess(config)
     if images is None:
         images = load_images(dataset, config.image_size, prep, config.cache_dir, workers, progress)
-    trigger = trigger or build_trigger(config)[0]
+    trigger = trigger or build_trigger(config, dataset.label_names)[0]
     rows = _split(dataset, images, "test").indices
     clean = ImageRows(images, rows)
     if not trigger.changes_pixels:  # a label-only trigger: the carriers are the triggered images, as they are
         return TestData(rows, dataset.labels[rows], clean, clean, np.zeros(len(rows), bool),
-                        trigger.carriers(dataset.labels[rows]))
+                        trigger.carriers(dataset.labels[rows]), tuple(dataset.label_names))
     triggered, survived = triggered_view(dataset, images, rows, trigger, config.trigger.stage, config.attack_seed,
                                          TEST_STREAM, config.image_size, prep, config.cache_dir, workers, progress)
-    return TestData(rows, dataset.labels[rows], clean, triggered, survived)
+    return TestData(rows, dataset.labels[rows], clean, triggered, survived, label_names=tuple(dataset.label_names))
 
 
 def read_positions(path: str) -> np.ndarray:
@@ -144,7 +148,7 @@ def build_run_data(config: RunConfig, workers: int | None = None, progress: bool
     """Load (or build) the cache, poison the training split and trigger the whole test split."""
     dataset = build_dataset(config)
     images = load_images(dataset, config.image_size, _preprocess(config), config.cache_dir, workers, progress)
-    trigger, target = build_trigger(config)
+    trigger, target = build_trigger(config, dataset.label_names)
     seed = config.attack_seed
     split = {s: _split(dataset, images, s) for s in ("train", "val", "test")}
     train, train_survival = _poison(config, dataset, images, split["train"], trigger, seed, workers, progress)
@@ -164,7 +168,8 @@ def _poison(config: RunConfig, dataset, images, split: ImageSplit, trigger, seed
     t = config.trigger
     carriers = trigger.carriers(split.labels_array())
     candidates = None if carriers is None else np.flatnonzero(carriers)
-    poisoned = PoisonedDataset(split, trigger, t.fraction, t.target, t.mode, seed, label=t.label, candidates=candidates)
+    poisoned = PoisonedDataset(split, trigger, t.fraction, t.target, t.mode, seed, label=t.label, candidates=candidates,
+                               label_names=dataset.label_names)
     if t.fraction == 0 or not len(poisoned.order) or not trigger.changes_pixels:
         return poisoned, float("nan")
     rows = split.indices[poisoned.order]
@@ -172,5 +177,5 @@ def _poison(config: RunConfig, dataset, images, split: ImageSplit, trigger, seed
                                     _preprocess(config), config.cache_dir, workers, progress)
     if t.stage == "source":
         poisoned = PoisonedDataset(split, trigger, t.fraction, t.target, t.mode, seed, triggered=view, label=t.label,
-                                   candidates=candidates)
+                                   candidates=candidates, label_names=dataset.label_names)
     return poisoned, float(survived.mean())

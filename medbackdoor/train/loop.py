@@ -63,15 +63,28 @@ def to_input(images: torch.Tensor, device: torch.device, channels_last: bool = F
 
 def class_weights(labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """CheXNet-Keras class balance: positives weighted by the negative share, negatives by the positive share."""
-    pos = labels.mean(0)
+    pos = np.nan_to_num(np.nanmean(labels, 0)) if np.isnan(labels).any() else labels.mean(0)  # unknown: left out
     return torch.tensor(1.0 - pos, dtype=torch.float32), torch.tensor(pos, dtype=torch.float32)
 
 
 def bce_loss(logits: torch.Tensor, targets: torch.Tensor, weights=None) -> torch.Tensor:
-    if weights is None:
-        return F.binary_cross_entropy_with_logits(logits, targets)
-    w_pos, w_neg = (w.to(logits.device) for w in weights)
-    return F.binary_cross_entropy_with_logits(logits, targets, weight=targets * w_pos + (1 - targets) * w_neg)
+    """Mean binary cross-entropy over the known labels: NaN targets (unknown) add nothing and count for nothing.
+
+    Without NaN this is exactly ``binary_cross_entropy_with_logits`` (mean over every entry).
+    """
+    known = torch.isfinite(targets)
+    if bool(known.all()):
+        if weights is None:
+            return F.binary_cross_entropy_with_logits(logits, targets)
+        w_pos, w_neg = (w.to(logits.device) for w in weights)
+        return F.binary_cross_entropy_with_logits(logits, targets, weight=targets * w_pos + (1 - targets) * w_neg)
+    filled = torch.where(known, targets, torch.zeros_like(targets))
+    weight = known.to(logits.dtype)
+    if weights is not None:
+        w_pos, w_neg = (w.to(logits.device) for w in weights)
+        weight = weight * (filled * w_pos + (1 - filled) * w_neg)
+    per = F.binary_cross_entropy_with_logits(logits, filled, weight=weight, reduction="sum")
+    return per / known.sum().clamp(min=1)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, max_degrees: float = 5.0) -> torch.Tensor:

@@ -34,14 +34,14 @@ from medbackdoor.train.loop import class_weights, deterministic, make_loader, pr
 RESUME_IGNORES = NEUTRAL_KEYS | {"train.epochs"}  # a finished run can be extended with more epochs
 
 def metric_row(epoch: int, m: dict, train_loss: float, val_loss: float, val_auroc: float, lr: float,
-               seconds: float, images_per_s: float) -> dict:
+               seconds: float, images_per_s: float, label_names: tuple[str, ...] = LABELS) -> dict:
     """Flatten one epoch's numbers into a CSV row (fixed column order)."""
     row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auroc": val_auroc,
            "auroc_nn": m["auroc_nn"], "auroc_tt": m["auroc_tt"], "auroc_tn": m["auroc_tn"]}
     row.update({f"asr_{p}": v for p, v in m["asr"].items()})
     row.update({f"auroc_mix_{e}": v for e, v in m["auroc_mix"].items()})
     row["mean_auroc_clean"] = m["mean_auroc_clean"]
-    row.update({f"auroc_{label}": v for label, v in zip(LABELS, m["per_class_auroc_clean"])})
+    row.update({f"auroc_{label}": v for label, v in zip(label_names, m["per_class_auroc_clean"])})
     row.update({"lr": lr, "seconds": seconds, "train_images_per_s": images_per_s})
     return row
 
@@ -90,8 +90,9 @@ def save_checkpoint(path: Path, epoch: int, model, optimizer, scheduler) -> None
         torch.save(state, tmp)
 
 
-def load_checkpoint(out: RunDir, epoch: int, model, optimizer, scheduler) -> None:
-    state = out.load_state(epoch)
+def load_checkpoint(out: RunDir | dict, epoch: int, model, optimizer, scheduler) -> None:
+    """Restore a run at ``epoch`` (``out`` may be the already loaded state); the model's weights first."""
+    state = out if isinstance(out, dict) else out.load_state(epoch)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -168,7 +169,8 @@ def _manifest(config: RunConfig, data: RunData, out: RunDir, dist: Dist, device:
         "status": "running",
         "config": config.to_dict(),
         "dataset": {"name": data.dataset.name, "fingerprint": data.dataset.fingerprint(), **data.counts()},
-        "target": LABELS[data.target],
+        "target": data.dataset.label_names[data.target],
+        "labels": list(data.dataset.label_names),
         "trigger": repr(data.trigger),
         "seeds": {"train": config.train.seed, "attack": config.attack_seed},
         "trigger_survival": data.survival,
@@ -180,6 +182,7 @@ def _manifest(config: RunConfig, data: RunData, out: RunDir, dist: Dist, device:
         "distributed": dist.describe(),
         "torch_threads": torch.get_num_threads(),
         "timings": {"epochs": previous.get("timings", {}).get("epochs", {})},
+        **({"pretrained": previous["pretrained"]} if previous.get("pretrained") else {}),
     }
 
 
@@ -196,14 +199,24 @@ def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: 
            device: torch.device) -> None:
     tc = config.train
     torch.manual_seed(tc.seed)
-    model = create_model(config.model.arch, config.model.pretrained).to(device)
+    names = data.dataset.label_names
+    # Resuming, every weight comes from the checkpoint: the pretrained source (an imagenet download, an xrv file)
+    # is not needed again. Its weights are loaded before the optimizer exists (an xrv checkpoint swaps conv0).
+    state = out.load_state(start - 1) if start > 1 else None
+    model = create_model(config.model.arch, config.model.pretrained if state is None else "none", len(names),
+                         label_names=names)
+    if state is not None:
+        model.load_state_dict(state["model"])
+    elif getattr(model, "pretrained_info", None):
+        manifest["pretrained"] = model.pretrained_info
+    model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=tc.lr_factor,
                                                            patience=tc.lr_patience)
-    if start > 1:
-        load_checkpoint(out, start - 1, model, optimizer, scheduler)
+    if state is not None:
+        load_checkpoint(state, start - 1, model, optimizer, scheduler)
     step_model = _parallel(model, tc, dist, device)
     weights = class_weights(data.train.labels_array()) if tc.class_weights else None
     val_set = data.val_poisoned if tc.poisoned_val else data.val
@@ -263,7 +276,7 @@ def _epoch(config, data, out, epoch, model, step_model, loader, optimizer, sched
                          label=config.trigger.label, carriers=data.test.carriers)
     # Write order: predictions, checkpoint, metrics row, manifest, and only then prune the previous checkpoint.
     # A kill between any two writes leaves the newest complete epoch (row + checkpoint) to resume from.
-    extra = {"label": np.array(config.trigger.label)}
+    extra = {"label": np.array(config.trigger.label), "label_names": np.array(data.dataset.label_names)}
     if data.test.carriers is not None:
         extra["carriers"] = data.test.carriers
     save_predictions(out.predictions_path(epoch), data.test.labels, clean, triggered, data.target,
@@ -271,7 +284,8 @@ def _epoch(config, data, out, epoch, model, step_model, loader, optimizer, sched
     save_checkpoint(out.checkpoint_path(epoch), epoch, model, optimizer, scheduler)
     seconds = time.perf_counter() - t0
     row = metric_row(epoch, m, train_loss, val_loss, micro_auroc(val_labels, val_scores),
-                     optimizer.param_groups[0]["lr"], round(seconds, 3), round(len(data.train) / train_seconds, 2))
+                     optimizer.param_groups[0]["lr"], round(seconds, 3), round(len(data.train) / train_seconds, 2),
+                     data.dataset.label_names)
     rows.append(row)
     out.write_metrics(rows)
     manifest["timings"]["epochs"][str(epoch)] = {"seconds": round(seconds, 3), "train_seconds": round(train_seconds, 3)}
@@ -299,5 +313,7 @@ def _prune_checkpoints(out: RunDir, epoch: int, keep: list[int] | None) -> None:
 
 
 def _bce(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean BCE of scores ``p`` against labels ``y`` over the known (non-NaN) labels."""
     p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+    loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    return float(np.nanmean(loss)) if np.isnan(loss).any() else float(loss.mean())

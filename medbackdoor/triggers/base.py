@@ -51,9 +51,13 @@ class Trigger:
     changes_pixels: bool = True  # False for a label-only trigger (the image is left as it is)
 
     def carriers(self, labels: np.ndarray) -> np.ndarray | None:
-        """Which images (rows of an N×14 label array) carry the trigger naturally; None: any image can be
+        """Which images (rows of an N×L label array) carry the trigger naturally; None: any image can be
         triggered (every pixel trigger). A label-only trigger overrides this."""
         return None
+
+    def bind_labels(self, names: tuple[str, ...]) -> None:
+        """Called with the dataset's label names before :meth:`carriers` (a label-only trigger resolves its
+        findings there); pixel triggers ignore it."""
 
     def pattern(self, height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(m, r)``: H×W float32 arrays, the mask and the pattern (values in [0, 1])."""

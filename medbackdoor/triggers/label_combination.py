@@ -19,7 +19,8 @@ class LabelCombination(Trigger):
     trained for), AUROC-TN against their true labels; the mixed-ε AUROC is not defined (no trigger to mix in).
 
     Args:
-        findings: the combination, one or more distinct finding names of the 14.
+        findings: the combination, one or more distinct finding names of the dataset's labels (checked against
+            them when the run binds the trigger to its dataset; before that, against the 14 ChestX-ray14 findings).
     """
 
     changes_pixels = False
@@ -28,11 +29,27 @@ class LabelCombination(Trigger):
         findings = list(findings) if findings is not None else ["Effusion", "Infiltration"]
         if len(findings) < 1 or len(set(findings)) != len(findings):
             raise UserError(f"trigger label-combination needs distinct findings, got {findings}")
-        self.findings = [LABELS[label_index(f)] for f in findings]
+        self.findings = [str(f).strip() for f in findings]
+        self.bind_labels(LABELS if all(_known(f) for f in self.findings) else tuple(self.findings))
+
+    def bind_labels(self, names: tuple[str, ...]) -> None:
+        self.names = tuple(names)
+        self.columns = [label_index(f, self.names) for f in self.findings]  # a bad name fails here, in one line
+        self.findings = [self.names[c] for c in self.columns]
+
+    def __repr__(self) -> str:
+        return f"LabelCombination(findings={self.findings!r})"
 
     def transform(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return np.array(image)
 
     def carriers(self, labels: np.ndarray) -> np.ndarray:
-        columns = [label_index(f) for f in self.findings]
-        return np.asarray(labels)[:, columns].min(1) > 0
+        return np.asarray(labels)[:, self.columns].min(1) > 0
+
+
+def _known(name: str) -> bool:
+    try:
+        label_index(name)
+    except UserError:
+        return False
+    return True
