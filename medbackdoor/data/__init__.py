@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from medbackdoor._registry import Registry
 from medbackdoor.data.base import SPLITS, ChestXrayDataset
+from medbackdoor.data.chestmnist import ChestMNIST
 from medbackdoor.data.nih import NIHChestXray14
+from medbackdoor.data.nih_sample import NIHSample
 from medbackdoor.data.preprocess import Preprocess
 from medbackdoor.data.synthetic import SyntheticChestXray
 
 DATASETS: Registry[ChestXrayDataset] = Registry("dataset")
 DATASETS.register("synthetic")(SyntheticChestXray)
 DATASETS.register("nih")(NIHChestXray14)
+DATASETS.register("nih-sample")(NIHSample)
+DATASETS.register("chestmnist")(ChestMNIST)
 
 
 def create_dataset(name: str, **options) -> ChestXrayDataset:
@@ -18,5 +22,5 @@ def create_dataset(name: str, **options) -> ChestXrayDataset:
     return DATASETS.create(name, **options)
 
 
-__all__ = ["DATASETS", "SPLITS", "ChestXrayDataset", "NIHChestXray14", "Preprocess", "SyntheticChestXray",
-           "create_dataset"]
+__all__ = ["DATASETS", "SPLITS", "ChestMNIST", "ChestXrayDataset", "NIHChestXray14", "NIHSample", "Preprocess",
+           "SyntheticChestXray", "create_dataset"]
