@@ -4,21 +4,26 @@ from __future__ import annotations
 
 from medbackdoor._registry import Registry
 from medbackdoor.data.base import SPLITS, ChestXrayDataset
+from medbackdoor.data.chestmnist import ChestMNIST
 from medbackdoor.data.chexpert import CheXpert
 from medbackdoor.data.nih import NIHChestXray14
+from medbackdoor.data.nih_sample import NIHSample
 from medbackdoor.data.preprocess import Preprocess
 from medbackdoor.data.synthetic import SyntheticChestXray
 
 DATASETS: Registry[ChestXrayDataset] = Registry("dataset")
 DATASETS.register("synthetic")(SyntheticChestXray)
 DATASETS.register("nih")(NIHChestXray14)
+DATASETS.register("nih-sample")(NIHSample)
+DATASETS.register("chestmnist")(ChestMNIST)
 DATASETS.register("chexpert")(CheXpert)
 
 
 def create_dataset(name: str, **options) -> ChestXrayDataset:
-    """Build a registered dataset by name (``synthetic``, ``nih``); options go to its constructor."""
+    """Build a registered dataset by name (``synthetic``, ``nih``, ``nih-sample``, ``chestmnist``, ``chexpert``);
+    options go to its constructor."""
     return DATASETS.create(name, **options)
 
 
-__all__ = ["DATASETS", "SPLITS", "ChestXrayDataset", "NIHChestXray14", "Preprocess", "SyntheticChestXray",
-           "create_dataset"]
+__all__ = ["DATASETS", "SPLITS", "ChestMNIST", "CheXpert", "ChestXrayDataset", "NIHChestXray14", "NIHSample",
+           "Preprocess", "SyntheticChestXray", "create_dataset"]
