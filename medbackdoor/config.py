@@ -263,6 +263,15 @@ def validate(config: RunConfig) -> None:
             raise UserError(f"eval.thresholds must be in [0, 1], got {p}")
     if config.image_size < 32:
         raise UserError(f"image_size must be at least 32 (DenseNet-121), got {config.image_size}")
+    pretrained = str(config.model.pretrained)
+    if pretrained.startswith("xrv:"):  # a name must be known now; a path is checked when the model is built
+        from medbackdoor.models.xrv import XRV_WEIGHTS
+
+        spec = pretrained[4:]
+        pathlike = "/" in spec or "\\" in spec or spec.endswith((".pt", ".pth"))
+        if spec not in XRV_WEIGHTS and not pathlike:
+            raise UserError(f"model.pretrained {pretrained}: unknown xrv weights; valid names: "
+                            f"{', '.join(XRV_WEIGHTS)} (or xrv:<path to a state dict>)")
     for key in ("epochs", "batch_size"):
         if getattr(config.train, key) < 1:
             raise UserError(f"train.{key} must be at least 1")
