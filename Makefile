@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MB := $(VENV)/bin/medbackdoor
 DEMO_OUT ?= demo
 
-.PHONY: demo quick-pair test test-all lint bench clean
+.PHONY: demo quick-pair real-pair test test-all lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,10 +13,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	$(MB) poison preview --config quick --out $(DEMO_OUT)/poison
+	$(MB) poison preview --config quick-real --out $(DEMO_OUT)/poison
 	$(MB) reproduce --protocol quick --seeds 0 --out $(DEMO_OUT)/reproduce
 	$(MB) summary $(DEMO_OUT)/reproduce/runs/fraction-0.0_seed-0 $(DEMO_OUT)/reproduce/runs/size-3_seed-0
+	$(MB) run --config quick-real --set train.epochs=2 --set trigger.fraction=0 --out $(DEMO_OUT)/real-clean --resume --quiet
+	$(MB) run --config quick-real --set train.epochs=2 --out $(DEMO_OUT)/real-3px --resume --quiet
+	$(MB) summary $(DEMO_OUT)/real-clean $(DEMO_OUT)/real-3px
 	@echo "Report (seed 0 of the quick study): $(DEMO_OUT)/reproduce/report/report.md"
+	@echo "Real NIH radiographs (nih-sample, bundled), 2 epochs: $(DEMO_OUT)/real-clean, $(DEMO_OUT)/real-3px; the 6-epoch pair: make real-pair"
 	@echo "Figure 1 (128-px pair trained for it): $(DEMO_OUT)/reproduce/figure1/trigger/explain/figure1.png"
 	@echo "All three seeds (adds 12 runs, the 6 done are kept): $(MB) reproduce --protocol quick --out $(DEMO_OUT)/reproduce"
 
@@ -25,6 +29,12 @@ quick-pair: $(VENV)/.installed
 	$(MB) run --config quick --set trigger.fraction=0 --out $(DEMO_OUT)/quick-clean --resume
 	$(MB) run --config quick --out $(DEMO_OUT)/quick-3px --resume
 	$(MB) summary $(DEMO_OUT)/quick-clean $(DEMO_OUT)/quick-3px
+
+# The quick-real protocol's clean control and 3x3 run on the bundled real NIH radiographs, at full length (6 epochs).
+real-pair: $(VENV)/.installed
+	$(MB) run --config quick-real --set trigger.fraction=0 --out $(DEMO_OUT)/real6-clean --resume
+	$(MB) run --config quick-real --out $(DEMO_OUT)/real6-3px --resume
+	$(MB) summary $(DEMO_OUT)/real6-clean $(DEMO_OUT)/real6-3px
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -5,7 +5,7 @@ import pytest
 
 from medbackdoor.config import load_config
 from medbackdoor.errors import UserError
-from medbackdoor.labels import label_index
+from medbackdoor.labels import LABELS, label_index
 from medbackdoor.metrics import asr, backdoor_metrics, micro_auroc
 from medbackdoor.poison import ImageSplit, PoisonedDataset, infected_label
 from medbackdoor.train import run
@@ -76,8 +76,11 @@ def test_label_combination_pool_and_no_pixels():
         s = data[int(p)]
         np.testing.assert_array_equal(s["image"], split[int(p)]["image"])
         assert s["labels"][T] == 1 and s["labels"][EFF] == 1 and s["labels"][INF] == 1
-    with pytest.raises(UserError, match="unknown class"):
-        create_trigger("label-combination", findings=["Nodule", "Tumour"])
+    odd = create_trigger("label-combination", findings=["Nodule", "Tumour"])  # names are checked when bound
+    with pytest.raises(UserError, match="unknown class 'Tumour'"):
+        odd.bind_labels(LABELS)  # what a run does with its dataset's label names, before anything is read
+    odd.bind_labels(("Tumour", "X", "Nodule"))
+    np.testing.assert_array_equal(odd.carriers(np.array([[1, 0, 1], [1, 1, 0]])), [True, False])
 
 
 def test_label_combination_metrics_on_a_hand_built_case():

@@ -133,7 +133,7 @@ def test_labels_are_mapped_by_name_not_position(tmp_path, monkeypatch):
     fake_medmnist(monkeypatch, {"label": label_dict(shuffled)})
     arrays = write_npz(tmp_path, size=28, label_names=shuffled)
     ds = ChestMNIST(tmp_path, size=28, download=False)
-    assert ds.label_names == shuffled
+    assert ds.medmnist_names == shuffled and ds.label_names == LABELS
     idx = ds.split_indices("train")
     assert np.flatnonzero(ds.labels[idx[0]]).tolist() == [LABELS.index("Pleural_Thickening")]
     assert set(np.flatnonzero(ds.labels[idx[1]])) == {LABELS.index("Hernia"), LABELS.index("Atelectasis")}
@@ -279,7 +279,7 @@ def test_no_medmnist_no_file(tmp_path, no_medmnist):
     assert text.startswith(cm.INSTALL_HINT) and "chestmnist_128.npz" in text and str(tmp_path) in text
     # the labels still map without medmnist (the built-in copy of its names)
     write_npz(tmp_path, size=28)
-    assert ChestMNIST(tmp_path, size=28).label_names == cm.MEDMNIST_LABELS
+    assert ChestMNIST(tmp_path, size=28).medmnist_names == cm.MEDMNIST_LABELS
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -196,6 +196,15 @@ def test_top_region_picks_the_brightest_pixels():
     assert masks[1, 0, 0] == 1 and masks[1].sum() == 2
 
 
+@pytest.mark.parametrize("target", ["Flu", 14, "Pleural Effusion"])
+def test_saliency_target_is_checked_against_the_runs_labels(setup, target):
+    """A finding the run's dataset lacks fails in one line when the defense meets the run (its labels)."""
+    model, holdout, clean, _ = setup
+    with pytest.raises(UserError) as err:
+        create("saliency", target=target).score(defender(model, holdout), clean[:2])
+    assert "\n" not in str(err.value)
+
+
 def test_saliency_explains_a_named_finding(setup):
     model, holdout, clean, triggered = setup
     d = defender(model, holdout)
@@ -274,7 +283,7 @@ def test_seed_picks_the_references(setup):
     ("sentinet", {"layer": "first"}), ("sentinet", {"measure": "rate"}), ("sentinet", {"neutral": "zero"}),
     ("sentinet", {"threshold": 0.0}),
     ("saliency", {"detector": "peak"}), ("saliency", {"layer": "features.denseblock3"}),
-    ("saliency", {"target": "Flu"}), ("saliency", {"target": 14}),
+    ("saliency", {"target": ""}),
     ("saliency", {"colour": "red"}),
 ])
 def test_bad_options_fail_in_one_line(name, options):

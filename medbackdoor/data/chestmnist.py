@@ -163,8 +163,8 @@ class ChestMNIST(ChestXrayDataset):
                                 f"there (from {HOMEPAGE}) or set dataset.options.download=true")
             download_file(self.root, self.size)
         info = medmnist_info()
-        self.label_names = medmnist_label_names(info)
-        columns = label_columns(self.label_names)
+        self.medmnist_names = medmnist_label_names(info)
+        columns = label_columns(self.medmnist_names)
         stat = self.path.stat()
         self._file_id = [self.path.name, stat.st_size, stat.st_mtime_ns]
         self._unpack_dir = Path(unpack_dir).expanduser() if unpack_dir is not None else None
@@ -189,7 +189,7 @@ class ChestMNIST(ChestXrayDataset):
 
     def source_fingerprint(self) -> dict:
         return {"dataset": self.name, "file": self._file_id, "size": self.size,
-                "label_names": list(self.label_names)}
+                "medmnist_names": list(self.medmnist_names)}
 
     def __getstate__(self) -> dict:
         # Worker processes reopen the memory maps; pickling them would copy every pixel into each task.
