@@ -16,11 +16,11 @@ demo: $(VENV)/.installed
 	$(MB) poison preview --config quick-real --out $(DEMO_OUT)/poison
 	$(MB) reproduce --protocol quick --seeds 0 --out $(DEMO_OUT)/reproduce
 	$(MB) summary $(DEMO_OUT)/reproduce/runs/fraction-0.0_seed-0 $(DEMO_OUT)/reproduce/runs/size-3_seed-0
-	$(MB) run --config quick-real --set train.epochs=2 --set trigger.fraction=0 --out $(DEMO_OUT)/real-clean --resume --quiet
-	$(MB) run --config quick-real --set train.epochs=2 --out $(DEMO_OUT)/real-3px --resume --quiet
+	$(MB) run --config quick-real --set train.epochs=1 --set trigger.fraction=0 --out $(DEMO_OUT)/real-clean --resume --quiet
+	$(MB) run --config quick-real --set train.epochs=1 --out $(DEMO_OUT)/real-3px --resume --quiet
 	$(MB) summary $(DEMO_OUT)/real-clean $(DEMO_OUT)/real-3px
 	@echo "Report (seed 0 of the quick study): $(DEMO_OUT)/reproduce/report/report.md"
-	@echo "Real NIH radiographs (nih-sample, bundled), 2 epochs: $(DEMO_OUT)/real-clean, $(DEMO_OUT)/real-3px; the 6-epoch pair: make real-pair"
+	@echo "Real NIH radiographs (nih-sample, bundled), 1 epoch: $(DEMO_OUT)/real-clean, $(DEMO_OUT)/real-3px; the 6-epoch pair: make real-pair"
 	@echo "Figure 1 (128-px pair trained for it): $(DEMO_OUT)/reproduce/figure1/trigger/explain/figure1.png"
 	@echo "All three seeds (adds 12 runs, the 6 done are kept): $(MB) reproduce --protocol quick --out $(DEMO_OUT)/reproduce"
 
