@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -102,6 +103,24 @@ class ChestXrayDataset(ABC):
             "labels": list(self.label_names),
             "patient_overlap": patient_overlap(self.patients, self.splits),
         }
+
+
+class ImageFileDataset(ChestXrayDataset):
+    """A dataset whose source images are files on disk (``self._paths``, one per row of the table, in order)."""
+
+    _paths: list
+
+    def read_source(self, index: int) -> np.ndarray:
+        from medbackdoor.data.preprocess import read_gray8
+
+        return read_gray8(self._paths[index])
+
+    def path(self, index: int):
+        return self._paths[index]
+
+    def file_stats(self, names) -> list[list]:
+        """``[name, size, mtime_ns]`` of every image file: the part of the fingerprint that sees pixels change."""
+        return [[n, s.st_size, s.st_mtime_ns] for n, s in zip(names, (os.stat(p) for p in self._paths))]
 
 
 def patient_overlap(patients: np.ndarray, splits: np.ndarray) -> int:

@@ -60,8 +60,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from medbackdoor.data.base import ChestXrayDataset, split_by_patient
-from medbackdoor.data.preprocess import read_gray8
+from medbackdoor.data.base import ImageFileDataset, split_by_patient
 from medbackdoor.errors import UserError
 
 OBSERVATIONS: tuple[str, ...] = (
@@ -90,7 +89,7 @@ PATIENT = re.compile(r"^patient\d+$")
 VIEW_IN_NAME = re.compile(r"_(frontal|lateral)\.[^./]+$", re.IGNORECASE)
 
 
-class CheXpert(ChestXrayDataset):
+class CheXpert(ImageFileDataset):
     """The CheXpert release in a local folder (see the module docstring for layout, labels and splits).
 
     Args:
@@ -163,14 +162,7 @@ class CheXpert(ChestXrayDataset):
         patients = [patient_of(r, path.name, i) for r, i in zip(rels, rows)]
         return np.array(rels, dtype=object).astype(str), labels, np.array(patients, dtype=object).astype(str)
 
-    def read_source(self, index: int) -> np.ndarray:
-        return read_gray8(self._paths[index])
-
-    def path(self, index: int) -> Path:
-        return self._paths[index]
-
     def source_fingerprint(self) -> dict:
-        stats = [os.stat(p) for p in self._paths]
         return {
             "dataset": self.name,
             "root": str(self.root),
@@ -179,7 +171,7 @@ class CheXpert(ChestXrayDataset):
             "uncertain": self.uncertain,
             "blank": self.blank,
             "labels": list(self.label_names),
-            "files": [[n, s.st_size, s.st_mtime_ns] for n, s in zip(self.names.tolist(), stats)],
+            "files": self.file_stats(self.names.tolist()),
         }
 
 

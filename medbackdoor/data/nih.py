@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medbackdoor.data.base import ChestXrayDataset, split_by_patient
-from medbackdoor.data.preprocess import read_gray8
+from medbackdoor.data.base import ImageFileDataset, split_by_patient
 from medbackdoor.errors import UserError
 from medbackdoor.labels import NUM_CLASSES, parse_findings
 
@@ -40,7 +39,7 @@ SPLIT_CHOICES = ("auto", "official", "chexnet")
 IMAGE_DIRS = re.compile(r"^images(_\d{3})?$")
 
 
-class NIHChestXray14(ChestXrayDataset):
+class NIHChestXray14(ImageFileDataset):
     """The NIH ChestX-ray14 release in a local folder (see the module docstring for the layout).
 
     Args:
@@ -82,20 +81,13 @@ class NIHChestXray14(ChestXrayDataset):
         keep = {n: i for i, n in enumerate(names)}
         self._paths = [self._paths[keep[n]] for n in self.names]
 
-    def read_source(self, index: int) -> np.ndarray:
-        return read_gray8(self._paths[index])
-
-    def path(self, index: int) -> Path:
-        return self._paths[index]
-
     def source_fingerprint(self) -> dict:
-        stats = [os.stat(p) for p in self._paths]
         return {
             "dataset": self.name,
             "root": str(self.root),
             "csv": _file_id(self.csv_path),
             "split": self.split_scheme,
-            "files": [[p.name, s.st_size, s.st_mtime_ns] for p, s in zip(self._paths, stats)],
+            "files": self.file_stats([p.name for p in self._paths]),
         }
 
 
