@@ -168,3 +168,11 @@ def test_bad_asset_is_one_clear_error(tmp_path, monkeypatch, capsys, kind):
     assert main(["data", "check", "--config", "quick-real", "--workers", "0"]) == 2
     err = capsys.readouterr().err
     assert "nih-sample asset" in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_dataset_option_is_one_line(tmp_path, capsys):
+    from medbackdoor.cli import main
+
+    assert main(["run", "--config", "quick-real", "--set", "dataset.options.size=3", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "no option 'size'" in err and "Traceback" not in err and not (tmp_path / "r").exists()
