@@ -85,10 +85,7 @@ def dataset_from_config(config: RunConfig) -> ChestXrayDataset:
     """The dataset exactly as a run with ``config`` builds it (same options, same data seed)."""
     from medbackdoor.train.data import build_dataset
 
-    try:
-        return build_dataset(config)
-    except TypeError as exc:
-        raise UserError(f"bad option for dataset {config.dataset.name}: {exc}") from None
+    return build_dataset(config)  # an unknown option is a UserError there, for runs too
 
 
 def preprocess_from_config(config: RunConfig) -> Preprocess:

@@ -82,7 +82,8 @@ def build_dataset(config: RunConfig) -> ChestXrayDataset:
     unknown = sorted(k for k in cfg.options if k not in accepted)
     if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
         known = sorted(k for k in accepted if k not in ("root", "limit", "seed", "split", "val_fraction"))
-        raise UserError(f"dataset {cfg.name} has no option {unknown[0]!r}; its options: {', '.join(known) or 'none'}")
+        raise UserError(f"bad option for dataset {cfg.name}: no option {unknown[0]!r}; its options: "
+                        f"{', '.join(known) or 'none'}")
     return create_dataset(cfg.name, **options)
 
 
