@@ -1,44 +1,53 @@
 #!/usr/bin/env bash
 # One prepared GPU session: the checks and measurements behind docs/benchmarks.md's GPU section.
 # Run from the repository root on a CUDA machine that has torch and the project's dependencies:
-#   OUT=/tmp/gpu-out bash benchmarks/gpu_session.sh
-# Every step has its own time limit and logs to $OUT; a failed step does not stop the next one.
+#   OUT=/tmp/gpu-out BUDGET=520 bash benchmarks/gpu_session.sh
+# Every step has its own time limit; a failed step does not stop the next one. The last step (the defense study)
+# gets whatever is left of BUDGET seconds; its runs resume where they stopped if the script is run again.
+# What comes back is a handful of files: throughput.jsonl, logs.tar.gz and the study folders without checkpoints.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 W=${WORK:-/tmp/mb-work}
-mkdir -p "$OUT" "$W"
+BUDGET=${BUDGET:-520}
+mkdir -p "$OUT" "$W/logs"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MEDBACKDOOR_CACHE=$W/cache
 PY=${PYTHON:-python3}
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
-  echo "=== $name (limit ${limit}s)"
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  echo "=== $name (limit ${limit}s, at ${SECONDS}s)"
+  timeout "$limit" "$@" >"$W/logs/$name.log" 2>&1
   local rc=$?
   echo "=== $name rc=$rc in $((SECONDS - t0))s"
-  tail -n 4 "$OUT/$name.log"
+  tail -n 3 "$W/logs/$name.log"
 }
+pack() {
+  tar -czf "$OUT/logs.tar.gz" -C "$W" logs
+  [ -d "$W/quick" ] && tar -czf "$OUT/quick.tar.gz" -C "$W" --exclude='*.pt' quick
+  [ -d "$W/defenses" ] && tar -czf "$OUT/defenses.tar.gz" -C "$W" --exclude='*.pt' --exclude='cache' defenses
+}
+trap pack EXIT
 
 nvidia-smi -L
-$PY -c "import torch, sklearn, skimage, pandas, filelock, tensorboard; print(torch.__version__, torch.cuda.get_device_name())"
+$PY -c "import torch, sklearn, skimage, pandas, filelock; print(torch.__version__, torch.cuda.get_device_name())"
 
-# 1. Throughput without compile: the run's own pipeline against the model-only bound (bf16, channels_last).
+# 1. The CUDA-graph training step equals the eager one (DenseNet-121, 64 px; recapture and eager fallback too).
+step cuda-graph-check 90 $PY tests/test_cuda_graph.py
+
+# 2. Throughput at 224 px: eager against the whole step as one CUDA graph, batch 128 and 256 (bf16, channels_last).
 J=$OUT/throughput.jsonl
-step tp224-b64 60 $PY benchmarks/train_throughput.py --image-size 224 --batch-size 64 --steps 30 --warmup 10 --workers 8 --json "$J"
-step tp224-b128 60 $PY benchmarks/train_throughput.py --image-size 224 --batch-size 128 --steps 30 --warmup 10 --workers 8 --json "$J"
-step tp64-b32 40 $PY benchmarks/train_throughput.py --image-size 64 --batch-size 32 --steps 60 --warmup 10 --workers 4 --json "$J"
+TP="$PY benchmarks/train_throughput.py --image-size 224 --steps 20 --warmup 8 --workers 8 --json $J"
+step tp224-b128 60 $TP --batch-size 128
+step tp224-b128-graph 60 $TP --batch-size 128 --cuda-graph
+step tp224-b256 75 $TP --batch-size 256
+step tp224-b256-graph 75 $TP --batch-size 256 --cuda-graph
 
-# 2. The quick protocol end to end on CUDA, with TensorBoard logging.
-step quick-cuda 100 $PY -m medbackdoor run --config quick --out "$W/quick" --set 'train.log=[tensorboard]'
-cp "$W/quick/metrics.csv" "$OUT/quick-metrics.csv" 2>/dev/null
+# 3. The quick protocol end to end with train.cuda_graph and TensorBoard logging.
+step quick-graph 90 $PY -m medbackdoor run --config quick --out "$W/quick" --set train.cuda_graph=true \
+  --set 'train.log=[tensorboard]'
 
-# 3. The attack-zoo study (seed 0 first, then the others while time lasts); runs resume where they stopped.
-step attacks-seed0 170 $PY -m medbackdoor reproduce --protocol attacks --seeds 0 --jobs 8 --out "$W/attacks"
-
-# 4. torch.compile at 224 px, batch 128.
-export TORCHINDUCTOR_COMPILE_THREADS=16
-step tp224-b128-compile 170 $PY benchmarks/train_throughput.py --image-size 224 --batch-size 128 --steps 30 --warmup 10 --workers 8 --compile --json "$J"
-
-tar -czf "$OUT/attacks.tar.gz" -C "$W" --exclude='*.pt' attacks 2>/dev/null
-tar -czf "$OUT/quick.tar.gz" -C "$W" --exclude='*.pt' quick 2>/dev/null
+# 4. The defense study over three seeds, with what time is left.
+LEFT=$((BUDGET - SECONDS - 15))
+[ "$LEFT" -gt 60 ] && step defenses "$LEFT" $PY -m medbackdoor reproduce --protocol defenses --seeds 0 1 2 --jobs 8 \
+  --out "$W/defenses"
 cat "$J"

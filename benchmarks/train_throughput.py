@@ -8,7 +8,9 @@
 Both run ``--warmup`` steps first (compilation, cuDNN autotuning, worker start-up) and then ``--steps`` timed
 steps. The ratio pipeline / bound says how much of the model's speed the data path keeps (goal ≥ 0.95).
 
-Usage: ``python benchmarks/train_throughput.py --image-size 224 --batch-size 128 [--compile] [--workers 8]``.
+Usage: ``python benchmarks/train_throughput.py --image-size 224 --batch-size 128 [--compile [--compile-mode M]]
+[--cuda-graph] [--workers 8]``. ``--cuda-graph`` replays the whole step as one CUDA graph (``train.cuda_graph``),
+in the bound and the pipeline alike.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from medbackdoor.models import create_model
 from medbackdoor.poison import ImageSplit, PoisonedDataset
 from medbackdoor.train.dist import EpochSampler
-from medbackdoor.train.loop import autocast, bce_loss, make_loader, pick_device, train_epoch
+from medbackdoor.train.loop import GraphedStep, autocast, bce_loss, make_loader, pick_device, train_epoch
 from medbackdoor.triggers import create_trigger
 
 
@@ -34,7 +36,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bound(model, optimizer, device, args, channels_last: bool) -> float:
+def bound(model, optimizer, device, args, channels_last: bool, graph=None) -> float:
     """Images/s of the training step alone: random inputs already on the device."""
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.rand(args.batch_size, 1, args.image_size, args.image_size, generator=g, device=device)
@@ -44,6 +46,9 @@ def bound(model, optimizer, device, args, channels_last: bool) -> float:
     model.train()
 
     def step():
+        if graph is not None:
+            graph(x, y).item()
+            return
         with autocast(device, args.amp):
             logits = model(x)
         loss = bce_loss(logits.float(), y)
@@ -62,7 +67,7 @@ def bound(model, optimizer, device, args, channels_last: bool) -> float:
     return args.steps * args.batch_size / (time.perf_counter() - t0)
 
 
-def pipeline(model, optimizer, device, args, folder: Path, channels_last: bool) -> float:
+def pipeline(model, optimizer, device, args, folder: Path, channels_last: bool, graph=None) -> float:
     """Images/s of ``train_epoch`` over a cached, poisoned training set (epoch 1 warms up, epoch 2 is timed)."""
     rng = np.random.default_rng(0)
     n_timed, n_warm = args.steps * args.batch_size, args.warmup * args.batch_size
@@ -95,10 +100,12 @@ def pipeline(model, optimizer, device, args, folder: Path, channels_last: bool) 
                 timed["t0"] = time.perf_counter()
 
     loader = make_loader(train, args.batch_size, EpochSampler(len(train), 0), device, args.workers)
-    train_epoch(model, loader, optimizer, device, epoch=1, amp=args.amp, channels_last=channels_last)  # warm-up
+    train_epoch(model, loader, optimizer, device, epoch=1, amp=args.amp, channels_last=channels_last,
+                graph=graph)  # warm-up
     t0 = time.perf_counter()
     clock = Clock()
-    train_epoch(model, loader, optimizer, device, epoch=2, amp=args.amp, channels_last=channels_last, progress=clock)
+    train_epoch(model, loader, optimizer, device, epoch=2, amp=args.amp, channels_last=channels_last, progress=clock,
+                graph=graph)
     sync(device)
     end = time.perf_counter()
     start = timed.get("t0", t0)
@@ -115,6 +122,8 @@ def main(argv=None) -> dict:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (train.compile)")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode: reduce-overhead, max-autotune, ...")
+    p.add_argument("--cuda-graph", action="store_true", help="the whole step as one CUDA graph (train.cuda_graph)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 instead of bf16 autocast (CUDA)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--json", default=None, help="also append the result as one JSON line to this file")
@@ -128,18 +137,21 @@ def main(argv=None) -> dict:
     model = create_model("densenet121", "none").to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    step_model = torch.compile(model) if args.compile else model
+    graphed = args.cuda_graph and device.type == "cuda"
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, capturable=graphed)
+    step_model = torch.compile(model, mode=args.compile_mode) if args.compile else model
+    graph = GraphedStep(model, optimizer, amp=args.amp) if graphed else None
     t0 = time.perf_counter()
-    b = bound(step_model, optimizer, device, args, channels_last)
+    b = bound(step_model, optimizer, device, args, channels_last, graph)
     with tempfile.TemporaryDirectory() as tmp:
-        pl = pipeline(step_model, optimizer, device, args, Path(tmp), channels_last)
+        pl = pipeline(step_model, optimizer, device, args, Path(tmp), channels_last, graph)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     result = {"device": name, "image_size": args.image_size, "batch_size": args.batch_size, "compile": args.compile,
+              "compile_mode": args.compile_mode, "cuda_graph": graphed,
               "amp_bf16": args.amp and device.type == "cuda", "channels_last": channels_last, "workers": args.workers,
               "bound_img_s": round(b, 1), "pipeline_img_s": round(pl, 1), "ratio": round(pl / b, 3),
               "seconds": round(time.perf_counter() - t0, 1), "torch": torch.__version__}
-    print(f"{name} | {args.image_size} px, batch {args.batch_size}, compile={args.compile}, "
+    print(f"{name} | {args.image_size} px, batch {args.batch_size}, compile={args.compile}, cuda_graph={graphed}, "
           f"bf16={result['amp_bf16']}, channels_last={channels_last}, workers={args.workers}")
     print(f"model-only bound {b:8.1f} img/s | pipeline {pl:8.1f} img/s | ratio {pl / b:.3f}")
     if args.json:

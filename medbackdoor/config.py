@@ -74,6 +74,7 @@ class TrainConfig:
     device: str = "auto"
     deterministic: bool = False
     compile: bool = False
+    cuda_graph: bool = False
     sync_bn: bool = False
     backend: str = "auto"
     log: list[str] = field(default_factory=list)

@@ -29,7 +29,7 @@ from medbackdoor.rundir import RunDir
 from medbackdoor.train.data import RunData, build_run_data
 from medbackdoor.train.dist import Dist, EpochSampler, setup, teardown
 from medbackdoor.train.loggers import open_loggers
-from medbackdoor.train.loop import class_weights, deterministic, make_loader, predict, train_epoch
+from medbackdoor.train.loop import GraphedStep, class_weights, deterministic, make_loader, predict, train_epoch
 
 RESUME_IGNORES = NEUTRAL_KEYS | {"train.epochs"}  # a finished run can be extended with more epochs
 
@@ -118,6 +118,9 @@ def _run(config: RunConfig, out: RunDir, resume: bool, force: bool, progress: bo
          device: torch.device) -> dict:
     if config.train.sync_bn and dist.enabled and device.type != "cuda":
         raise UserError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); drop it for gloo on CPU")
+    if config.train.cuda_graph and (dist.enabled or config.train.compile):
+        raise UserError("train.cuda_graph runs on one process without train.compile (torch.compile has its own "
+                        "CUDA graphs: mode reduce-overhead); drop one of them")
     if config.train.batch_size % dist.world:
         raise UserError(f"train.batch_size {config.train.batch_size} must be a multiple of the {dist.world} "
                         "processes (the global batch is split evenly)")
@@ -212,13 +215,17 @@ def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: 
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    graphed = tc.cuda_graph and device.type == "cuda"  # like bf16, a CUDA-only speed option: ignored on the CPU
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, capturable=graphed)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=tc.lr_factor,
                                                            patience=tc.lr_patience)
     if state is not None:
         load_checkpoint(state, start - 1, model, optimizer, scheduler)
     step_model = _parallel(model, tc, dist, device)
     weights = class_weights(data.train.labels_array()) if tc.class_weights else None
+    graph = GraphedStep(model, optimizer, amp=tc.amp, weights=weights) if graphed else None
+    if dist.is_main:
+        manifest["cuda_graph"] = graphed
     val_set = data.val_poisoned if tc.poisoned_val else data.val
     val_images = SampleImages(val_set) if tc.poisoned_val else ImageRows(data.images, data.val.indices)
     val_labels = val_set.labels_array()
@@ -229,7 +236,7 @@ def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: 
     try:
         for epoch in range(start, tc.epochs + 1):
             _epoch(config, data, out, epoch, model, step_model, loader, optimizer, scheduler, weights, val_images,
-                   val_labels, rows, manifest, loggers, progress, dist, device)
+                   val_labels, rows, manifest, loggers, progress, dist, device, graph)
     finally:
         for logger in loggers:
             logger.close()
@@ -253,13 +260,13 @@ def _parallel(model, tc, dist: Dist, device: torch.device):
 
 
 def _epoch(config, data, out, epoch, model, step_model, loader, optimizer, scheduler, weights, val_images, val_labels,
-           rows, manifest, loggers, progress, dist: Dist, device) -> None:
+           rows, manifest, loggers, progress, dist: Dist, device, graph=None) -> None:
     tc = config.train
     t0 = time.perf_counter()
     with tqdm(total=len(loader.sampler) * dist.world, desc=f"epoch {epoch}/{tc.epochs}", unit="img", leave=False,
               disable=None if progress else True) as bar:
         train_loss = train_epoch(step_model, loader, optimizer, device, epoch=epoch, amp=tc.amp, weights=weights,
-                                 do_augment=tc.augment, progress=bar, dist=dist)
+                                 do_augment=tc.augment, progress=bar, dist=dist, graph=graph)
     train_seconds = time.perf_counter() - t0
     dist.sync_buffers(model)  # one set of BatchNorm statistics (rank 0's) for scoring on every rank
     bs = config.eval.batch_size
