@@ -163,3 +163,33 @@ def test_figure1_pair_is_trained_apart_explained_and_kept_out_of_the_tables(tmp_
     assert "figure1/trigger/explain/figure1.png" in report and "| figure1/clean |" in report
     with open(out / "report" / "runs.csv") as f:
         assert {r["run"] for r in csv.DictReader(f)} == {"size-3_seed-0"}
+
+
+def test_report_scores_each_trigger_on_the_clean_control(study, monkeypatch):
+    """The control's response to its own trigger (3x3 centre, the default) equals what its own run recorded; the
+    excess is run − control; a rebuilt report takes the rows from its cache."""
+    _, out, _ = study
+    report = build_report(out).read_text()
+    assert "The trigger on the clean control" in report
+    rows = {r["run"]: r for r in csv.DictReader(open(out / "report" / "controls_by_run.csv"))}
+    assert set(rows) == {"size-2_seed-0", "size-2_seed-1", "size-3_seed-0", "size-3_seed-1",
+                         "location-random_seed-0", "location-random_seed-1"}
+    for name, row in rows.items():
+        seed = name[-1]
+        assert row["control"] == f"fraction-0.0_seed-{seed}"
+        own = list(csv.DictReader(open(out / "runs" / name / "metrics.csv")))[-1]
+        assert float(row["excess_asr_0.6"]) == pytest.approx(float(own["asr_0.6"]) - float(row["control_asr_0.6"]))
+        if name.startswith("size-3"):
+            control = list(csv.DictReader(open(out / "runs" / row["control"] / "metrics.csv")))
+            last = control[int(row["control_epoch"]) - 1]
+            for p in ("0.6", "0.9"):
+                assert float(row[f"control_asr_{p}"]) == pytest.approx(float(last[f"asr_{p}"]), abs=1e-9)
+            assert float(row["control_auroc_tt"]) == pytest.approx(float(last["auroc_tt"]), abs=1e-6)
+
+    def boom(*a, **k):
+        raise AssertionError("scored again although cached")
+
+    monkeypatch.setattr("medbackdoor.study.controls.control_response", boom)
+    build_report(out)
+    again = {r["run"]: r for r in csv.DictReader(open(out / "report" / "controls_by_run.csv"))}
+    assert again.keys() == rows.keys()

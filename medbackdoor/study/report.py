@@ -418,6 +418,31 @@ def defense_section(records: list[RunRecord], folder: Path) -> list[str]:
     return parts
 
 
+def controls_section(records: list[RunRecord], folder: Path) -> list[str]:
+    """The natural response: every poisoned run's trigger scored on its clean control (same seed and settings)."""
+    from medbackdoor.study.controls import control_rows, control_table
+
+    try:
+        df = control_rows(records, folder)
+    except (UserError, OSError) as e:  # e.g. the data is not on this machine: the report stands without it
+        return ["", "## The trigger on the clean control", "", f"*Skipped: {type(e).__name__}: {e}*"]
+    if df.empty:
+        return []
+    with atomic_path(folder / "controls_by_run.csv", suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    conditions = {r.name: condition_of(r.config) for r in records}
+    keys = _label_keys(list(conditions.values()))
+    labels = {name: describe(c, keys) for name, c in conditions.items()}
+    order = _ordered({labels[n]: conditions[n] for n in df["run"]}, keys)
+    table = control_table(df, labels, order)
+    caption = "The trigger on the clean control: ASR of a model that never saw it (last epoch)"
+    write_table(folder, "controls", table, caption)
+    return ["", f"## {caption}", "",
+            "Each backdoored run's triggered test set, scored by the clean control of the same seed and settings. "
+            "A clean model can respond to a trigger that looks like a finding; the excess is the backdoor's own "
+            "share. `report/controls_by_run.csv` holds every run.", "", to_markdown(table)]
+
+
 def build_report(sweep_dir: str | Path, cuts: str | None = None) -> Path:
     """Write ``sweep_dir/report/`` from the run folders; returns the path of ``report.md``."""
     sweep_dir = Path(sweep_dir)
@@ -467,6 +492,7 @@ def build_report(sweep_dir: str | Path, cuts: str | None = None) -> Path:
         parts.append("![Figure 3](figure3.png)")
     else:
         parts.append("*Skipped: no poisoned runs with a fixed location.*")
+    parts += controls_section(records, folder)
     parts += defense_section(records, folder)
     parts += runs_section(records)
     parts += explain_section(records, sweep_dir)
