@@ -49,6 +49,30 @@ def test_cuda_graph_is_ignored_on_the_cpu_and_recorded(tmp_path):
     assert manifest["epochs_done"] == 1
 
 
+def test_resume_takes_capturable_from_this_device_not_the_checkpoint(tmp_path):
+    """A run checkpointed with a capturable optimizer (graphed on CUDA) resumes on the CPU (train.device is
+    neutral on resume), and would have failed in Adam's capturable device check before."""
+    from medbackdoor.config import load_config
+    from medbackdoor.rundir import RunDir
+    from medbackdoor.train.runner import run
+
+    run(load_config(overrides=[*TINY, "train.cuda_graph=true", "train.device=cpu"]), tmp_path / "r")
+    path = RunDir(tmp_path / "r").checkpoint_path(1)
+    state = torch.load(path, weights_only=True)
+    for group in state["optimizer"]["param_groups"]:
+        group["capturable"] = True
+    torch.save(state, path)
+    manifest = run(load_config(overrides=[*TINY, "train.cuda_graph=true", "train.device=cpu", "train.epochs=2"]),
+                   tmp_path / "r", resume=True)
+    assert manifest["epochs_done"] == 2
+
+
+def test_graphed_step_needs_a_warmup_step():
+    model = torch.nn.Linear(4, 2)
+    with pytest.raises(ValueError, match="warm-up"):
+        GraphedStep(model, torch.optim.Adam(model.parameters()), warmup=0)
+
+
 def test_cuda_graph_with_compile_is_one_line_exit_2(tmp_path, capsys):
     from medbackdoor.cli.main import main
 

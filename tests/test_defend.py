@@ -232,7 +232,8 @@ def test_sweep_runs_listed_defenses_and_the_report_tables_them(tmp_path, monkeyp
     results = run_sweep(sweep, tmp_path / "out", overrides=overrides, progress=False)
     statuses = {r["name"]: r["status"] for r in results}
     assert statuses["fraction-0.4_seed-0:audit-nih"] == "complete"
-    assert len([n for n in statuses if ":" in n]) == 4
+    assert len([n for n in statuses if ":" in n and not n.endswith(":control")]) == 4
+    assert statuses["fraction-0.4_seed-0:control"] == "complete"
     report = build_report(tmp_path / "out").read_text()
     assert "## Defenses" in report and "audit-nih" in report
     table = list(csv.DictReader(open(tmp_path / "out" / "report" / "defenses_auroc.csv")))

@@ -60,7 +60,9 @@ def test_fraction_by_size_sweep_table1_every_cell(tmp_path):
     spec.write_text(yaml.safe_dump({"name": "rho", "base": base, "grid": grid}, sort_keys=False))
     out = tmp_path / "out"
     results = run_sweep(spec, out, jobs=2, progress=False)
-    assert [r["status"] for r in results] == ["complete"] * 12
+    assert [r["status"] for r in results if ":" not in r["name"]] == ["complete"] * 12
+    controls = [r for r in results if r["name"].endswith(":control")]
+    assert len(controls) == 8 and all(r["status"] == "complete" for r in controls)  # each poisoned run
     report = build_report(out).read_text()
 
     by_condition: dict[tuple[float, int], list[Path]] = {}

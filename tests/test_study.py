@@ -44,7 +44,8 @@ def test_sweep_records_failure_and_goes_on(study):
     _, out, results = study
     status = {r["name"]: r["status"] for r in results}
     assert status["size-40_seed-0"] == "failed"
-    assert sum(s == "complete" for s in status.values()) == 8
+    assert sum(s == "complete" for n, s in status.items() if ":" not in n) == 8
+    assert sum(s == "complete" for n, s in status.items() if n.endswith(":control")) == 6
     manifest = json.loads((out / "runs" / "size-40_seed-0" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "larger than" in manifest["error"]
 
@@ -165,18 +166,20 @@ def test_figure1_pair_is_trained_apart_explained_and_kept_out_of_the_tables(tmp_
         assert {r["run"] for r in csv.DictReader(f)} == {"size-3_seed-0"}
 
 
-def test_report_scores_each_trigger_on_the_clean_control(study, monkeypatch):
-    """The control's response to its own trigger (3x3 centre, the default) equals what its own run recorded; the
-    excess is run − control; a rebuilt report takes the rows from its cache."""
-    _, out, _ = study
+def test_each_poisoned_run_is_scored_on_its_clean_control(study):
+    """The sweep wrote RUN/control.json for every poisoned run: the control's response to its own trigger (3x3
+    centre, the default) equals what the control's run recorded; the report tables run − control; a sweep run
+    again scores nothing again."""
+    spec, out, _ = study
+    names = {"size-2_seed-0", "size-2_seed-1", "size-3_seed-0", "size-3_seed-1", "location-random_seed-0",
+             "location-random_seed-1"}
+    assert {p.parent.name for p in (out / "runs").glob("*/control.json")} == names
     report = build_report(out).read_text()
     assert "The trigger on the clean control" in report
     rows = {r["run"]: r for r in csv.DictReader(open(out / "report" / "controls_by_run.csv"))}
-    assert set(rows) == {"size-2_seed-0", "size-2_seed-1", "size-3_seed-0", "size-3_seed-1",
-                         "location-random_seed-0", "location-random_seed-1"}
+    assert set(rows) == names
     for name, row in rows.items():
-        seed = name[-1]
-        assert row["control"] == f"fraction-0.0_seed-{seed}"
+        assert row["control"] == f"fraction-0.0_seed-{name[-1]}"
         own = list(csv.DictReader(open(out / "runs" / name / "metrics.csv")))[-1]
         assert float(row["excess_asr_0.6"]) == pytest.approx(float(own["asr_0.6"]) - float(row["control_asr_0.6"]))
         if name.startswith("size-3"):
@@ -185,11 +188,5 @@ def test_report_scores_each_trigger_on_the_clean_control(study, monkeypatch):
             for p in ("0.6", "0.9"):
                 assert float(row[f"control_asr_{p}"]) == pytest.approx(float(last[f"asr_{p}"]), abs=1e-9)
             assert float(row["control_auroc_tt"]) == pytest.approx(float(last["auroc_tt"]), abs=1e-6)
-
-    def boom(*a, **k):
-        raise AssertionError("scored again although cached")
-
-    monkeypatch.setattr("medbackdoor.study.controls.control_response", boom)
-    build_report(out)
-    again = {r["run"]: r for r in csv.DictReader(open(out / "report" / "controls_by_run.csv"))}
-    assert again.keys() == rows.keys()
+    again = {r["name"]: r["status"] for r in run_sweep(spec, out, jobs=1, progress=False)}
+    assert {again[f"{n}:control"] for n in names} == {"skipped (complete)"}

@@ -2,55 +2,76 @@
 
 ASR counts triggered test images whose target score passes p. A model trained on clean data alone can do that
 too, when the trigger happens to look like a finding (a dark square, a blend pattern): its *natural response*.
-Without it, a high ASR after a perfect cleanse reads as a failed defense. So for every poisoned run of a sweep,
-the clean control with the same seed and settings (the same config but for ``trigger.*``) is scored on that
-run's triggered test set, at its last complete epoch, with the run's own metric settings. The result is one row
-per poisoned run: ``control_asr_<p>`` beside the run's own ``asr_<p>``, and ``excess_asr_<p>`` = run − control.
+Without it, a high ASR after a perfect cleanse reads as a failed defense. So after a sweep's runs, every
+poisoned run is paired with its clean control: the run with ρ = 0 and the same config but for ``trigger.*``
+(the same seed, data, model and training). The control's model, at its last complete epoch, scores the poisoned
+run's triggered test set with the run's own metric settings; the result goes to ``RUN/control.json``.
 
-Rows are cached in ``report/controls_by_run.csv`` by (run, control, control epoch), so a report built again scores
-only what changed. Checkpoints are loaded with ``weights_only=True``; a control without one is skipped.
+It is one more scoring of the test set per run (each run already scores it every epoch), done by the sweep's
+executor on the runs' device. The report only reads the files (:func:`control_rows`). ``control.json`` records
+what it was computed from (the control, its epoch and checkpoint, the run's config), so a re-run sweep scores
+again only what changed. Checkpoints are loaded with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
+import traceback
 from pathlib import Path
 
 import pandas as pd
 
-from medbackdoor.config import NEUTRAL_KEYS
+from medbackdoor._io import write_json
+from medbackdoor.config import NEUTRAL_KEYS, flatten
 from medbackdoor.rundir import RunDir
-from medbackdoor.study.aggregate import RunRecord
 
+FILE = "control.json"
 IGNORED = ("trigger.", "train.drop")
 
 
-def _setting(config: dict) -> tuple:
+def _setting(config: dict) -> str:
     """What must match between a run and its control: every key but the trigger's and the neutral ones."""
-    return tuple(sorted((k, repr(v)) for k, v in config.items()
-                        if not k.startswith(IGNORED) and k not in NEUTRAL_KEYS))
+    return json.dumps({k: v for k, v in config.items() if not k.startswith(IGNORED) and k not in NEUTRAL_KEYS},
+                      sort_keys=True, default=str)
 
 
-def match_controls(records: list[RunRecord]) -> list[tuple[RunRecord, RunRecord]]:
-    """(poisoned run, its clean control) pairs: same seed and settings, the control with ρ = 0."""
-    controls = {_setting(r.config): r for r in records if not r.config.get("trigger.fraction")}
-    return [(r, controls[_setting(r.config)]) for r in records
-            if r.config.get("trigger.fraction") and _setting(r.config) in controls]
+def match_controls(folders: list[str | Path]) -> list[tuple[Path, Path]]:
+    """(poisoned run, its clean control) folder pairs among ``folders`` (complete runs). Among several clean
+    controls of one setting (they train alike: ρ = 0 ignores the trigger) the first by name is taken."""
+    configs = {Path(f): flatten(RunDir(f).config().to_dict()) for f in sorted(map(str, folders))}
+    controls: dict[str, Path] = {}
+    for folder, config in configs.items():
+        if not config.get("trigger.fraction"):
+            controls.setdefault(_setting(config), folder)
+    return [(folder, controls[_setting(config)]) for folder, config in configs.items()
+            if config.get("trigger.fraction") and _setting(config) in controls]
 
 
-def control_response(run: RunRecord, control: RunRecord, device: str = "cpu") -> dict | None:
-    """The clean control's backdoor metrics on ``run``'s triggered test set (None: the control has no
-    checkpoint on disk)."""
+def _fingerprint(run: Path, control: Path, epoch: int) -> dict:
+    ckpt = RunDir(control).checkpoint_path(epoch).stat()
+    config = hashlib.sha256(RunDir(run).config_path.read_bytes()).hexdigest()[:16]
+    return {"control": control.name, "control_epoch": epoch, "control_checkpoint": [ckpt.st_size, ckpt.st_mtime_ns],
+            "run_config": config}
+
+
+def control_response(run: str | Path, control: str | Path, device: str = "auto") -> dict:
+    """The clean control's backdoor metrics on ``run``'s triggered test set, at the control's last complete
+    epoch, with the fingerprint of what they were computed from."""
     import torch
 
+    from medbackdoor.errors import UserError
     from medbackdoor.metrics import backdoor_metrics
     from medbackdoor.train.data import build_test_data, build_trigger
     from medbackdoor.train.loop import pick_device, predict
 
-    ctrl = RunDir(control.folder)
+    run, control = Path(run), Path(control)
+    ctrl = RunDir(control)
     epoch = ctrl.last_complete_epoch()
     if not epoch:
-        return None
-    config = RunDir(run.folder).config()
+        raise UserError(f"clean control {control.name} has no checkpoint to score with")
+    config = RunDir(run).config()
     test = build_test_data(config)
     _, target = build_trigger(config, test.label_names)
     dev = pick_device(device)
@@ -62,35 +83,49 @@ def control_response(run: RunRecord, control: RunRecord, device: str = "cpu") ->
     m = backdoor_metrics(test.labels, clean, triggered, target, config.eval.thresholds, config.eval.epsilons,
                          config.eval.strict, seed=config.attack_seed, label=config.trigger.label,
                          carriers=test.carriers)
-    row = {"run": run.name, "control": control.name, "control_epoch": epoch}
-    row.update({f"control_asr_{p}": v for p, v in m["asr"].items()})
-    row.update({f"control_auroc_{k}": m[f"auroc_{k}"] for k in ("tt", "tn")})
-    return row
+    return {**_fingerprint(run, control, epoch), "asr": m["asr"], "auroc_tt": m["auroc_tt"], "auroc_tn": m["auroc_tn"],
+            "auroc_nn": m["auroc_nn"]}
 
 
-def control_rows(records: list[RunRecord], folder: Path, device: str = "cpu") -> pd.DataFrame:
-    """One row per poisoned run with a clean control: the control's ASR under the run's trigger, the run's own
-    ASR (its last epoch) and the excess. Cached in ``folder/controls_by_run.csv``."""
-    cache_path = Path(folder) / "controls_by_run.csv"
-    cached = {}
-    if cache_path.is_file():
-        for row in pd.read_csv(cache_path).to_dict("records"):
-            cached[(row["run"], row["control"], int(row["control_epoch"]))] = row
+def score_control(run: str, control: str, threads: int) -> dict:
+    """Sweep task: write ``run/control.json`` unless it is up to date; a status dict, never raises."""
+    import torch
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    path = Path(run) / FILE
+    try:
+        epoch = RunDir(control).last_complete_epoch()
+        if path.is_file() and epoch:
+            old = json.loads(path.read_text())
+            if all(old.get(k) == v for k, v in _fingerprint(Path(run), Path(control), epoch).items()):
+                return {"status": "skipped (complete)", "error": None, "seconds": time.perf_counter() - start}
+        write_json(path, control_response(run, control))
+        status, error = "complete", None
+    except Exception as exc:  # noqa: BLE001 - recorded; the sweep goes on
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        (Path(run) / "control_failed.txt").write_text(traceback.format_exc())
+    return {"status": status, "error": error, "seconds": time.perf_counter() - start}
+
+
+def control_rows(folders: list[str | Path]) -> pd.DataFrame:
+    """One row per run with a ``control.json``: the control's ASR under the run's trigger, the run's own ASR at
+    its last epoch, and the excess (run − control), for every threshold."""
     rows = []
-    for run, control in match_controls(records):
-        epoch = RunDir(control.folder).last_complete_epoch()
-        row = cached.get((run.name, control.name, epoch)) if epoch else None
-        if row is None:
-            row = control_response(run, control, device)
-        if row is None:
+    for folder in map(Path, folders):
+        path = folder / FILE
+        if not path.is_file():
             continue
-        row = {k: v for k, v in row.items() if not k.startswith(("asr_", "excess_asr_"))}
-        last = RunDir(run.folder).metrics()[-1]
-        for key in [k for k in row if k.startswith("control_asr_")]:
-            p = key.removeprefix("control_asr_")
-            if f"asr_{p}" in last:
+        c = json.loads(path.read_text())
+        metrics = RunDir(folder).metrics()
+        last = metrics[-1] if metrics else {}
+        row = {"run": folder.name, "control": c["control"], "control_epoch": c["control_epoch"]}
+        for p, value in c["asr"].items():
+            row[f"control_asr_{p}"] = value
+            if last.get(f"asr_{p}") not in (None, ""):
                 row[f"asr_{p}"] = float(last[f"asr_{p}"])
-                row[f"excess_asr_{p}"] = row[f"asr_{p}"] - float(row[key])
+                row[f"excess_asr_{p}"] = row[f"asr_{p}"] - value
+        row.update({f"control_auroc_{k}": c.get(f"auroc_{k}") for k in ("tt", "tn")})
         rows.append(row)
     return pd.DataFrame(rows)
 

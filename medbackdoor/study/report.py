@@ -419,13 +419,11 @@ def defense_section(records: list[RunRecord], folder: Path) -> list[str]:
 
 
 def controls_section(records: list[RunRecord], folder: Path) -> list[str]:
-    """The natural response: every poisoned run's trigger scored on its clean control (same seed and settings)."""
+    """The natural response: every poisoned run's trigger scored on its clean control (``RUN/control.json``,
+    written by the sweep)."""
     from medbackdoor.study.controls import control_rows, control_table
 
-    try:
-        df = control_rows(records, folder)
-    except (UserError, OSError) as e:  # e.g. the data is not on this machine: the report stands without it
-        return ["", "## The trigger on the clean control", "", f"*Skipped: {type(e).__name__}: {e}*"]
+    df = control_rows([r.folder for r in records])
     if df.empty:
         return []
     with atomic_path(folder / "controls_by_run.csv", suffix=".csv") as tmp:
@@ -435,12 +433,13 @@ def controls_section(records: list[RunRecord], folder: Path) -> list[str]:
     labels = {name: describe(c, keys) for name, c in conditions.items()}
     order = _ordered({labels[n]: conditions[n] for n in df["run"]}, keys)
     table = control_table(df, labels, order)
-    caption = "The trigger on the clean control: ASR of a model that never saw it (last epoch)"
+    caption = "The trigger on the clean control: ASR of a model that never saw it"
     write_table(folder, "controls", table, caption)
     return ["", f"## {caption}", "",
-            "Each backdoored run's triggered test set, scored by the clean control of the same seed and settings. "
-            "A clean model can respond to a trigger that looks like a finding; the excess is the backdoor's own "
-            "share. `report/controls_by_run.csv` holds every run.", "", to_markdown(table)]
+            "Each backdoored run's triggered test set, scored by the clean control of the same seed and settings "
+            "(its last epoch); the backdoored run at its last epoch. A clean model can answer a trigger that looks "
+            "like a finding; the excess is the backdoor's own share. `report/controls_by_run.csv` holds every "
+            "run.", "", to_markdown(table)]
 
 
 def build_report(sweep_dir: str | Path, cuts: str | None = None) -> Path:

@@ -26,7 +26,7 @@ from medbackdoor.rundir import RunDir
 from medbackdoor.study.executors import Executor, LocalExecutor
 
 BUILTIN_SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
-SWEEP_KEYS = {"name", "description", "base_config", "base", "grid", "cuts", "figure1", "defenses"}
+SWEEP_KEYS = {"name", "description", "base_config", "base", "grid", "cuts", "figure1", "defenses", "controls"}
 DEFENSE_KEYS = {"method", "name", "options", "holdout", "epoch", "retrain"}
 FIGURE_DIR = "figure1"  # OUT/figure1/{trigger,clean}: the pair trained for Figure 1 when a sweep asks for one
 
@@ -223,6 +223,8 @@ def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = 
                       + (f" - {result['error']}" if result.get("error") else ""), flush=True)
         order = {r.name: i for i, r in enumerate(runs)}
         results.sort(key=lambda x: order[x["name"]])
+        if spec.get("controls", True):
+            results += run_controls(results, executor, progress)
         entries = defense_entries(spec)
         if entries:
             results += run_defenses(results, entries, executor, progress)
@@ -240,6 +242,27 @@ def _settle(status: dict, folder: Path, data: dict) -> dict:
     if trace is not None:
         _record_failure(folder, data, status["error"], trace)
     return status
+
+
+def run_controls(results: list[dict], executor: Executor, progress: bool) -> list[dict]:
+    """Each poisoned run's trigger scored on its clean control (``RUN/control.json``, see
+    :mod:`medbackdoor.study.controls`); one status per run, named ``RUN:control``. Sweep key ``controls: false``
+    turns this off."""
+    from medbackdoor.study.controls import FILE, match_controls, score_control
+
+    names = {Path(r["folder"]): r["name"] for r in results if r.get("status") in ("complete", "skipped (complete)")}
+    pairs = match_controls(list(names))
+    out = []
+    for i, (k, status) in enumerate(executor.map(score_control, [(str(a), str(b)) for a, b in pairs]), 1):
+        run = pairs[k][0]
+        result = {"name": f"{names[run]}:control", "folder": str(run / FILE),
+                  **{key: v for key, v in status.items() if key != "traceback"}}
+        out.append(result)
+        if progress:
+            print(f"[controls {i}/{len(pairs)}] {result['name']}: {result['status']} ({result['seconds']:.0f} s)"
+                  + (f" - {result['error']}" if result.get("error") else ""), flush=True)
+    out.sort(key=lambda x: x["name"])
+    return out
 
 
 def run_defenses(results: list[dict], entries: list[dict], executor: Executor, progress: bool) -> list[dict]:

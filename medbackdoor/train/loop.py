@@ -114,6 +114,9 @@ class GraphedStep:
 
     def __init__(self, model: nn.Module, optimizer, *, amp: bool = True, weights=None, warmup: int = 3):
         device = next(model.parameters()).device
+        if warmup < 1:
+            raise ValueError("GraphedStep needs at least one eager warm-up step (the optimizer's state is created "
+                             "there, outside the capture)")
         if device.type != "cuda":
             raise ValueError("train.cuda_graph needs a CUDA device")
         self.model, self.optimizer, self.amp, self.warmup = model, optimizer, amp, warmup
@@ -148,7 +151,8 @@ class GraphedStep:
         torch.cuda.synchronize(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the DataLoader's pin-memory thread keeps calling CUDA while a capture runs
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self.static_loss = self._step(self.static_x, self.static_y)
         self.graph, self.lrs = graph, self._lrs()
         self.captures += 1

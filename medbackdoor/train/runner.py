@@ -220,6 +220,10 @@ def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: 
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=tc.lr_factor,
                                                            patience=tc.lr_patience)
     if state is not None:
+        # the optimizer's capturable flag follows this run's device, not the checkpoint's (train.device may
+        # change on resume): load_state_dict takes it from the saved groups and places Adam's step by it
+        for group in state["optimizer"]["param_groups"]:
+            group["capturable"] = graphed
         load_checkpoint(state, start - 1, model, optimizer, scheduler)
     step_model = _parallel(model, tc, dist, device)
     weights = class_weights(data.train.labels_array()) if tc.class_weights else None
