@@ -96,7 +96,7 @@ def test_splits_counts_and_images(tmp_path, size, compressed, no_medmnist):
             np.testing.assert_array_equal(img, arrays[f"{split}_images"][row])
     assert (ds.patients == ds.names).all()  # one pseudo-patient per image
     summary = ds.summary()
-    assert summary["patient_overlap"] == 0 and summary["missing"] == 0
+    assert summary["patient_overlap"] is None and summary["missing"] == 0  # no patient ids: not checkable
     assert {s: summary["splits"][s]["images"] for s in COUNTS} == COUNTS
     assert summary["splits"]["train"]["patients"] == COUNTS["train"]
     unpacked = list((tmp_path / "unpack").rglob("*.npy"))
@@ -255,7 +255,7 @@ def test_cli_data_check(tmp_path, capsys, no_medmnist):
                  "size=28", "--workers", "0"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "dataset chestmnist: 22 images" in out and "patient overlap between splits: 0" in out
+    assert "dataset chestmnist: 22 images" in out and "patient overlap between splits: unknown (no patient ids" in out
     assert "train        12        12" in out and "val           4         4" in out and "28x28 (22)" in out
     code = main(["data", "check", "--set", "dataset.name=chestmnist", "--set", f"dataset.root={tmp_path}",
                  "--set", "dataset.options.size=28", "--set", "dataset.options.download=false", "--json",

@@ -57,7 +57,9 @@ def run_check(args: argparse.Namespace) -> int:
 
 def format_report(report: dict) -> str:
     lines = [f"dataset {report['dataset']}: {report['images']} images, {report['missing']} listed but missing, "
-             f"patient overlap between splits: {report['patient_overlap']}"]
+             "patient overlap between splits: " + ("unknown (no patient ids in this dataset)"
+                                                   if report["patient_overlap"] is None
+                                                   else str(report["patient_overlap"]))]
     lines.append(f"{'split':<6} {'images':>8} {'patients':>9}")
     for split, row in report["splits"].items():
         lines.append(f"{split:<6} {row['images']:>8} {row['patients']:>9}")

@@ -37,6 +37,9 @@ class ChestXrayDataset(ABC):
 
     name: ClassVar[str] = ""
     label_names: tuple[str, ...] = LABELS
+    # False where the release has no patient ids (each image is its own pseudo-patient): the overlap between
+    # splits is then 0 by construction and reported as unknown (None), not as checked
+    has_patient_ids: ClassVar[bool] = True
     missing: int = 0
 
     def _set_table(self, names, labels, patients, splits, limit: int | None = None, seed: int = 0) -> None:
@@ -101,7 +104,7 @@ class ChestXrayDataset(ABC):
             "splits": splits,
             "missing": int(self.missing),
             "labels": list(self.label_names),
-            "patient_overlap": patient_overlap(self.patients, self.splits),
+            "patient_overlap": patient_overlap(self.patients, self.splits) if self.has_patient_ids else None,
         }
 
 

@@ -31,8 +31,8 @@ copies no pixels.
 Caveats, none of which the toolkit can check:
 
 * There are no patient ids in ChestMNIST. Each image is its own pseudo-patient (its name), so ``patients`` in
-  :meth:`summary` counts images and ``patient_overlap`` is 0 by construction, not by verification. MedMNIST says
-  it uses "the official data split"; its counts are those of the CheXNet reimplementation's lists
+  :meth:`summary` counts images and ``patient_overlap`` (0 by construction) is reported as None: not checked.
+  MedMNIST says it uses "the official data split"; its counts are those of the CheXNet reimplementation's lists
   (github.com/arnoweng/CheXNet ``train_list.txt``/``val_list.txt``/``test_list.txt``, 70/10/20), not NIH's own
   ``train_val_list.txt``/``test_list.txt`` (86,524/25,596). Whether any patient spans two splits cannot be
   checked here; with the full NIH release, ``nih`` with ``split: chexnet`` reads those lists with patient ids.
@@ -137,6 +137,8 @@ def label_columns(names: tuple[str, ...] | list[str]) -> np.ndarray:
 
 class ChestMNIST(ChestXrayDataset):
     """ChestMNIST at one size, from ``root`` (see the module docstring for the layout, splits and caveats).
+
+    It has no patient ids, so :meth:`summary` reports ``patient_overlap`` as None (unknown), not 0.
 
     Args:
         root: folder holding ``chestmnist.npz`` / ``chestmnist_{size}.npz`` (default ``~/.medmnist``).
