@@ -151,6 +151,7 @@ class ChestMNIST(ChestXrayDataset):
     """
 
     name = "chestmnist"
+    has_patient_ids = False
 
     def __init__(self, root: str | os.PathLike | None = None, size: int = DEFAULT_SIZE, download: bool = True,
                  seed: int = 0, limit: int | None = None, unpack_dir: str | os.PathLike | None = None) -> None:
