@@ -223,11 +223,12 @@ def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = 
                       + (f" - {result['error']}" if result.get("error") else ""), flush=True)
         order = {r.name: i for i, r in enumerate(runs)}
         results.sort(key=lambda x: order[x["name"]])
+        runs_done = list(results)  # the runs alone: controls and defenses each take these
         if spec.get("controls", True):
-            results += run_controls(results, executor, progress)
+            results += run_controls(runs_done, executor, progress)
         entries = defense_entries(spec)
         if entries:
-            results += run_defenses(results, entries, executor, progress)
+            results += run_defenses(runs_done, entries, executor, progress)
     finally:
         if own:
             executor.close()
