@@ -34,13 +34,16 @@ $PY -c "import torch, sklearn, skimage, pandas, filelock; print(torch.__version_
 # 1. The CUDA-graph training step equals the eager one (DenseNet-121, 64 px; recapture and eager fallback too).
 step cuda-graph-check 90 $PY tests/test_cuda_graph.py
 
-# 2. Throughput at 224 px: eager against the whole step as one CUDA graph, batch 128 and 256 (bf16, channels_last).
+# 2. Throughput at 224 px: eager against the whole step as one CUDA graph, batch 128, 256 and 512 (bf16,
+#    channels_last).
 J=$OUT/throughput.jsonl
 TP="$PY benchmarks/train_throughput.py --image-size 224 --steps 20 --warmup 8 --workers 8 --json $J"
 step tp224-b128 60 $TP --batch-size 128
 step tp224-b128-graph 60 $TP --batch-size 128 --cuda-graph
 step tp224-b256 75 $TP --batch-size 256
 step tp224-b256-graph 75 $TP --batch-size 256 --cuda-graph
+step tp224-b512 60 $TP --batch-size 512
+step tp224-b512-graph 60 $TP --batch-size 512 --cuda-graph
 
 # 3. The quick protocol end to end with train.cuda_graph and TensorBoard logging.
 step quick-graph 90 $PY -m medbackdoor run --config quick --out "$W/quick" --set train.cuda_graph=true \
