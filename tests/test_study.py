@@ -190,3 +190,19 @@ def test_each_poisoned_run_is_scored_on_its_clean_control(study):
             assert float(row["control_auroc_tt"]) == pytest.approx(float(last["auroc_tt"]), abs=1e-6)
     again = {r["name"]: r["status"] for r in run_sweep(spec, out, jobs=1, progress=False)}
     assert {again[f"{n}:control"] for n in names} == {"skipped (complete)"}
+
+
+def test_failures_are_counted_apart_for_runs_and_later_steps(tmp_path, capsys):
+    from medbackdoor.cli.study_cmd import report_failures
+
+    run = tmp_path / "runs" / "a"
+    results = [{"name": "a", "folder": str(run), "status": "complete"},
+               {"name": "b", "folder": str(tmp_path / "runs" / "b"), "status": "complete"},
+               {"name": "a:control", "folder": str(run / "control.json"), "status": "failed", "error": "E1"},
+               {"name": "a:strip", "folder": str(run / "defenses" / "strip"), "status": "failed", "error": "E2"},
+               {"name": "a:spectre", "folder": str(run / "defenses" / "spectre"), "status": "complete"}]
+    assert report_failures(tmp_path, results) == 1
+    err = capsys.readouterr().err
+    assert "runs failed" not in err and "2 of 3 defense and control steps failed" in err
+    assert str(run / "control_failed.txt") in err and str(run / "defenses" / "strip" / "failed.txt") in err
+    assert report_failures(tmp_path, results[:2]) == 0

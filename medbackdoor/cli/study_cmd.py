@@ -61,16 +61,34 @@ def _run(args: argparse.Namespace, sweep: str) -> list[dict]:
     return results
 
 
+def _split(results: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(runs, steps): a sweep's statuses for its runs and for what it did after them (``RUN:DEFENSE``,
+    ``RUN:control``)."""
+    return [r for r in results if ":" not in r["name"]], [r for r in results if ":" in r["name"]]
+
+
+def _traceback_path(r: dict) -> Path:
+    if ":" not in r["name"]:
+        return Path(r["folder"]) / "manifest.json"
+    if r["name"].endswith(":control"):
+        return Path(r["folder"]).parent / "control_failed.txt"
+    return Path(r["folder"]) / "failed.txt"
+
+
 def report_failures(out: Path, results: list[dict]) -> int:
-    """Print each failed run and where its error is; the exit code: 1 if any run failed, else 0."""
-    failed = [r for r in results if r.get("status") == "failed"]
-    if not failed:
-        return 0
-    print(f"{len(failed)} of {len(results)} runs failed:", file=sys.stderr)
-    for r in failed:
-        print(f"  {r['name']}: {r.get('error')} (traceback in {Path(r['folder']) / 'manifest.json'})",
-              file=sys.stderr)
-    return 1
+    """Print each failed run (or defense, or control scoring) and where its traceback is; the exit code: 1 if
+    anything failed, else 0."""
+    runs, steps = _split(results)
+    code = 0
+    for what, group in (("runs", runs), ("defense and control steps", steps)):
+        failed = [r for r in group if r.get("status") == "failed"]
+        if not failed:
+            continue
+        code = 1
+        print(f"{len(failed)} of {len(group)} {what} failed:", file=sys.stderr)
+        for r in failed:
+            print(f"  {r['name']}: {r.get('error')} (traceback in {_traceback_path(r)})", file=sys.stderr)
+    return code
 
 
 def run_sweep_cmd(args: argparse.Namespace) -> int:
@@ -121,6 +139,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
         return 0
     explain_figure_runs(args.out, results)
     path = build_report(args.out, sweep_cuts(args.out))
-    failed = sum(r.get("status") == "failed" for r in results)
-    print(f"{len(results) - failed} of {len(results)} runs complete; report: {path}")
+    runs, steps = _split(results)
+    done = sum(r.get("status") != "failed" for r in runs)
+    extra = f", {sum(r.get('status') != 'failed' for r in steps)} of {len(steps)} defense and control steps" \
+        if steps else ""
+    print(f"{done} of {len(runs)} runs complete{extra}; report: {path}")
     return report_failures(args.out, results)
