@@ -83,11 +83,14 @@ def test_ray_sweep_equals_local_sweep(tmp_path):
     assert [(r["name"], r["status"]) for r in ray] == [(r["name"], r["status"]) for r in local]
     assert sum(r["status"] == "failed" for r in ray) == 1
     for r in local:
-        if r["status"] != "complete":
+        if r["status"] != "complete" or ":" in r["name"]:
             continue
         name = r["name"]
         a = (tmp_path / "local" / "runs" / name / "metrics.csv").read_text()
         b = (tmp_path / "ray" / "runs" / name / "metrics.csv").read_text()
         assert _without_timings(a) == _without_timings(b)
+    a, b = (json.loads((tmp_path / x / "runs" / "fraction-0.4_seed-0" / "control.json").read_text())
+            for x in ("local", "ray"))
+    assert a["asr"] == b["asr"] and a["control"] == b["control"] == "fraction-0.0_seed-0"
     status = json.loads((tmp_path / "ray" / "sweep_status.json").read_text())
     assert len(status) == 4  # two runs, the failed one, and the poisoned run scored on its clean control
