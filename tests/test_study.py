@@ -153,6 +153,7 @@ def test_figure1_pair_is_trained_apart_explained_and_kept_out_of_the_tables(tmp_
     assert dry == {"size-3_seed-0": "new", "figure1/trigger": "new", "figure1/clean": "new"}
     results = run_sweep(spec, out, jobs=1, progress=False)
     assert all(r["status"] == "complete" for r in results)
+    assert not any(r["name"].endswith(":control") for r in results)  # the pair is not scored for the tables
     clean = load_config(out / "figure1" / "clean" / "config.yaml")
     trigger = load_config(out / "figure1" / "trigger" / "config.yaml")
     assert clean.image_size == trigger.image_size == 64 and clean.trigger.fraction == 0.0

@@ -251,7 +251,9 @@ def run_controls(results: list[dict], executor: Executor, progress: bool) -> lis
     turns this off."""
     from medbackdoor.study.controls import FILE, match_controls, score_control
 
-    names = {Path(r["folder"]): r["name"] for r in results if r.get("status") in ("complete", "skipped (complete)")}
+    # the grid's runs only: the figure1 pair is never in the tables
+    names = {Path(r["folder"]): r["name"] for r in results
+             if r.get("status") in ("complete", "skipped (complete)") and not r["name"].startswith(f"{FIGURE_DIR}/")}
     pairs = match_controls(list(names))
     out = []
     for i, (k, status) in enumerate(executor.map(score_control, [(str(a), str(b)) for a, b in pairs]), 1):
