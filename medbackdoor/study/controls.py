@@ -77,7 +77,9 @@ def control_response(run: str | Path, control: str | Path, device: str = "auto")
     dev = pick_device(device)
     model = ctrl.load_model(epoch, dev)
     with torch.no_grad():
-        clean = predict(model, test.clean, dev, config.eval.batch_size)
+        clean = _saved_clean_scores(ctrl, epoch, test.rows)
+        if clean is None:
+            clean = predict(model, test.clean, dev, config.eval.batch_size)
         triggered = clean if test.triggered is test.clean else predict(model, test.triggered, dev,
                                                                         config.eval.batch_size)
     m = backdoor_metrics(test.labels, clean, triggered, target, config.eval.thresholds, config.eval.epsilons,
@@ -85,6 +87,19 @@ def control_response(run: str | Path, control: str | Path, device: str = "auto")
                          carriers=test.carriers)
     return {**_fingerprint(run, control, epoch), "asr": m["asr"], "auroc_tt": m["auroc_tt"], "auroc_tn": m["auroc_tn"],
             "auroc_nn": m["auroc_nn"]}
+
+
+def _saved_clean_scores(ctrl: RunDir, epoch: int, rows):
+    """The control's own clean test scores at ``epoch``, from its predictions file, when that scored the same
+    test rows (it does within a sweep: the test split depends on the data settings alone); else None."""
+    import numpy as np
+
+    if not ctrl.predictions_path(epoch).is_file():
+        return None
+    saved = ctrl.load_predictions(epoch)
+    if "rows" not in saved or not np.array_equal(saved["rows"], rows):
+        return None
+    return saved["score_clean"]
 
 
 def score_control(run: str, control: str, threads: int) -> dict:

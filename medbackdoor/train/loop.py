@@ -78,13 +78,7 @@ def bce_loss(logits: torch.Tensor, targets: torch.Tensor, weights=None) -> torch
             return F.binary_cross_entropy_with_logits(logits, targets)
         w_pos, w_neg = (w.to(logits.device) for w in weights)
         return F.binary_cross_entropy_with_logits(logits, targets, weight=targets * w_pos + (1 - targets) * w_neg)
-    filled = torch.where(known, targets, torch.zeros_like(targets))
-    weight = known.to(logits.dtype)
-    if weights is not None:
-        w_pos, w_neg = (w.to(logits.device) for w in weights)
-        weight = weight * (filled * w_pos + (1 - filled) * w_neg)
-    per = F.binary_cross_entropy_with_logits(logits, filled, weight=weight, reduction="sum")
-    return per / known.sum().clamp(min=1)
+    return masked_bce(logits, targets, None if weights is None else tuple(w.to(logits.device) for w in weights))
 
 
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor, weights=None) -> torch.Tensor:
