@@ -207,3 +207,11 @@ def test_failures_are_counted_apart_for_runs_and_later_steps(tmp_path, capsys):
     assert "runs failed" not in err and "2 of 3 defense and control steps failed" in err
     assert str(run / "control_failed.txt") in err and str(run / "defenses" / "strip" / "failed.txt") in err
     assert report_failures(tmp_path, results[:2]) == 0
+
+
+def test_sweep_key_controls_must_be_a_bool(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"base": TINY_BASE, "grid": [{"train.seed": [0]}], "controls": "maybe"}))
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
+    spec.write_text(yaml.safe_dump({"base": TINY_BASE, "grid": [{"train.seed": [0]}], "controls": False}))
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--dry-run"]) == 0

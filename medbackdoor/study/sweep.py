@@ -56,6 +56,8 @@ def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list
     unknown = sorted(set(spec) - SWEEP_KEYS)
     if unknown:
         raise UserError(f"unknown sweep key {unknown[0]} in {path}")
+    if not isinstance(spec.get("controls", True), bool):
+        raise UserError(f"sweep key controls must be true or false, got {spec['controls']!r} in {path}")
     base = _base(spec, path, overrides)
     runs = [SweepRun(run_name(point), point, _apply(base, point)) for point in expand_grid(spec.get("grid"), seeds)]
     names = [r.name for r in runs]
