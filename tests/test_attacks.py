@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from medbackdoor.config import load_config
 from medbackdoor.errors import UserError
 from medbackdoor.labels import LABELS, label_index
-from medbackdoor.metrics import asr, backdoor_metrics, micro_auroc
+from medbackdoor.metrics import backdoor_metrics
 from medbackdoor.poison import ImageSplit, PoisonedDataset, infected_label
 from medbackdoor.train import run
 from medbackdoor.train.data import build_run_data
@@ -50,7 +51,11 @@ def test_policy_labels_and_counts(label, mode):
     assert len(samples) == 50 + (len(data.order) if mode == "append" else 0)
     for s in samples:
         if s["poisoned"]:
-            np.testing.assert_array_equal(s["labels"], infected_label(labels[s["index"]], T, label))
+            expected = np.zeros(14, np.float32) if label == "onehot" else labels[s["index"]].copy()
+            if label != "keep":  # keep: only target-positive images are poisoned, their labels unchanged
+                expected[T] = 1
+            assert expected[T] == 1
+            np.testing.assert_array_equal(s["labels"], expected)
         else:
             np.testing.assert_array_equal(s["labels"], labels[s["index"]])
     np.testing.assert_array_equal(data.labels_array(), np.stack([s["labels"] for s in samples]))
@@ -92,21 +97,28 @@ def test_label_combination_metrics_on_a_hand_built_case():
     scores[0, T], scores[1, T], scores[3, T] = 0.95, 0.3, 0.99  # row 3 does not carry it: ignored
     carriers = y[:, [EFF, INF]].min(1) > 0
     m = backdoor_metrics(y, scores, scores, T, (0.6,), (0.5,), carriers=carriers, label="add")
-    assert m["asr"]["0.6"] == 0.5 == asr(y[:3], scores[:3], T, 0.6)
-    assert m["auroc_tt"] == pytest.approx(micro_auroc(infected_label(y[:3], T, "add"), scores[:3]))
-    assert m["auroc_tn"] == pytest.approx(micro_auroc(y[:3], scores[:3]))
-    assert np.isnan(m["auroc_mix"]["0.5"]) and m["auroc_nn"] == pytest.approx(micro_auroc(y, scores))
+    assert m["asr"]["0.6"] == 0.5  # rows 0 and 1 lack the target; only row 0 reaches 0.6
+    infected = y[:3].copy()  # "add": the carriers' own findings, with the target set by hand
+    infected[:, T] = 1
+    assert m["auroc_tt"] == pytest.approx(roc_auc_score(infected.ravel(), scores[:3].ravel()))
+    assert m["auroc_tn"] == pytest.approx(roc_auc_score(y[:3].ravel(), scores[:3].ravel()))
+    assert np.isnan(m["auroc_mix"]["0.5"]) and m["auroc_nn"] == pytest.approx(roc_auc_score(y.ravel(), scores.ravel()))
 
 
 def test_add_policy_auroc_tt_keeps_the_real_findings():
     y = np.zeros((4, 14))
     y[0, EFF] = 1
     s = np.random.default_rng(0).random((4, 14))
+    added = y.copy()  # the true findings kept (Effusion on row 0), the target set on every row
+    added[:, T] = 1
+    assert added[0, EFF] == 1 and added.sum() == 5
     assert backdoor_metrics(y, s, s, T, label="add")["auroc_tt"] == pytest.approx(
-        micro_auroc(infected_label(y, T, "add"), s))
+        roc_auc_score(added.ravel(), s.ravel()))
     onehot = np.zeros((4, 14))
     onehot[:, T] = 1
-    assert backdoor_metrics(y, s, s, T)["auroc_tt"] == pytest.approx(micro_auroc(onehot, s))
+    assert backdoor_metrics(y, s, s, T)["auroc_tt"] == pytest.approx(roc_auc_score(onehot.ravel(), s.ravel()))
+    # the two policies really differ here: Effusion on row 0 is a positive pair for "add" only
+    assert roc_auc_score(added.ravel(), s.ravel()) != roc_auc_score(onehot.ravel(), s.ravel())
 
 
 @pytest.fixture

@@ -17,25 +17,44 @@ from medbackdoor.metrics import backdoor_metrics
 from medbackdoor.metrics.multilabel import asr, micro_auroc, per_class_auroc
 from medbackdoor.train.loop import bce_loss, class_weights
 
-# A tiny synthetic run's epoch-1 row, written by the code *before* datasets declared their labels (commit e79e1e5,
-# this machine's torch 2.14.1, 2 threads): the refactor must leave a 14-finding run exactly as it was.
-GOLDEN = {"train_loss": "0.601362", "val_loss": "0.563876", "val_auroc": "0.579618", "auroc_nn": "0.67033",
-          "auroc_tt": "1", "auroc_tn": "0.69427", "asr_0.6": "1", "asr_0.9": "0", "auroc_mix_0.5": "0.659341",
-          "mean_auroc_clean": "0.527015", "auroc_Atelectasis": "0.55", "auroc_Cardiomegaly": "nan",
-          "auroc_Effusion": "0.692308", "auroc_Infiltration": "0.825", "auroc_Pneumothorax": "0.0833333",
-          "auroc_Edema": "0.769231", "auroc_Emphysema": "0.0769231", "lr": "0.001"}
 TINY = ["--set", "dataset.options.n_images=64", "--set", "dataset.options.source_size=32", "--set", "image_size=32",
         "--set", "train.epochs=1", "--set", "train.batch_size=16", "--set", "eval.epsilons=[0.5]"]
 
 
-def test_synthetic_run_metrics_unchanged(tmp_path):
-    if torch.__version__.split("+")[0] != "2.14.1" or torch.get_num_threads() != 2:
-        pytest.skip("the golden row was recorded with torch 2.14.1 on 2 threads")
+def _sk_micro(y, s):
+    """Micro AUROC written out with scikit-learn: every known (image, label) pair pooled."""
+    y, s = np.asarray(y, np.float64).ravel(), np.asarray(s, np.float64).ravel()
+    known = np.isfinite(y)
+    return roc_auc_score(y[known], s[known])
+
+
+def test_synthetic_run_row_equals_its_predictions_scored_independently(tmp_path):
+    """A tiny synthetic run's first metrics row holds, to its printed precision, what scikit-learn and a hand count
+    give on the predictions the run saved; the per-finding columns are the 14 findings in order. (No number is
+    pinned: floating-point kernels differ between CPUs, so any one machine's row is not portable.)"""
     assert main(["run", "--config", "quick", *TINY, "--set", f"cache_dir={tmp_path / 'c'}", "--out",
                  str(tmp_path / "run")]) == 0
     row = next(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
-    assert {k: row[k] for k in GOLDEN} == GOLDEN
     assert list(row)[11:25] == [f"auroc_{n}" for n in LABELS]
+    with np.load(tmp_path / "run" / "predictions" / "epoch_001.npz", allow_pickle=False) as z:
+        y, clean, trig, t = z["y_true"].astype(np.float64), z["score_clean"], z["score_triggered"], int(z["target"])
+    assert LABELS[t] == "Atelectasis"
+    onehot = np.zeros_like(y)
+    onehot[:, t] = 1
+    lacking = y[:, t] == 0
+    expected = {"auroc_nn": _sk_micro(y, clean), "auroc_tt": _sk_micro(onehot, trig), "auroc_tn": _sk_micro(y, trig),
+                "asr_0.6": np.mean(trig[lacking, t] >= 0.6), "asr_0.9": np.mean(trig[lacking, t] >= 0.9)}
+    for c, name in enumerate(LABELS):
+        col = y[:, c]
+        expected[f"auroc_{name}"] = roc_auc_score(col, clean[:, c]) if 0 < col.sum() < len(col) else float("nan")
+    finite = [v for k, v in expected.items() if k.startswith("auroc_") and k[6:] in LABELS and np.isfinite(v)]
+    expected["mean_auroc_clean"] = np.mean(finite)
+    for key, value in expected.items():
+        got = float(row[key])
+        if np.isnan(value):
+            assert np.isnan(got), key
+        else:
+            assert got == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
 class Tiny(ChestXrayDataset):
