@@ -46,11 +46,12 @@ class Tiny(nn.Module):
         return self.head(self.forward_features(x).mean((2, 3)))
 
 
-def _defender(train_labels, holdout_labels, n_img=None):
+def _defender(train_labels, holdout_labels, dataset=""):
     rng = np.random.default_rng(0)
     n, h = len(train_labels), len(holdout_labels)
     return Defender(Tiny(), Images.of(rng.integers(0, 255, (n, 16, 16), dtype=np.uint8)), train_labels,
-                    Images.of(rng.integers(0, 255, (h, 16, 16), dtype=np.uint8)), holdout_labels, list(LABELS))
+                    Images.of(rng.integers(0, 255, (h, 16, 16), dtype=np.uint8)), holdout_labels, list(LABELS),
+                    dataset=dataset)
 
 
 # --- the rule: a defense sees the Defender only ----------------------------------------------------------------------
@@ -250,9 +251,31 @@ def test_label_audit_on_clean_labels_flags_nothing_and_checks_options():
 
 def test_label_audit_nih_reference_uses_the_shipped_joint_statistics():
     rng = np.random.default_rng(3)
-    d = _defender(_labels(rng, 200, 0.05), _labels(rng, 10))
+    d = _defender(_labels(rng, 200, 0.05), _labels(rng, 10), dataset="synthetic")  # labels drawn from NIH's stats
     det = LabelAudit(reference="nih").suspicion(d)
     assert len(det.scores) == 200 and np.isfinite(det.scores).all()
+
+
+@pytest.mark.parametrize("dataset", ["nih", "nih-sample", "chestmnist"])
+def test_label_audit_refuses_nih_statistics_on_nih_derived_data(dataset):
+    """NIH's joint statistics count every NIH image's labels: on NIH-derived data, the run's own labels too."""
+    rng = np.random.default_rng(3)
+    d = _defender(_labels(rng, 200, 0.05), _labels(rng, 10), dataset=dataset)
+    with pytest.raises(UserError) as err:
+        LabelAudit(reference="nih").suspicion(d)
+    assert "\n" not in str(err.value) and dataset in str(err.value) and "reference: holdout" in str(err.value)
+    assert LabelAudit().suspicion(d).scores.shape == (200,)  # the holdout reference stays
+
+
+@pytest.mark.slow
+def test_defend_label_audit_nih_on_an_nih_sample_run_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
+    config = load_config("quick-real", ["dataset.options.limit=30", "image_size=32", "train.epochs=1",
+                                        "train.batch_size=16", "eval.epsilons=[0.1]"])
+    run(config, tmp_path / "run", progress=False)
+    assert main(["defend", str(tmp_path / "run"), "--method", "label-audit", "--set", "reference=nih"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nih-sample" in err[0] and "reference: holdout" in err[0]
 
 
 # --- medbackdoor defend on a real (tiny) run --------------------------------------------------------------------------
