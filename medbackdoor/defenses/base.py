@@ -3,7 +3,9 @@
 The rule: a defense sees only :class:`Defender` — the trained model, the training set *as trained* (images and
 labels, appended copies after the originals) and a small clean holdout (the run's validation split). The trigger,
 the target and which samples were poisoned live in :class:`Truth`, which the runner uses to *score* a defense and
-never passes to it.
+never passes to it. The rule holds by construction: a Defender's images are :class:`Images` of a plain uint8 array
+or memmap (the runner copies the training set as trained into one), so nothing that knows the attack can be
+reached from it.
 
 Bases by kind, each with one hook to override:
 
