@@ -376,8 +376,9 @@ class Box(Trigger):
         return m, np.ones((height, width), np.float32)
 
 
-def _mask_of(trigger, n: int = 6):
-    """The runner's true mask and its reason for ``trigger`` on a test set of ``n`` 32 px images (input stage)."""
+def _mask_of(trigger, n: int = 6, stage: str = "input", source: int = 48, triggered=None):
+    """The runner's true mask and its reason for ``trigger`` on a test set of ``n`` 32 px images. At the ``source``
+    stage the trigger is stamped on ``source`` px images and ``triggered`` are the model inputs that came of it."""
     from types import SimpleNamespace
 
     from medbackdoor.defenses.runner import _trigger_mask
@@ -385,11 +386,28 @@ def _mask_of(trigger, n: int = 6):
     from medbackdoor.triggers import image_rng
 
     clean = np.random.default_rng(0).integers(60, 200, (n, SIZE, SIZE), dtype=np.uint8)
-    triggered = np.stack([trigger(x, image_rng(0, 1, i)) for i, x in enumerate(clean)])
+    if triggered is None:
+        triggered = np.stack([trigger(x, image_rng(0, 1, i)) for i, x in enumerate(clean)])
     test = TestData(np.arange(n), np.zeros((n, C), np.float32), clean, triggered, np.ones(n, bool))
-    data = SimpleNamespace(trigger=trigger, test=test)
-    config = SimpleNamespace(image_size=SIZE, trigger=SimpleNamespace(stage="input"))
+    dataset = SimpleNamespace(read_source=lambda row: np.zeros((source, source), np.uint8))
+    data = SimpleNamespace(trigger=trigger, test=test, dataset=dataset)
+    config = SimpleNamespace(image_size=SIZE, trigger=SimpleNamespace(stage=stage))
     return _trigger_mask(data, config)
+
+
+def test_true_mask_at_the_source_stage_is_where_the_inputs_changed():
+    """Stamped on 48 px sources and resized: the mask is where the inputs changed, if the source mask is fixed."""
+    clean = np.random.default_rng(0).integers(60, 200, (6, SIZE, SIZE), dtype=np.uint8)
+    moved = clean.copy()
+    moved[:, 26:29, 27:30] = 255  # what a resize made of a corner patch on the source: a hand-placed 3×3
+    mask, reason = _mask_of(create_trigger("patch", size=4), stage="source", triggered=moved)
+    expected = np.zeros((SIZE, SIZE), bool)
+    expected[26:29, 27:30] = True
+    np.testing.assert_array_equal(mask, expected)
+    mask, reason = _mask_of(create_trigger("patch", size=4, location="random"), stage="source", triggered=moved)
+    assert mask is None and "changes from image to image" in reason
+    mask, reason = _mask_of(create_trigger("patch", size=4), stage="source", triggered=clean.copy())
+    assert mask is None and "did not survive" in reason
 
 
 def test_true_mask_only_for_a_fixed_localised_trigger():
