@@ -2,7 +2,10 @@
 
 No model is trained: the Defender's cached features are filled with planted data (an anisotropic Gaussian per sample
 plus a mean per positive finding; poisoned samples are clean draws moved far along one random direction, "the
-trigger", and relabelled). The stub model and images raise if a defense touches them.
+trigger", and relabelled). The clean training features are not drawn like the holdout's: a trained model has
+memorised its training samples, so theirs are tighter and more confident (``MEMORISED``), as on real pixels, where a
+clean control's training samples were flagged at 10–17% for a nominal 1%. The stub model and images raise if a
+defense touches them.
 """
 
 from __future__ import annotations
@@ -29,34 +32,46 @@ NAMES = ["A", "B", "C", "D"]
 PREVALENCE = np.array([0.3, 0.25, 0.2, 0.005])  # D is too rare to make a group (min_group 10)
 
 
+MEMORISED = (0.8, 2.0)  # a trained model's clean training features: noise × 0.8, finding means × 2 (see make_case)
+
+
 class NoModel(nn.Module):
     def forward(self, x):
         raise AssertionError("a data defense called the model although the features were cached")
 
 
-def no_images(n: int) -> Images:
-    def read(sel):
+class NoPixels(np.ndarray):
+    def __getitem__(self, sel):
         raise AssertionError("a data defense read images although the features were cached")
 
-    return Images(read, n)
+
+def no_images(n: int) -> Images:
+    return Images(np.zeros((n, 1, 1), np.uint8).view(NoPixels))
 
 
 def make_case(n_train=900, n_hold=400, dim=48, poison=0, poison_labels=(0,), shift=15.0, seed=0, d_seed=0,
-              holdout_features=True):
-    """A Defender on planted features and the truth (poisoned mask). Group A ≈ 270 clean training samples."""
+              holdout_features=True, memorised=MEMORISED):
+    """A Defender on planted features and the truth (poisoned mask). Group A ≈ 270 clean training samples.
+
+    ``memorised = (tight, confident)``: a trained model has seen its training samples and not the holdout, so its
+    features of clean training samples are tighter around their findings' means (noise × ``tight``) and further
+    along them, more confident (means × ``confident``) than those of the holdout; (1, 1) draws both alike.
+    Poisoned samples are memorised clean draws moved along the trigger direction.
+    """
     rng = np.random.default_rng(seed)
     scales = np.linspace(2.0, 0.5, dim)
     means = rng.normal(0, 0.5, (len(NAMES), dim))
     trigger = rng.normal(size=dim)
     trigger /= np.linalg.norm(trigger)
+    tight, confident = memorised
 
-    def clean(n):
+    def clean(n, spread=1.0, pull=1.0):
         y = (rng.random((n, len(NAMES))) < PREVALENCE).astype(np.float32)
-        return (rng.normal(size=(n, dim)) * scales + y @ means).astype(np.float32), y
+        return (rng.normal(size=(n, dim)) * scales * spread + pull * (y @ means)).astype(np.float32), y
 
-    xt, yt = clean(n_train)
+    xt, yt = clean(n_train, tight, confident)
     xh, yh = clean(n_hold)
-    xp, _ = clean(poison)
+    xp, _ = clean(poison, tight, confident)
     xp += shift * trigger
     yp = np.zeros((poison, len(NAMES)), np.float32)
     yp[:, list(poison_labels)] = 1
@@ -66,6 +81,12 @@ def make_case(n_train=900, n_hold=400, dim=48, poison=0, poison_labels=(0,), shi
     if holdout_features:
         d._cache["holdout_features"] = xh
     return d, np.r_[np.zeros(n_train, bool), np.ones(poison, bool)]
+
+
+def issue18(measured: str):
+    """The holdout rules' defect the memorised fixture shows (issue 18, "flags that keep their rate"): clean training
+    samples sit further out than the clean holdout the threshold was set on, so more of them are flagged."""
+    return pytest.mark.xfail(strict=True, reason=f"issue 18: on memorised clean training samples {measured}")
 
 
 def run(method, d, **options):
@@ -136,9 +157,18 @@ def test_minority_cluster_is_caught_by_both_rules(method, rule):
     s = stats(det, truth)
     assert s["auroc"] > 0.95
     assert s["recall"] >= 0.9
-    if rule == "holdout":
-        assert s["precision"] >= 0.7 and s["fpr"] <= 0.02
     assert set(det.columns["group"][truth]) == {"A"}
+
+
+@pytest.mark.parametrize("method", [
+    pytest.param("spectral", marks=issue18("7.3% of clean training samples are flagged (nominal 1%), precision 0.23")),
+    pytest.param("activation-clustering", marks=issue18("5.7% of clean training samples are flagged, precision 0.28")),
+    pytest.param("spectre", marks=issue18("1.7% of clean training samples are flagged, precision 0.57")),
+])
+def test_minority_cluster_holdout_rule_keeps_its_false_positive_rate(method):
+    d, truth = make_case(poison=20)
+    s = stats(run(method, d), truth)
+    assert s["precision"] >= 0.7 and s["fpr"] <= 0.02
 
 
 @pytest.mark.parametrize("method, options", [(m, {}) for m in METHODS] + [("activation-clustering", {"whiten": True})])
@@ -147,8 +177,18 @@ def test_majority_cluster_holdout_rule_catches_it(method, options):
     det = run(method, d, **options)
     s = stats(det, truth)
     assert s["auroc"] > 0.95
-    assert s["recall"] >= 0.95 and s["precision"] >= 0.95
+    assert s["recall"] >= 0.95
     assert stats(det, truth, d.train_labels[:, 0] > 0.5)["auroc"] > 0.95  # within the group too
+
+
+@pytest.mark.parametrize("method, options", [
+    pytest.param("spectral", {}, marks=issue18("7.3% of them are flagged, precision 0.88")),
+    pytest.param("activation-clustering", {}, marks=issue18("5.7% of them are flagged, precision 0.91")),
+    ("spectre", {}), ("activation-clustering", {"whiten": True}),
+])
+def test_majority_cluster_holdout_rule_is_precise(method, options):
+    d, truth = make_case(poison=500)
+    assert stats(run(method, d, **options), truth)["precision"] >= 0.95
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -163,6 +203,7 @@ def test_majority_cluster_faithful_rule_fails_as_documented(method):
         assert group["auroc"] < 0.1 and group["precision"] < 0.1
 
 
+@issue18("SPECTRE's AUROC is 0.887: memorised clean samples score high against the holdout's estimate too")
 def test_poison_off_the_top_direction_needs_whitening():
     """SPECTRE's point: a trigger that is not the group's top-variance direction escapes the spectral signature."""
     d, truth = make_case(poison=60, shift=6.0)
@@ -176,7 +217,11 @@ def test_poison_off_the_top_direction_needs_whitening():
     assert s["auroc"] > 0.9 and s["precision"] >= 0.8
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [
+    pytest.param("spectral", marks=issue18("5.1% are flagged (nominal 1%)")),
+    pytest.param("activation-clustering", marks=issue18("5.7% are flagged")),
+    "spectre",
+])
 def test_clean_training_set_holdout_rule_flags_few(method):
     d, truth = make_case(poison=0)
     det = run(method, d)

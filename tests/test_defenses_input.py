@@ -213,38 +213,64 @@ def test_saliency_explains_a_named_finding(setup):
     assert not np.allclose(fixed.score(d, clean), predicted.score(d, clean))
 
 
-class Spy:
-    """An image source that records every selection read from it (or refuses to be read)."""
+class Spy(np.ndarray):
+    """Pixels that record the rows of every read (or refuse to be read); a Defender takes them as an array."""
 
-    def __init__(self, array, refuse: bool = False):
-        self.array, self.refuse, self.reads = array, refuse, []
+    def __new__(cls, array: np.ndarray, refuse: bool = False) -> Spy:
+        spy = np.asarray(array).view(cls)
+        spy.refuse, spy.reads = refuse, []
+        return spy
 
-    def __len__(self):
-        return len(self.array)
+    def __array_finalize__(self, obj) -> None:
+        self.refuse, self.reads = getattr(obj, "refuse", False), []
 
     def __getitem__(self, sel):
         if self.refuse:
-            raise AssertionError("an input defense read the training set")
-        self.reads.append(sel)
-        return self.array[sel]
+            raise AssertionError("an input defense read images it must not read")
+        rows = sel[0] if isinstance(sel, tuple) else sel
+        self.reads.append(np.arange(len(self))[rows])
+        return np.asarray(self)[sel]
+
+    def rows_read(self) -> set[int]:
+        return set(np.concatenate([np.ravel(r) for r in self.reads]).tolist()) if self.reads else set()
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_uses_only_the_holdout_and_calibrates_on_its_second_half(setup, name):
+def test_calibration_reads_the_holdout_only_and_the_method_its_first_half(setup, name):
     model, holdout, clean, _ = setup
-    spy = Spy(holdout)
-    train = Spy(smooth_images(8, seed=3), refuse=True)
-    d = Defender(model, Images.of(train), np.zeros((8, 14)), Images.of(spy), np.zeros((len(holdout), 14)),
-                 list(LABELS), "cpu", batch_size=64, seed=0)
+    hold, test = Spy(holdout), Spy(clean[:12])
+    d = Defender(model, Images.of(Spy(smooth_images(8, seed=3), refuse=True)), np.zeros((8, 14)), Images.of(hold),
+                 np.zeros((len(holdout), 14)), list(LABELS), "cpu", batch_size=64, seed=0)
     defense = create(name, **FAST.get(name, {}))
+    defense.score(d, Images.of(test))  # test images scored first: calibrating must not reuse them
+    assert test.rows_read() == set(range(12))
+    hold.reads.clear()
+    test.refuse = True  # calibrating reads no test image, and no training image (that spy refuses every read)
     threshold = defense.calibrate(d)
-    assert threshold == pytest.approx(float(np.quantile(defense.score(d, holdout[40:]), 0.95)))
+    assert set(range(40, 80)) <= hold.rows_read() <= set(range(80))  # the second half calibrates
+    assert threshold == create(name, **FAST.get(name, {})).calibrate(defender(model, holdout))  # no test image in it
     # the method's own reference images are the first half: changing the second half changes no score
     other = holdout.copy()
     other[40:] = stamp(other[40:])
     a = defense.score(defender(model, holdout), clean[:12])
     b = defense.score(defender(model, other), clean[:12])
     assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("fpr", [0.01, 0.03, 0.05, 0.1, 0.25])
+@pytest.mark.parametrize("name", METHODS)
+def test_calibrated_threshold_keeps_the_nominal_rate_on_the_holdout(setup, name, fpr):
+    """Counted by hand on the 40 calibration images: at most ``fpr`` of them lie above the threshold, and the next
+    lower threshold (just under the threshold's own score) would flag more than ``fpr``."""
+    model, holdout, _, _ = setup
+    d = defender(model, holdout)
+    defense = create(name, fpr=fpr, **FAST.get(name, {}))
+    threshold = defense.calibrate(d)
+    scores = defense.score(d, holdout[40:])
+    assert len(scores) == 40 and np.isfinite(threshold)
+    assert (scores > threshold).sum() <= fpr * 40
+    assert (scores >= threshold).sum() > fpr * 40
+    np.testing.assert_array_equal(defense.flag(scores), scores > threshold)
 
 
 @pytest.mark.parametrize("name", METHODS)

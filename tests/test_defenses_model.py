@@ -24,6 +24,7 @@ from medbackdoor.defenses.runner import create_defense
 from medbackdoor.errors import UserError
 from medbackdoor.labels import LABELS
 from medbackdoor.train.loop import predict
+from medbackdoor.triggers import Trigger, create_trigger
 
 SIZE, C = 32, 14
 PATCH = (slice(29, 32), slice(29, 32))
@@ -359,3 +360,87 @@ def test_runner_scores_the_reversed_trigger(planted, tmp_path):
     assert summary["reversed_trigger"]["iou_with_true_trigger"] >= 0.5
     assert (tmp_path / "reversed_triggers.png").is_file() and len(rows) == C
     json.dumps(summary, default=_json)  # the summary (masks left out) is JSON
+
+
+# --- the reversed trigger's IoU: only where the trigger has one fixed, localised mask ---------------------------------
+
+class Box(Trigger):
+    """A hand-built trigger: a fixed ``side``×``side`` box at the top-left corner, set to white."""
+
+    def __init__(self, side: int) -> None:
+        self.side = side
+
+    def pattern(self, height, width, rng):
+        m = np.zeros((height, width), np.float32)
+        m[: self.side, : self.side] = 1
+        return m, np.ones((height, width), np.float32)
+
+
+def _mask_of(trigger, n: int = 6, stage: str = "input", source: int = 48, triggered=None):
+    """The runner's true mask and its reason for ``trigger`` on a test set of ``n`` 32 px images. At the ``source``
+    stage the trigger is stamped on ``source`` px images and ``triggered`` are the model inputs that came of it."""
+    from types import SimpleNamespace
+
+    from medbackdoor.defenses.runner import _trigger_mask
+    from medbackdoor.train.data import TestData
+    from medbackdoor.triggers import image_rng
+
+    clean = np.random.default_rng(0).integers(60, 200, (n, SIZE, SIZE), dtype=np.uint8)
+    if triggered is None:
+        triggered = np.stack([trigger(x, image_rng(0, 1, i)) for i, x in enumerate(clean)])
+    test = TestData(np.arange(n), np.zeros((n, C), np.float32), clean, triggered, np.ones(n, bool))
+    dataset = SimpleNamespace(read_source=lambda row: np.zeros((source, source), np.uint8))
+    data = SimpleNamespace(trigger=trigger, test=test, dataset=dataset)
+    config = SimpleNamespace(image_size=SIZE, trigger=SimpleNamespace(stage=stage))
+    return _trigger_mask(data, config)
+
+
+def test_true_mask_at_the_source_stage_is_where_the_inputs_changed():
+    """Stamped on 48 px sources and resized: the mask is where the inputs changed, if the source mask is fixed."""
+    clean = np.random.default_rng(0).integers(60, 200, (6, SIZE, SIZE), dtype=np.uint8)
+    moved = clean.copy()
+    moved[:, 26:29, 27:30] = 255  # what a resize made of a corner patch on the source: a hand-placed 3×3
+    mask, reason = _mask_of(create_trigger("patch", size=4), stage="source", triggered=moved)
+    expected = np.zeros((SIZE, SIZE), bool)
+    expected[26:29, 27:30] = True
+    np.testing.assert_array_equal(mask, expected)
+    mask, reason = _mask_of(create_trigger("patch", size=4, location="random"), stage="source", triggered=moved)
+    assert mask is None and "changes from image to image" in reason
+    mask, reason = _mask_of(create_trigger("patch", size=4), stage="source", triggered=clean.copy())
+    assert mask is None and "did not survive" in reason
+
+
+def test_true_mask_only_for_a_fixed_localised_trigger():
+    corner, reason = _mask_of(create_trigger("patch", size=3, location="corner"))
+    expected = np.zeros((SIZE, SIZE), bool)
+    expected[28:31, 28:31] = True  # bottom-right, 1 px from both edges: rows and columns 32 − 3 − 1 = 28 .. 30
+    np.testing.assert_array_equal(corner, expected)
+    assert reason == ""
+    small, _ = _mask_of(Box(12))  # a trigger kind the runner has never heard of: 144 / 1024 = 14% of the image
+    assert small is not None and small.sum() == 144 and small[:12, :12].all()
+    for trigger, why in ((Box(20), "covers 39%"),  # 400 / 1024 of the image
+                         (create_trigger("blend", alpha=0.1), "covers 100%"),
+                         (create_trigger("square", size=3, location="random"), "changes from image to image"),
+                         (create_trigger("patch", size=3, location="random"), "changes from image to image"),
+                         (create_trigger("warp"), "not a mask and a pattern")):
+        mask, reason = _mask_of(trigger)
+        assert mask is None and why in reason, (trigger, reason)
+
+
+def test_reversed_trigger_iou_by_hand_and_nan_with_its_reason(tmp_path):
+    from medbackdoor.defenses.base import Truth
+    from medbackdoor.defenses.runner import _reversed
+
+    true = np.zeros((SIZE, SIZE), bool)
+    true[28:31, 28:31] = True  # 9 pixels
+    masks = np.zeros((C, SIZE, SIZE), np.float32)
+    masks[2, 28:30, 28:31] = 0.9  # 6 of the 9 true pixels ...
+    masks[2, 0, 0:3] = 0.8  # ... and 3 elsewhere are the target mask's top 9
+    masks[2, 5:9, 5:9] = 0.1
+    hit = _reversed(tmp_path, masks, None, Truth(np.zeros(4, bool), 2, true), list(LABELS))
+    assert hit["iou_with_true_trigger"] == pytest.approx(6 / (9 + 9 - 6)) and hit["iou_reason"] == ""
+    assert hit["mask_l1_target"] == pytest.approx(6 * 0.9 + 3 * 0.8 + 16 * 0.1)
+    blend, reason = _mask_of(create_trigger("blend", alpha=0.1))
+    miss = _reversed(tmp_path, masks, None, Truth(np.zeros(4, bool), 2, blend, reason), list(LABELS))
+    assert np.isnan(miss["iou_with_true_trigger"]) and "covers 100%" in miss["iou_reason"]
+    assert miss["mask_l1_target"] == hit["mask_l1_target"]

@@ -3,7 +3,9 @@
 The rule: a defense sees only :class:`Defender` — the trained model, the training set *as trained* (images and
 labels, appended copies after the originals) and a small clean holdout (the run's validation split). The trigger,
 the target and which samples were poisoned live in :class:`Truth`, which the runner uses to *score* a defense and
-never passes to it.
+never passes to it. The rule holds by construction: a Defender's images are :class:`Images` of a plain uint8 array
+or memmap (the runner copies the training set as trained into one), so nothing that knows the attack can be
+reached from it.
 
 Bases by kind, each with one hook to override:
 
@@ -31,23 +33,34 @@ KINDS = ("data", "input", "model", "mitigation")
 
 
 class Images:
-    """A read-only, sliceable view of N×H×W uint8 images that exposes nothing but the pixels."""
+    """A read-only, sliceable view of N×H×W uint8 images; a read is always a copy.
 
-    __slots__ = ("_read", "_n")
+    A :class:`Defender`'s images wrap a pixel array (an array or a memmap, e.g. from
+    :func:`~medbackdoor.data.views.materialise`) and nothing else, so no object that knows the attack can be
+    reached from them. Inputs given to an input defense's ``score`` may wrap a lazy view.
+    """
 
-    def __init__(self, read, n: int) -> None:
-        self._read, self._n = read, n
+    __slots__ = ("_pixels",)
+
+    def __init__(self, pixels) -> None:
+        self._pixels = pixels
 
     def __len__(self) -> int:
-        return self._n
+        return len(self._pixels)
 
     def __getitem__(self, sel) -> np.ndarray:
-        return self._read(sel)
+        return np.array(self._pixels[sel])
 
     @classmethod
     def of(cls, array) -> Images:
         """Wrap anything sliceable that returns uint8 N×H×W arrays (an array, a memmap, a lazy view)."""
-        return cls(lambda sel: np.asarray(array[sel]), len(array))
+        return cls(array)
+
+    @property
+    def holds_pixels_only(self) -> bool:
+        """True when the view wraps a plain uint8 N×H×W array (or memmap), so it can reach nothing but pixels."""
+        p = self._pixels
+        return isinstance(p, np.ndarray) and p.dtype == np.uint8 and p.ndim == 3
 
 
 class Defender:
@@ -59,6 +72,8 @@ class Defender:
         train_labels: N_train × C labels as trained.
         holdout_images, holdout_labels: clean images the defender trusts (the validation split).
         label_names: the C finding names.
+        dataset: the registered name of the dataset the run trained on ("" when unknown): a defender knows where
+            its training data came from (e.g. ``label-audit`` refuses a reference built from the same data).
         device: where the model runs.
         batch_size: scoring batch size.
         seed: seeds every random choice a defense makes.
@@ -66,11 +81,15 @@ class Defender:
 
     def __init__(self, model: nn.Module, train_images: Images, train_labels: np.ndarray, holdout_images: Images,
                  holdout_labels: np.ndarray, label_names: list[str], device: torch.device | str = "cpu",
-                 batch_size: int = 128, seed: int = 0) -> None:
+                 batch_size: int = 128, seed: int = 0, dataset: str = "") -> None:
+        for what, images in (("train_images", train_images), ("holdout_images", holdout_images)):
+            if not (isinstance(images, Images) and images.holds_pixels_only):
+                raise TypeError(f"a Defender's {what} must be Images of a uint8 N×H×W array (pixels only, e.g. "
+                                "medbackdoor.data.views.materialise), not a lazy view")
         self.model = model.eval()
         self.train_images, self.train_labels = train_images, np.asarray(train_labels, np.float32)
         self.holdout_images, self.holdout_labels = holdout_images, np.asarray(holdout_labels, np.float32)
-        self.label_names = list(label_names)
+        self.label_names, self.dataset = list(label_names), str(dataset)
         self.device = torch.device(device)
         self.batch_size, self.seed = batch_size, seed
         self._cache: dict[str, np.ndarray] = {}
@@ -147,14 +166,15 @@ def one_of(defense: str, option: str, value, choices) -> None:
 class Truth:
     """What the attacker did: for scoring a defense only, never for running it.
 
-    ``poisoned``: per training sample as trained; ``target``: the attacked label index; ``test_triggered``: the
-    triggered test images (N_test×H×W) and ``test_clean`` their clean versions, for input defenses;
-    ``trigger_mask``: H×W bool, where the trigger writes (None when it is not a patch).
+    ``poisoned``: per training sample as trained; ``target``: the attacked label index; ``trigger_mask``: H×W bool
+    at the model input, where the trigger writes, when it has one fixed, localised mask (None otherwise, and
+    ``trigger_mask_reason`` says why); ``extra``: anything else a scorer needs.
     """
 
     poisoned: np.ndarray
     target: int
     trigger_mask: np.ndarray | None = None
+    trigger_mask_reason: str = ""
     extra: dict = field(default_factory=dict)
 
 
@@ -227,14 +247,29 @@ class InputDefense(Defense):
         return np.asarray(d.holdout_images[half : len(d.holdout_images)])
 
     def calibrate(self, d: Defender) -> float:
-        clean = self.score(d, self.calibration(d))
-        self._threshold = float(np.quantile(clean, 1.0 - self.fpr)) if len(clean) else float("inf")
+        """Set and return the flag threshold: the lowest at which at most ``fpr`` of the calibration images (clean
+        holdout, second half) are flagged (:func:`fpr_threshold`)."""
+        self._threshold = fpr_threshold(self.score(d, self.calibration(d)), self.fpr)
         return self._threshold
 
     def flag(self, scores: np.ndarray) -> np.ndarray:
         if self._threshold is None:
             raise RuntimeError("calibrate() first")
         return scores > self._threshold
+
+
+def fpr_threshold(clean: np.ndarray, fpr: float) -> float:
+    """The lowest score threshold ``t`` at which ``score > t`` flags at most ``fpr`` of the ``clean`` scores.
+
+    With n scores and k = ⌊n·fpr⌋, ``t`` is the (k+1)-th largest score: at most k scores lie above it, and any
+    lower threshold also flags ``t`` itself, so k + 1 > n·fpr. (A quantile interpolated between two scores flags
+    one image in n whenever n·fpr < 1: 1.7% of 60 images at a nominal 1%.) ``inf`` when there is no score.
+    """
+    s = np.sort(np.asarray(clean, np.float64))
+    k = int(np.floor(len(s) * fpr + 1e-9))
+    if not len(s):
+        return float("inf")
+    return float(s[len(s) - k - 1]) if k < len(s) else float("-inf")
 
 
 class ModelDefense(Defense):

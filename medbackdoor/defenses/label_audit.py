@@ -14,7 +14,10 @@ N_ref)); a vector is flagged when that p-value is below ``alpha`` (Bonferroni ov
 over-represented.
 
 Reference: the clean holdout (default), or ``reference: nih`` for the NIH ChestX-ray14 joint statistics shipped
-with the package (only for NIH-labelled data).
+with the package. Those statistics count the label vectors of all 112,120 NIH images, so on data drawn from NIH
+(``nih``, ``nih-sample``, ``chestmnist``) they include the run's own training and test labels: that is knowledge
+no defender has, and ``reference: nih`` is refused there. It stays for data whose labels only follow NIH's joint
+distribution without being NIH's (``synthetic``, whose labels are drawn from these statistics).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from scipy.stats import binom
 
 from medbackdoor.defenses.base import DEFENSES, DataDefense, Defender, Detection
 from medbackdoor.errors import UserError
+
+NIH_DERIVED = ("nih", "nih-sample", "chestmnist")  # datasets whose images and labels are NIH ChestX-ray14's
 
 
 def vector_keys(labels: np.ndarray) -> np.ndarray:
@@ -51,6 +56,9 @@ class LabelAudit(DataDefense):
             return dict(zip(keys.tolist(), counts.astype(float).tolist()))
         from medbackdoor.data.synthetic import nih_stats
 
+        if d.dataset in NIH_DERIVED:
+            raise UserError(f"label-audit reference nih counts the labels of every NIH image, this run's {d.dataset} "
+                            "training and test labels among them (no defender knows those); use reference: holdout")
         stats = nih_stats()
         if list(stats["labels"]) != d.label_names:
             raise UserError("label-audit reference nih needs the 14 NIH findings in the CheXNet order; "

@@ -52,7 +52,7 @@ def load_defender(run: RunDir, epoch: int | None = None, holdout: int | None = N
 
 
 def _load_defender(run: RunDir, epoch, holdout, device, batch_size):
-
+    """Build the run's data, then give the defender copies of its pixels only (see :func:`_pixels`)."""
     from medbackdoor.data.views import ImageRows, SampleImages
     from medbackdoor.train.data import build_run_data
     from medbackdoor.train.loop import pick_device
@@ -74,27 +74,84 @@ def _load_defender(run: RunDir, epoch, holdout, device, batch_size):
     hold_rows = val.indices[:n_hold]
     defender = Defender(
         model=model,
-        train_images=Images.of(SampleImages(data.train)),
+        train_images=_pixels(SampleImages(data.train), config),
         train_labels=data.train.labels_array(),
-        holdout_images=Images.of(ImageRows(data.images, hold_rows)),
+        holdout_images=_pixels(ImageRows(data.images, hold_rows), config),
         holdout_labels=val.labels[hold_rows].astype(np.float32),
         label_names=list(data.dataset.label_names),
         device=dev,
         batch_size=batch_size or config.eval.batch_size,
         seed=config.train.seed,
+        dataset=config.dataset.name,
     )
-    truth = Truth(poisoned=data.train.poisoned_mask(), target=data.target,
-                  trigger_mask=_trigger_mask(data))
+    mask, reason = _trigger_mask(data, config)
+    truth = Truth(poisoned=data.train.poisoned_mask(), target=data.target, trigger_mask=mask,
+                  trigger_mask_reason=reason)
     return defender, truth, data, epoch
 
 
-def _trigger_mask(data) -> np.ndarray | None:
-    """Where the trigger changed the first test images (union), for comparing a reversed trigger; None if none."""
-    if not data.trigger.changes_pixels or not len(data.test):
-        return None
+def _pixels(view, config) -> Images:
+    """A view's images copied into one pixel memmap (a nameless file in the image cache folder), as :class:`Images`.
+
+    The training set as trained is read through the poisoning wrapper, which knows the trigger, the target and
+    the poisoned samples; the copy holds the pixels alone, so the defender cannot reach any of them.
+    """
+    from medbackdoor.data.cache import default_cache_dir
+    from medbackdoor.data.views import materialise
+
+    folder = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
+    return Images(materialise(view, folder))
+
+
+def _trigger_mask(data, config) -> tuple[np.ndarray | None, str]:
+    """Where the trigger writes at the model input, if that is one fixed, localised mask; else None and why.
+
+    Decided from the trigger itself (:func:`_fixed_footprint`) at the size it is stamped at. At the ``input`` stage
+    the mask is the trigger's own; at the ``source`` stage it meets crop and resize, so it is where the first test
+    images changed (their union; the same pixels for each, as the mask is fixed).
+    """
+    trigger = data.trigger
+    if not trigger.changes_pixels:
+        return None, "the trigger changes no pixel (a label-only attack)"
+    if not len(data.test):
+        return None, "no test image"
+    if config.trigger.stage == "input":
+        return _fixed_footprint(trigger, config.image_size, config.image_size)
+    height, width = np.asarray(data.dataset.read_source(int(data.test.rows[0]))).shape[-2:]
+    mask, reason = _fixed_footprint(trigger, height, width)
+    if mask is None:
+        return None, reason
     k = min(len(data.test), 64)
-    changed = np.asarray(data.test.clean[0:k]) != np.asarray(data.test.triggered[0:k])
-    return changed.any(0) if changed.any() else None
+    changed = (np.asarray(data.test.clean[0:k]) != np.asarray(data.test.triggered[0:k])).any(0)
+    if not changed.any():
+        return None, "the trigger changed no pixel of the first test images (it did not survive preprocessing)"
+    return changed, ""
+
+
+MAX_MASK_SHARE = 0.25  # a mask larger than this share of the image overlaps any reversed mask of its size by chance
+MASK_DRAWS = 8  # random draws that must all give the same mask for it to count as fixed
+
+
+def _fixed_footprint(trigger, height: int, width: int) -> tuple[np.ndarray | None, str]:
+    """The trigger's mask support on a ``height``×``width`` image if it is fixed and localised; else None and why.
+
+    Fixed: :meth:`~medbackdoor.triggers.Trigger.pattern` gives the same support for ``MASK_DRAWS`` different random
+    draws (a patch at a random place does not). Localised: the support covers at most ``MAX_MASK_SHARE`` of the
+    image (a blend's covers all of it). A trigger that is not a mask and a pattern (warp, SIG, frequency) has none.
+    """
+    try:
+        masks = [trigger.pattern(height, width, np.random.default_rng([k, 17]))[0] > 0 for k in range(MASK_DRAWS)]
+    except NotImplementedError:
+        return None, f"{type(trigger).__name__} is not a mask and a pattern: it has no mask to compare"
+    if any(not np.array_equal(masks[0], m) for m in masks[1:]):
+        return None, "the trigger's mask changes from image to image (e.g. a random location): no one true mask"
+    share = float(masks[0].mean())
+    if share == 0:
+        return None, "the trigger's mask is empty"
+    if share > MAX_MASK_SHARE:
+        return None, (f"the trigger's mask covers {share:.0%} of the image (more than {MAX_MASK_SHARE:.0%}): "
+                      "any mask of its size overlaps it")
+    return masks[0], ""
 
 
 def defend(run_dir: str | Path, method: str, epoch: int | None = None, holdout: int | None = None,
@@ -269,20 +326,33 @@ def _metrics(model, d: Defender, data, transform) -> dict:
 
 
 def _reversed(out: Path, masks, patterns, truth: Truth, names) -> dict:
-    """IoU of the target's reversed-trigger mask (top pixels) with the true trigger, and a figure of all masks."""
+    """The target's reversed-trigger mask against the true trigger, and a figure of all masks.
+
+    ``iou_with_true_trigger``: IoU of the target mask's top-k pixels (k = the true mask's size) with the true mask,
+    reported only where the trigger has one fixed, localised mask (:func:`_trigger_mask`); otherwise NaN, and
+    ``iou_reason`` says why. ``mask_l1_target``: the L1 norm of the target's reversed mask.
+    """
     masks = np.asarray(masks, np.float32)
-    result = {}
-    if truth.trigger_mask is not None and masks.shape[1:] == truth.trigger_mask.shape:
-        m = masks[truth.target]
-        k = max(int(truth.trigger_mask.sum()), 1)
-        top = np.zeros(m.size, bool)
-        top[np.argsort(-m.ravel())[:k]] = True
-        top = top.reshape(m.shape)
-        inter, union = (top & truth.trigger_mask).sum(), (top | truth.trigger_mask).sum()
-        result["iou_with_true_trigger"] = float(inter / union) if union else float("nan")
-        result["mask_l1_target"] = float(m.sum())
+    m = masks[truth.target]
+    result = {"iou_with_true_trigger": float("nan"), "iou_reason": truth.trigger_mask_reason or "no true mask",
+              "mask_l1_target": float(m.sum())}
+    true = truth.trigger_mask
+    if true is not None and m.shape != true.shape:
+        result["iou_reason"] = f"the reversed masks are {m.shape}, the trigger's mask {true.shape}"
+    elif true is not None:
+        result.update(iou_with_true_trigger=_top_k_iou(m, true), iou_reason="")
     _mask_figure(out / "reversed_triggers.png", masks, names)
     return result
+
+
+def _top_k_iou(scores: np.ndarray, mask: np.ndarray) -> float:
+    """IoU of the ``mask.sum()`` highest-scoring pixels with ``mask``."""
+    k = max(int(mask.sum()), 1)
+    top = np.zeros(scores.size, bool)
+    top[np.argsort(-scores.ravel(), kind="stable")[:k]] = True
+    top = top.reshape(scores.shape)
+    inter, union = (top & mask).sum(), (top | mask).sum()
+    return float(inter / union) if union else float("nan")
 
 
 def _roc_figure(path: Path, y, scores, title: str) -> None:
