@@ -7,7 +7,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from medbackdoor.config import check_value
+from medbackdoor._values import check_value
 from medbackdoor.errors import UserError
 
 T = TypeVar("T")
@@ -45,7 +45,7 @@ class Registry(Generic[T]):
         """Build ``name`` from user options, refusing an unknown option or one of the wrong type in one line.
 
         Options are checked against the constructor's parameters, and their values against its annotations with
-        the same rules as config keys (:func:`medbackdoor.config.check_value`).
+        the same rules as config keys (:func:`medbackdoor._values.check_value`).
         """
 
         factory = self.get(name)

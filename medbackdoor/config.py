@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from medbackdoor._values import check_value, flatten  # noqa: F401 - part of this module's API
 from medbackdoor.errors import UserError
 
 
@@ -115,49 +115,6 @@ class RunConfig:
 # not depend on how many epochs follow).
 NEUTRAL_KEYS = frozenset({"train.workers", "train.device", "cache_dir", "eval.batch_size", "train.keep_checkpoints",
                           "train.backend", "train.log"})
-
-
-def check_value(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against a type hint (ints are accepted for floats); the checked value.
-
-    Args:
-        where: what the value is, for the message: ``config key train.lr`` or ``trigger blend option alpha``.
-
-    Raises:
-        UserError: one line, ``<where> must be ...``.
-    """
-    origin = typing.get_origin(hint)
-    if hint is None or hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return check_value(value, arg, where)
-            except UserError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise UserError(f"{where} must be a list, got {value!r}")
-        (item,) = typing.get_args(hint)
-        return [check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"{where} must be a mapping, got {value!r}")
-        return dict(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is bool and not isinstance(value, bool):
-        raise UserError(f"{where} must be true or false, got {value!r}")
-    if hint in (int, float) and isinstance(value, bool):
-        raise UserError(f"{where} must be a number, got {value!r}")
-    if not isinstance(value, hint):
-        raise UserError(f"{where} must be of type {hint.__name__}, got {value!r}")
-    return value
 
 
 def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
@@ -283,17 +240,6 @@ def validate(config: RunConfig) -> None:
     for name in config.train.log:
         if name not in LOGGERS.names():
             raise UserError(f"train.log: unknown logger {name!r} (known: {', '.join(LOGGERS.names())})")
-
-
-def flatten(data: dict, prefix: str = "") -> dict:
-    """A nested config dict as ``{dotted.key: value}`` (empty sections and mappings kept as values)."""
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def config_diff(a: RunConfig, b: RunConfig, ignore: frozenset[str] | set[str] = NEUTRAL_KEYS) -> str | None:

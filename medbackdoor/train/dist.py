@@ -99,6 +99,13 @@ class Dist:
 SINGLE = Dist()  # the plain single-process run
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device when there is one, else the CPU; any other name as torch reads it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def from_env() -> tuple[int, int, int]:
     """``(world, rank, local_rank)`` from the variables ``torchrun`` sets ((1, 0, 0) without them)."""
     try:
@@ -116,8 +123,6 @@ def setup(device_name: str = "auto", backend: str = "auto") -> tuple[Dist, torch
     Returns ``(Dist(), device)`` for a single process. Under ``torchrun`` with CUDA each rank takes the GPU
     ``LOCAL_RANK``; the backend is NCCL on CUDA and gloo on the CPU unless ``backend`` names one.
     """
-    from medbackdoor.train.loop import pick_device
-
     world, rank, local = from_env()
     device = pick_device(device_name)
     if world <= 1:

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from medbackdoor._registry import Registry
+from medbackdoor._values import flatten
 from medbackdoor.errors import UserError
 
 LOGGERS = Registry("logger")
@@ -56,8 +57,6 @@ class TensorBoardLogger(Logger):
                             "pip install 'medbackdoor[tensorboard]'") from None
         self.writer = SummaryWriter(log_dir=str(folder / "tensorboard"))
         if config is not None:
-            from medbackdoor.config import flatten
-
             text = "\n".join(f"    {k}: {v}" for k, v in flatten(config.to_dict()).items())
             self.writer.add_text("config", text, 0)
 

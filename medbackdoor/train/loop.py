@@ -13,13 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from medbackdoor.train.dist import SINGLE, Dist
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from medbackdoor.train.dist import SINGLE, Dist, pick_device  # noqa: F401 - pick_device is used from here too
 
 
 def autocast(device: torch.device, enabled: bool):
