@@ -167,9 +167,16 @@ def test_a_local_run_gets_this_machines_cpus_by_default():
 def local_ray():
     """One local Ray for the Ray tests (its start takes seconds); executors made meanwhile join it."""
     pytest.importorskip("ray")
+    saved = os.environ.get("PYTHONPATH")
+    # Ray's workers import this module's task functions: put tests/ on their path (they inherit this environment)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), saved) if p)
     ex = create_executor("ray")
     yield ex
     ex.close()
+    if saved is None:
+        os.environ.pop("PYTHONPATH")
+    else:
+        os.environ["PYTHONPATH"] = saved
 
 
 @pytest.mark.slow
