@@ -6,7 +6,7 @@ itself dies (killed, out of memory, a lost Ray node) the executor yields a ``fai
 instead, so one bad run never stops the sweep. The sweep logic (folders, skip and resume, failure records, the
 defense step, the report) is the same whichever executor runs the tasks.
 
-* ``local``: one spawned process per task on this machine, at most ``jobs`` at a time.
+* ``local``: ``jobs`` spawned worker processes on this machine, one task at a time each.
 * ``ray``: one Ray task per run with ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs, on the cluster at
   ``address`` (``auto`` joins the one started by ``ray start`` on this node) or on a local Ray started for the
   sweep and shut down after it. Ray is an optional extra: ``pip install 'medbackdoor[ray]'``. Workers import
@@ -16,6 +16,7 @@ defense step, the report) is the same whichever executor runs the tasks.
 Both give a run the torch thread count of :func:`threads_per_run` (CPU results depend on it), and both watch a
 task's heartbeat file (``RUN/heartbeat``, touched by the training loop every few seconds of progress): a task
 whose heartbeat stops for ``stall_timeout`` seconds is killed and reported failed, and the other tasks go on.
+Tasks given no heartbeat (a sweep's control scorings and defenses) are not watched.
 
 New executors register with :data:`EXECUTORS` (a class with ``map``); nothing here schedules by itself.
 """
@@ -26,10 +27,8 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from medbackdoor._registry import Registry
@@ -125,44 +124,76 @@ def beating(fn: Callable, heartbeat: str | Path | None, *args):
     return fn(*args)
 
 
-def _child(conn: Connection, fn: Callable, heartbeat: str | Path | None, args: tuple) -> None:
-    """A local worker process: one task, its result sent back over ``conn``."""
-    try:
-        result = beating(fn, heartbeat, *args)
-    except BaseException as exc:  # noqa: BLE001 - fn should never raise; if it does, the task failed
-        result = crashed(exc)
-    conn.send(result)
+def _worker(conn: Connection) -> None:
+    """A local worker process: runs the tasks sent over ``conn`` one after another, each result sent back; None
+    ends it."""
+    while (task := conn.recv()) is not None:
+        fn, heartbeat, args = task
+        try:
+            result = beating(fn, heartbeat, *args)
+        except BaseException as exc:  # noqa: BLE001 - fn should never raise; if it does, the task failed
+            result = crashed(exc)
+        conn.send(result)
     conn.close()
 
 
-@dataclass
-class _Running:
-    process: BaseProcess
-    conn: Connection
-    watch: Watch
+class _Worker:
+    """One spawned process of the local executor and the task it runs (``index`` None: idle)."""
+
+    def __init__(self) -> None:
+        ctx = get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        # not a daemon: a run may start its own processes (DataLoader workers, the cache builder's pool)
+        self.process = ctx.Process(target=_worker, args=(child,))
+        self.process.start()
+        child.close()
+        self.index: int | None = None
+        self.watch: Watch | None = None
+
+    def submit(self, index: int, fn: Callable, heartbeat: str | Path | None, args: tuple, timeout: float) -> None:
+        self.index, self.watch = index, Watch(heartbeat, timeout)
+        self.conn.send((fn, heartbeat, args))
+
+    def done(self) -> bool:
+        return self.conn.poll() or not self.process.is_alive()
 
     def result(self) -> dict:
-        """The task's answer, or a ``failed`` status when its process died without one."""
+        """The task's answer (the worker is idle again), or a ``failed`` status when the process died."""
+        self.index = None
         try:
-            answer = self.conn.recv()
+            return self.conn.recv()
         except (EOFError, OSError):
             self.process.join()
-            answer = crashed(ChildProcessError(f"the worker process exited with code {self.process.exitcode}"))
-        self.process.join()
-        self.conn.close()
-        return answer
+            return crashed(ChildProcessError(f"the worker process exited with code {self.process.exitcode}"))
 
     def kill(self) -> None:
+        """Kill the process (its task stalled); the worker is gone, its task no longer running."""
+        self.index = None
         self.process.kill()
         self.process.join()
+        self.conn.close()
+
+    def stop(self, grace: float = 0.0) -> None:
+        """End the process: asked to when idle, else killed after ``grace`` seconds (a run interrupted by Ctrl-C
+        records itself as interrupted meanwhile)."""
+        if self.index is None and self.process.is_alive():
+            try:
+                self.conn.send(None)
+            except OSError:  # the pipe is already closed
+                pass
+        self.process.join(grace if self.index is not None else 10.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
         self.conn.close()
 
 
 @EXECUTORS.register("local")
 class LocalExecutor(Executor):
-    """One spawned process per task on this machine, at most ``jobs`` at a time (``--jobs N``).
+    """``jobs`` spawned worker processes on this machine (``--jobs N``), each running one task at a time.
 
-    A process per task (not a pool) so that a dead or stalled task is killed alone: the others go on.
+    A worker that dies, or whose task stalls (and is killed), fails that task alone: a fresh worker takes the
+    next one.
     """
 
     def __init__(self, jobs: int = 1, stall_timeout: float = STALL_TIMEOUT) -> None:
@@ -175,31 +206,28 @@ class LocalExecutor(Executor):
     def map(self, fn: Callable, tasks: Sequence[tuple], heartbeats: Sequence[str | Path | None] | None = None
             ) -> Iterator[tuple[int, object]]:
         heartbeats = list(heartbeats) if heartbeats is not None else [None] * len(tasks)
-        waiting, running = list(range(len(tasks))), {}
+        waiting, workers = list(range(len(tasks))), []
         try:
-            while waiting or running:
-                while waiting and len(running) < self.jobs:
-                    i = waiting.pop(0)
-                    running[i] = self._start(fn, tasks[i], heartbeats[i])
-                wait([r.conn for r in running.values()] + [r.process.sentinel for r in running.values()], POLL)
-                for i in [i for i, r in running.items() if r.conn.poll() or not r.process.is_alive()]:
-                    yield i, running.pop(i).result()
-                for i in [i for i, r in running.items() if r.watch.stalled()]:
-                    task = running.pop(i)
-                    task.kill()
-                    yield i, task.watch.result()
-        finally:  # the sweep was interrupted: stop what is still running
-            for task in running.values():
-                task.kill()
-
-    def _start(self, fn: Callable, args: tuple, heartbeat: str | Path | None) -> _Running:
-        ctx = get_context("spawn")
-        recv, send = ctx.Pipe(duplex=False)
-        # not a daemon: a run may start its own processes (DataLoader workers, the cache builder's pool)
-        process = ctx.Process(target=_child, args=(send, fn, heartbeat, (*args, self.threads)))
-        process.start()
-        send.close()
-        return _Running(process, recv, Watch(heartbeat, self.stall_timeout))
+            while waiting or any(w.index is not None for w in workers):
+                workers = [w for w in workers if w.process.is_alive() or w.index is not None]
+                while waiting and len(workers) < self.jobs:
+                    workers.append(_Worker())
+                for w in workers:
+                    if waiting and w.index is None:
+                        i = waiting.pop(0)
+                        w.submit(i, fn, heartbeats[i], (*tasks[i], self.threads), self.stall_timeout)
+                busy = [w for w in workers if w.index is not None]
+                wait([w.conn for w in busy] + [w.process.sentinel for w in busy], POLL)
+                for w in [w for w in busy if w.done()]:
+                    i = w.index
+                    yield i, w.result()
+                for w in [w for w in busy if w.index is not None and w.watch.stalled()]:
+                    i, result = w.index, w.watch.result()
+                    w.kill()
+                    yield i, result
+        finally:
+            for w in workers:
+                w.stop(grace=2.0)
 
     def describe(self) -> dict:
         return {"executor": "local", "jobs": self.jobs, "threads_per_run": self.threads,
