@@ -8,6 +8,7 @@ Layout::
     RUN/predictions/epoch_NNN.npz    scores in the ``medbackdoor metrics`` format
     RUN/checkpoints/epoch_NNN.pt     model, optimizer, scheduler and RNG state
     RUN/explain/                     written by ``medbackdoor explain``
+    RUN/heartbeat                    touched every few seconds of training or scoring (its mtime is progress)
 
 This module is the only place that knows these names. Every file is written atomically.
 """
@@ -53,6 +54,11 @@ class RunDir:
     @property
     def manifest_path(self) -> Path:
         return self.path / "manifest.json"
+
+    @property
+    def heartbeat_path(self) -> Path:
+        """Touched by the training loop every few seconds of progress; a sweep stops a run whose file goes quiet."""
+        return self.path / "heartbeat"
 
     @property
     def explain_dir(self) -> Path:
@@ -162,7 +168,7 @@ class RunDir:
 
     def clear(self) -> None:
         """Remove everything a run wrote (``--force``)."""
-        for path in (self.metrics_path, self.manifest_path, self.config_path):
+        for path in (self.metrics_path, self.manifest_path, self.config_path, self.heartbeat_path):
             path.unlink(missing_ok=True)
         for name in ("predictions", "checkpoints", "explain"):
             shutil.rmtree(self.path / name, ignore_errors=True)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from medbackdoor.errors import UserError
+from medbackdoor.study.executors import STALL_TIMEOUT
 from medbackdoor.study.sweep import builtin_sweeps
 
 
@@ -26,13 +27,18 @@ def add_parser(sub) -> None:
 
 def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="sweep folder (runs go to OUT/runs/<name>)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (local executor)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time, each in its own process; each gets this machine's CPUs / JOBS threads")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="where runs execute: local worker processes, or one Ray task per run")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join (auto, ray://HOST:10001, HOST:6379); default: start a local Ray")
-    p.add_argument("--cpus-per-run", type=float, default=None, help="Ray: CPUs per run, also its threads (1)")
+    p.add_argument("--cpus-per-run", type=float, default=None,
+                   help="Ray: CPUs per run, also its threads (default: this machine's CPUs / --jobs, as locally)")
     p.add_argument("--gpus-per-run", type=float, default=0, help="Ray: GPUs per run (0: CPU; 0.5 shares a GPU)")
+    p.add_argument("--stall-timeout", type=float, default=STALL_TIMEOUT, metavar="S",
+                   help=f"stop a run (recorded failed) whose heartbeat shows no progress for S s ({STALL_TIMEOUT:g}; "
+                   "0: never)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="replace the grid's seeds")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of every run, e.g. dataset.root=/data/nih")
@@ -47,7 +53,8 @@ def _run(args: argparse.Namespace, sweep: str) -> list[dict]:
         executor = None
     else:
         load_sweep(sweep, args.seeds, args.overrides)  # a bad sweep fails before a cluster is started or joined
-        executor = create_executor(args.executor, args.jobs, args.address, args.cpus_per_run, args.gpus_per_run)
+        executor = create_executor(args.executor, args.jobs, args.address, args.cpus_per_run, args.gpus_per_run,
+                                   args.stall_timeout)
     try:
         results = run_sweep(sweep, args.out, args.jobs, args.dry_run, args.seeds, overrides=args.overrides,
                             executor=executor)

@@ -216,7 +216,8 @@ def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = 
         write_text(out / "sweep.yaml", yaml.safe_dump({**spec, "runs": [r.name for r in runs]}, sort_keys=False))
         results = []
         tasks = [(r.data, str(out / r.folder)) for r in runs]
-        for done, (i, status) in enumerate(executor.map(_run_one, tasks), 1):
+        heartbeats = [RunDir(out / r.folder).heartbeat_path for r in runs]  # a run that stops beating is stopped
+        for done, (i, status) in enumerate(executor.map(_run_one, tasks, heartbeats), 1):
             r = runs[i]
             result = {"name": r.name, "folder": str(out / r.folder), **_settle(status, out / r.folder, r.data)}
             results.append(result)
@@ -239,7 +240,8 @@ def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = 
 
 
 def _settle(status: dict, folder: Path, data: dict) -> dict:
-    """A task's status; a worker that died before answering is recorded in the run's manifest as failed."""
+    """A task's status; a worker that died (or was stopped for no progress) before answering is recorded in the
+    run's manifest as failed."""
     status = dict(status)
     trace = status.pop("traceback", None)
     if trace is not None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -177,6 +179,24 @@ def augment(x: torch.Tensor, generator: torch.Generator, max_degrees: float = 5.
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
+class Heartbeat:
+    """Called once per batch; touches ``path`` when ``every`` seconds have passed since its last touch.
+
+    The file's modification time shows a watcher (a sweep's executor) that the run still makes progress: it moves
+    with batches, not with the clock, so a run stuck inside a batch stops touching it. ``path`` None: nothing.
+    """
+
+    def __init__(self, path: str | Path | None, every: float = 5.0) -> None:
+        self.path, self.every = (None if path is None else Path(path)), every
+        self.last = -math.inf
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if self.path is not None and now - self.last >= self.every:
+            self.path.touch()
+            self.last = now
+
+
 def make_loader(dataset, batch_size: int, sampler, device: torch.device, workers: int = 0) -> DataLoader:
     """The training loader, built once per run: ``sampler`` (an :class:`~medbackdoor.train.dist.EpochSampler`)
     is re-seeded every epoch, so worker processes persist across epochs; pinned memory and prefetch on CUDA.
@@ -191,12 +211,12 @@ def make_loader(dataset, batch_size: int, sampler, device: torch.device, workers
 
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer, device, *, epoch: int, amp: bool = True,
                 weights=None, do_augment: bool = False, progress=None, channels_last: bool | None = None,
-                dist: Dist = SINGLE, graph: GraphedStep | None = None) -> float:
+                dist: Dist = SINGLE, graph: GraphedStep | None = None, heartbeat: Heartbeat | None = None) -> float:
     """Train one epoch; the sample order and augmentation depend only on (seed, epoch, rank).
 
     ``loader`` comes from :func:`make_loader`. Returns the mean loss over every image of every rank. With
     ``graph`` (a :class:`GraphedStep` over the same model and optimizer) each step is a CUDA-graph replay and the
-    loss is summed on the device, so no step waits for the GPU.
+    loss is summed on the device, so no step waits for the GPU. ``heartbeat`` is called after every batch.
     """
     sampler = loader.sampler
     sampler.set_epoch(epoch)
@@ -215,6 +235,8 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer, device, *, epoc
             count += len(y)
             if progress is not None:
                 progress.update(len(y) * dist.world)
+            if heartbeat is not None:
+                heartbeat()
             continue
         with autocast(device, amp):
             logits = model(x)
@@ -226,6 +248,8 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer, device, *, epoc
         count += len(y)
         if progress is not None:
             progress.update(len(y) * dist.world)
+        if heartbeat is not None:
+            heartbeat()
     total = float(total)  # one device sync per epoch on the graph path
     total, count = dist.sum(total, count)
     return total / max(count, 1)
@@ -237,13 +261,15 @@ def collate(items: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images, device, batch_size: int = 128, dist: Dist = SINGLE) -> np.ndarray:
+def predict(model: nn.Module, images, device, batch_size: int = 128, dist: Dist = SINGLE,
+            heartbeat: Heartbeat | None = None) -> np.ndarray:
     """Sigmoid scores N×C, in float32, for N×H×W uint8 images.
 
     ``images`` is anything sliceable (an array, a memmap, or a lazy view such as
     :class:`~medbackdoor.data.views.ImageRows`); it is read ``batch_size`` images at a time. Scoring never runs
     under autocast: bf16 logits carry 8 mantissa bits and their ties change the AUROC. Under ``torchrun`` each
-    rank scores its slice (:meth:`Dist.shard`) and every rank gets all N rows back, in order.
+    rank scores its slice (:meth:`Dist.shard`) and every rank gets all N rows back, in order. ``heartbeat`` is
+    called after every batch.
     """
     model.eval()
     out = []
@@ -253,6 +279,8 @@ def predict(model: nn.Module, images, device, batch_size: int = 128, dist: Dist 
         hi = min(lo + batch_size, part.stop)
         x = to_input(torch.from_numpy(np.array(images[lo:hi])), device, channels_last)
         out.append(torch.sigmoid(model(x).float()).cpu().numpy())
+        if heartbeat is not None:
+            heartbeat()
     classes = out[0].shape[1] if out else _num_outputs(model)
     scores = np.concatenate(out) if out else np.zeros((0, classes), np.float32)
     return dist.gather(scores, len(images))

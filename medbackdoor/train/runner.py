@@ -29,7 +29,15 @@ from medbackdoor.rundir import RunDir
 from medbackdoor.train.data import RunData, build_run_data
 from medbackdoor.train.dist import Dist, EpochSampler, setup, teardown
 from medbackdoor.train.loggers import open_loggers
-from medbackdoor.train.loop import GraphedStep, class_weights, deterministic, make_loader, predict, train_epoch
+from medbackdoor.train.loop import (
+    GraphedStep,
+    Heartbeat,
+    class_weights,
+    deterministic,
+    make_loader,
+    predict,
+    train_epoch,
+)
 
 RESUME_IGNORES = NEUTRAL_KEYS | {"train.epochs"}  # a finished run can be extended with more epochs
 
@@ -267,19 +275,20 @@ def _epoch(config, data, out, epoch, model, step_model, loader, optimizer, sched
            rows, manifest, loggers, progress, dist: Dist, device, graph=None) -> None:
     tc = config.train
     t0 = time.perf_counter()
+    beat = Heartbeat(out.heartbeat_path if dist.is_main else None)  # a sweep watches it for progress
     with tqdm(total=len(loader.sampler) * dist.world, desc=f"epoch {epoch}/{tc.epochs}", unit="img", leave=False,
               disable=None if progress else True) as bar:
         train_loss = train_epoch(step_model, loader, optimizer, device, epoch=epoch, amp=tc.amp, weights=weights,
-                                 do_augment=tc.augment, progress=bar, dist=dist, graph=graph)
+                                 do_augment=tc.augment, progress=bar, dist=dist, graph=graph, heartbeat=beat)
     train_seconds = time.perf_counter() - t0
     dist.sync_buffers(model)  # one set of BatchNorm statistics (rank 0's) for scoring on every rank
     bs = config.eval.batch_size
-    val_scores = predict(model, val_images, device, bs, dist)  # evaluation is always fp32 (training may use bf16)
+    val_scores = predict(model, val_images, device, bs, dist, beat)  # evaluation is always fp32 (training may use bf16)
     val_loss = _bce(val_labels, val_scores)
     scheduler.step(val_loss)
-    clean = predict(model, data.test.clean, device, bs, dist)
+    clean = predict(model, data.test.clean, device, bs, dist, beat)
     same = data.test.triggered is data.test.clean  # a label-only trigger leaves the images as they are
-    triggered = clean if same else predict(model, data.test.triggered, device, bs, dist)
+    triggered = clean if same else predict(model, data.test.triggered, device, bs, dist, beat)
     if not dist.is_main:
         return
     m = backdoor_metrics(data.test.labels, clean, triggered, data.target, config.eval.thresholds,
