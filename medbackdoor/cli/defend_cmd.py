@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medbackdoor.rundir import RunDir
+
 
 def add_parser(sub) -> None:
     from medbackdoor.defenses import DEFENSES
@@ -35,9 +37,15 @@ def run(args: argparse.Namespace) -> int:
     if args.retrain:
         result = retrain(args.run, summary["name"], summary)
         print(f"retrained without {result['dropped']} flagged samples: {result['run']}")
-        for key in ("asr_0.6", "auroc_nn"):
-            print(f"  {key}: {result['before'][key]:.3f} -> {result['after'][key]:.3f}")
+        print(f"  {before_after(summary['metric_columns'], result['before'], result['after'])}")
     return 0
+
+
+def before_after(columns: dict[str, str], before: dict, after: dict) -> str:
+    """``ASR(p=0.6) 1.000 -> 0.020 | ... | AUROC-NN 0.80 -> 0.79``: the run's ASR and AUROC columns (``columns``:
+    name → label, as the summary records them), before and after."""
+    shown = [n for n in columns if n.startswith("asr_")] + ["auroc_nn"]
+    return " | ".join(f"{columns[n]} {before[n]:.3f} -> {after[n]:.3f}" for n in shown if n in before and n in after)
 
 
 def describe(s: dict) -> str:
@@ -48,10 +56,8 @@ def describe(s: dict) -> str:
                 f"TPR@5%FPR {d['tpr_at_5pct_fpr']:.3f}")
         if "precision" in d:
             line += f" | flagged {d['flagged']}: precision {d['precision']:.3f} recall {d['recall']:.3f}"
-        return f"{head}\n{line}\nwrote {Path(s['run']) / 'defenses' / s['name']}"
+        return f"{head}\n{line}\nwrote {RunDir(s['run']).defense_dir(s['name'])}"
     if "backdoored_verdict" in s:
         return (f"{head}\nverdict: {'backdoored' if s['backdoored_verdict'] else 'clean'}; flagged "
                 f"{s['flagged_labels'] or 'none'}; true target {s['target']} ranked {s['target_rank']}")
-    b, a = s["before"], s["after"]
-    return (f"{head}\nASR(0.6) {b['asr_0.6']:.3f} -> {a['asr_0.6']:.3f} | AUROC-NN {b['auroc_nn']:.3f} -> "
-            f"{a['auroc_nn']:.3f}")
+    return f"{head}\n{before_after(s['metric_columns'], s['before'], s['after'])}"

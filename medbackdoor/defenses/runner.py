@@ -12,15 +12,18 @@ after it returns, to score it.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from medbackdoor._io import atomic_path, save_figure, write_rows
+from medbackdoor.config import RunConfig, parse_assignment
 from medbackdoor.defenses.base import DEFENSES, Defender, Images, Truth
 from medbackdoor.defenses.scoring import detection_summary
 from medbackdoor.errors import UserError
+from medbackdoor.metrics.columns import column_values, metric_columns, score_columns
 from medbackdoor.rundir import RunDir
 
 DEFAULT_HOLDOUT = 1000
@@ -39,10 +42,12 @@ def load_defender(run: RunDir, epoch: int | None = None, holdout: int | None = N
     """The defender's view of a run, the truth kept apart, the run data and the epoch used.
 
     The last one loaded is kept: several defenses of one run in one process build the data, load the model and
-    compute the features once (defenses never modify the Defender's model; repairs work on copies).
+    compute the features once (defenses never modify the Defender's model; repairs work on copies). It is named
+    by the checkpoint itself (resolved epoch and file digest), so a run extended or trained again is loaded anew.
     """
-    key = (str(run.path.resolve()), epoch, holdout, device, batch_size, run.manifest().get("git_commit"),
-           run.checkpoint_epochs())
+    epoch = _epoch_to_defend(run, epoch)
+    key = (str(run.path.resolve()), epoch, run.checkpoint_fingerprint(epoch), holdout, device, batch_size,
+           run.manifest().get("git_commit"))
     if _LAST.get("key") == key:
         return _LAST["value"]
     _LAST.clear()
@@ -104,6 +109,8 @@ def defend(run_dir: str | Path, method: str, epoch: int | None = None, holdout: 
 
     ``require_data``: refuse any defense that is not a data defense (``--retrain`` needs flags per sample).
     ``name``: the output folder under ``RUN/defenses/`` (default: the method), e.g. to keep two option sets.
+    A summary on disk is reused when it answers the same request: method, options, holdout, and the checkpoint
+    (its epoch and file digest, :meth:`RunDir.checkpoint_fingerprint`). Anything else empties the folder first.
     """
     run = RunDir(run_dir)
     if not run.exists():
@@ -113,60 +120,80 @@ def defend(run_dir: str | Path, method: str, epoch: int | None = None, holdout: 
     if require_data and defense.kind != "data":
         raise UserError(f"--retrain needs a data defense; {method} is a {defense.kind} defense")
     name = name or method
-    if not name or "/" in name or name.startswith("."):
-        raise UserError(f"bad defense name {name!r}: a folder name under RUN/defenses/")
-    out = run.path / "defenses" / name
-    key = {"method": method, "options": options, "epoch": epoch, "holdout": holdout}
-    previous = out / "summary.json"
-    if previous.is_file() and not force:
-        done = json.loads(previous.read_text())
-        if done.get("request") == key and (out / "scores.csv").is_file():
-            return done
-    defender, truth, data, used_epoch = load_defender(run, epoch, holdout, device)
+    out = run.defense_dir(name)
+    used_epoch = _epoch_to_defend(run, epoch)
+    key = {"method": method, "options": options, "epoch": used_epoch,
+           "checkpoint": run.checkpoint_fingerprint(used_epoch), "holdout": holdout}
+    done = _reusable(run, name, key) if not force else None
+    if done is not None:
+        return done
+    defender, truth, data, used_epoch = load_defender(run, used_epoch, holdout, device)
+    shutil.rmtree(out, ignore_errors=True)  # scores, figures, a retrain of another request: all stale
+    config = run.config()
     t0 = time.perf_counter()
     summary = {"name": name, "method": method, "kind": defense.kind, "paper": defense.paper, "changes": defense.changes,
                "options": defense.options(), "request": key, "epoch": used_epoch,
-               "holdout": len(defender.holdout_images), "run": str(run.path)}
+               "holdout": len(defender.holdout_images), "run": str(run.path),
+               "metric_columns": {c.name: c.label for c in metric_columns(config.eval)}}
     out.mkdir(parents=True, exist_ok=True)
     kind_runner = {"data": _data, "input": _input, "model": _model, "mitigation": _mitigation}[defense.kind]
-    rows, extra = kind_runner(defense, defender, truth, data, out)
+    rows, extra = kind_runner(defense, defender, truth, data, out, config)
     summary.update(extra)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     summary["ms_per_image"] = round(1000 * summary["seconds"] / max(summary.get("images_scored", 1), 1), 3)
-    write_rows(out / "scores.csv", rows)
-    with atomic_path(previous, suffix=".json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, default=_json))
+    write_rows(run.defense_scores_path(name), rows)
+    _write_summary(run, name, summary)
     return summary
+
+
+def _epoch_to_defend(run: RunDir, epoch: int | None) -> int:
+    """The checkpoint a defense uses: ``epoch``, or the last one (one line when there is none)."""
+    if not run.checkpoint_epochs():
+        raise UserError(f"{run.path} has no checkpoint to defend")
+    return run.resolve_epoch(epoch)
+
+
+def _reusable(run: RunDir, name: str, key: dict) -> dict | None:
+    """The summary on disk of defense ``name`` when it answered request ``key`` and its scores are there."""
+    path = run.defense_summary_path(name)
+    if not path.is_file() or not run.defense_scores_path(name).is_file():
+        return None
+    done = json.loads(path.read_text())
+    return done if done.get("request") == key else None
+
+
+def _write_summary(run: RunDir, name: str, summary: dict) -> None:
+    with atomic_path(run.defense_summary_path(name), suffix=".json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=_json))
 
 
 def retrain(run_dir: str | Path, name: str, summary: dict, progress: bool = True) -> dict:
     """Cleanse and retrain: drop what the data defense flagged and train the run's own config again.
 
     The new run goes to ``RUN/defenses/NAME/retrain`` (an ordinary run folder, resumable) with ``train.drop``
-    naming the flagged positions; returns its last-epoch metrics beside the original run's.
+    naming the flagged positions; returns its last-epoch metrics beside the original run's, in the run's metric
+    columns (:func:`~medbackdoor.metrics.metric_columns` of its ``eval`` settings).
     """
     from medbackdoor.config import load_config
     from medbackdoor.train import run as train_run
 
     run = RunDir(run_dir)
-    out = run.path / "defenses" / name
     flagged = summary["flagged_positions"]
-    drop = out / "retrain_drop.txt"
+    drop = run.retrain_drop_path(name)
     text = f"# {len(flagged)} training samples flagged by {summary['method']} ({name})\n"
     text += "".join(f"{i}\n" for i in flagged)
     if not drop.is_file() or drop.read_text() != text:
         with atomic_path(drop, suffix=".txt") as tmp:
             tmp.write_text(text)
     config = load_config(run.config_path, [f"train.drop={drop.resolve()}"])
-    new = RunDir(out / "retrain")
+    new = run.retrain_dir(name)
     train_run(config, new.path, resume=True, progress=progress)
     before, after = run.metrics()[-1], new.metrics()[-1]
-    keys = ("asr_0.6", "asr_0.9", "auroc_nn", "auroc_tt", "auroc_tn")
+    names = [c.name for c in metric_columns(config.eval)]
     result = {"run": str(new.path), "dropped": len(flagged),
-              "before": {k: float(before[k]) for k in keys}, "after": {k: float(after[k]) for k in keys}}
+              "before": {k: float(before[k]) for k in names}, "after": {k: float(after[k]) for k in names}}
     summary["retrain"] = result
-    with atomic_path(out / "summary.json", suffix=".json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, default=_json))
+    _write_summary(run, name, summary)
     return result
 
 
@@ -180,7 +207,7 @@ def _json(value):
 
 # --- one function per kind: run the defense, then score it ---------------------------------------------------------
 
-def _data(defense, d: Defender, truth: Truth, data, out: Path):
+def _data(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfig):
     det = defense.suspicion(d)
     scores, flagged = np.asarray(det.scores, np.float64), np.asarray(det.flagged, bool)
     if len(scores) != len(truth.poisoned) or len(flagged) != len(scores):
@@ -195,7 +222,7 @@ def _data(defense, d: Defender, truth: Truth, data, out: Path):
     return rows, summary
 
 
-def _input(defense, d: Defender, truth: Truth, data, out: Path):
+def _input(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfig):
     if not data.trigger.changes_pixels:
         raise UserError("this run's trigger changes no pixel (a label-only attack): an input defense has "
                         "nothing to detect")
@@ -220,7 +247,7 @@ def _input(defense, d: Defender, truth: Truth, data, out: Path):
     return rows, {"detection": det, "threshold": threshold, "images_scored": len(s)}
 
 
-def _model(defense, d: Defender, truth: Truth, data, out: Path):
+def _model(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfig):
     scan = defense.scan(d)
     scores = np.asarray(scan.scores, np.float64)
     order = np.argsort(-scores, kind="stable")
@@ -239,19 +266,20 @@ def _model(defense, d: Defender, truth: Truth, data, out: Path):
     return rows, summary
 
 
-def _mitigation(defense, d: Defender, truth: Truth, data, out: Path):
-    before = _metrics(d.model, d, data, lambda x: x)
+def _mitigation(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfig):
+    before = _metrics(d.model, d, data, lambda x: x, config)
     repaired = defense.repair(d)
     model = repaired if repaired is not None else d.model
-    after = _metrics(model, d, data, lambda x: defense.purify(d, x))
+    after = _metrics(model, d, data, lambda x: defense.purify(d, x), config)
     rows = [{"when": when, **{k: v for k, v in m.items()}} for when, m in (("before", before), ("after", after))]
     return rows, {"before": before, "after": after, "images_scored": 2 * len(data.test),
                   "info": getattr(defense, "info", {})}
 
 
-def _metrics(model, d: Defender, data, transform) -> dict:
-    """ASR(0.6/0.9) and AUROC-NN/TT/TN of ``model`` on the test set, inputs passed through ``transform``."""
-    from medbackdoor.metrics import backdoor_metrics
+def _metrics(model, d: Defender, data, transform, config: RunConfig) -> dict:
+    """The run's metric columns (:func:`~medbackdoor.metrics.metric_columns` of its ``eval`` settings: ASR at
+    each p, strict or not, AUROC-TT/NN/TN, mixed ε) of ``model`` on the test set, inputs passed through
+    ``transform``."""
     from medbackdoor.train.loop import predict
 
     def scores(view):
@@ -261,11 +289,10 @@ def _metrics(model, d: Defender, data, transform) -> dict:
         return np.concatenate(out)
 
     clean = scores(data.test.clean)
-    triggered = scores(data.test.triggered)
-    m = backdoor_metrics(data.test.labels, clean, triggered, data.target, [0.6, 0.9], [], False, seed=0,
-                         label=getattr(data.train, "label", "onehot"), carriers=data.test.carriers)
-    return {"asr_0.6": m["asr"]["0.6"], "asr_0.9": m["asr"]["0.9"], "auroc_nn": m["auroc_nn"],
-            "auroc_tt": m["auroc_tt"], "auroc_tn": m["auroc_tn"]}
+    triggered = clean if data.test.triggered is data.test.clean else scores(data.test.triggered)
+    m = score_columns(config.eval, data.test.labels, clean, triggered, data.target, config.attack_seed,
+                      config.trigger.label, data.test.carriers)
+    return column_values(metric_columns(config.eval), m)
 
 
 def _reversed(out: Path, masks, patterns, truth: Truth, names) -> dict:
@@ -328,17 +355,5 @@ def _mask_figure(path: Path, masks: np.ndarray, names) -> None:
 
 
 def parse_options(pairs: list[str]) -> dict:
-    """``--set key=value`` pairs as defense options (values read as YAML)."""
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise UserError(f"--set {key}: cannot read {value!r}") from None
-    return out
-
+    """``--set key=value`` pairs as defense options (read by :func:`~medbackdoor.config.parse_assignment`)."""
+    return dict(parse_assignment(pair) for pair in pairs)
