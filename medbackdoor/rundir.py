@@ -191,11 +191,11 @@ class RunDir:
 
     def checkpoint_fingerprint(self, epoch: int) -> str:
         """The SHA-256 (first 16 hex digits) of epoch ``epoch``'s checkpoint file: what names the model a defense
-        or a control scoring used. A checkpoint is written once, by rename, so the digest of one
-        (inode, size, mtime) is computed once per process."""
+        or a control scoring used. The digest of one file state (inode, size, modification and change times: a
+        rewrite in place moves the change time, which no one can set back) is computed once per process."""
         path = self.checkpoint_path(epoch)
         st = path.stat()
-        key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+        key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if key not in _DIGESTS:
             digest = hashlib.sha256()
             with open(path, "rb") as f:
@@ -261,4 +261,4 @@ class RunDir:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-_DIGESTS: dict[tuple, str] = {}  # checkpoint (path, inode, size, mtime_ns) -> digest, see checkpoint_fingerprint
+_DIGESTS: dict[tuple, str] = {}  # checkpoint file state -> digest, see RunDir.checkpoint_fingerprint

@@ -44,7 +44,7 @@ def one_epoch(tmp_path, monkeypatch):
 
 def test_defend_after_resume_defends_the_new_last_checkpoint(one_epoch, capsys):
     first = defend(one_epoch, "label-audit", holdout=8)
-    assert first["epoch"] == 1
+    assert first.epoch == 1
     _train(one_epoch, "train.epochs=2", flags=("--resume",))
     assert main(["defend", str(one_epoch), "--method", "label-audit", "--holdout", "8"]) == 0
     assert ", epoch 2," in capsys.readouterr().out
@@ -52,8 +52,8 @@ def test_defend_after_resume_defends_the_new_last_checkpoint(one_epoch, capsys):
     assert summary["epoch"] == 2
     assert _sha256(one_epoch / "checkpoints" / "epoch_002.pt").startswith(summary["request"]["checkpoint"])
     again = defend(one_epoch, "label-audit", holdout=8)  # the same request now: reused, not recomputed
-    assert again == summary
-    assert defend(one_epoch, "label-audit", epoch=1, holdout=8)["epoch"] == 1  # an explicit epoch still works
+    assert again.request == summary["request"] and again.seconds == summary["seconds"]
+    assert defend(one_epoch, "label-audit", epoch=1, holdout=8).epoch == 1  # an explicit epoch still works
 
 
 def test_force_clears_defenses_and_control_scorings(one_epoch):
@@ -67,7 +67,7 @@ def test_force_clears_defenses_and_control_scorings(one_epoch):
     leftovers = {p.name for p in one_epoch.iterdir()} & {"defenses", "control.json", "control_failed.txt"}
     assert leftovers == set()
     summary = defend(one_epoch, "label-audit", holdout=8)
-    assert _sha256(one_epoch / "checkpoints" / "epoch_001.pt").startswith(summary["request"]["checkpoint"])
+    assert _sha256(one_epoch / "checkpoints" / "epoch_001.pt").startswith(summary.request["checkpoint"])
 
 
 def test_the_in_process_defender_is_the_checkpoint_on_disk(one_epoch):

@@ -63,7 +63,7 @@ def test_a_mitigation_reports_the_runs_columns(strict_run, capsys):
     out = capsys.readouterr().out
     assert "ASR(p>0.5)" in out and "ASR(0.6)" not in out
     summary = defend(strict_run, "fine-pruning", holdout=16)  # reused
-    before, after = summary["before"], summary["after"]
+    before, after = summary.before, summary.after
     assert _asr_columns(before) == _asr_columns(after) == {"asr_0.5"}
     assert before["asr_0.5"] == _saved_asr(strict_run)
     # the mitigated model, built again the same way, scored here
@@ -99,5 +99,5 @@ def test_the_report_tables_the_runs_columns(strict_run, tmp_path):
     (cell,) = [v for k, v in table["ASR(p>0.5)"].items() if k]
     assert cell == f"{_saved_asr(strict_run):.3f} ± –"
     mitigation = open(tmp_path / "report" / "defenses_mitigation.csv").read()
-    assert f"ASR(p>0.5) {summary['before']['asr_0.5']:.3f} → {summary['after']['asr_0.5']:.3f}" in mitigation
+    assert f"ASR(p>0.5) {summary.before['asr_0.5']:.3f} → {summary.after['asr_0.5']:.3f}" in mitigation
     assert "ASR(p>0.5)" in report

@@ -11,7 +11,6 @@ after it returns, to score it.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from medbackdoor._io import atomic_path, save_figure, write_rows
 from medbackdoor.config import RunConfig, parse_assignment
 from medbackdoor.defenses.base import DEFENSES, Defender, Images, Truth
 from medbackdoor.defenses.scoring import detection_summary
+from medbackdoor.defenses.summary import DefenseSummary, read_summary, write_summary
 from medbackdoor.errors import UserError
 from medbackdoor.metrics.columns import column_values, metric_columns, score_columns
 from medbackdoor.rundir import RunDir
@@ -104,7 +104,7 @@ def _trigger_mask(data) -> np.ndarray | None:
 
 def defend(run_dir: str | Path, method: str, epoch: int | None = None, holdout: int | None = None,
            options: dict | None = None, force: bool = False, device: str | None = None,
-           require_data: bool = False, name: str | None = None) -> dict:
+           require_data: bool = False, name: str | None = None) -> DefenseSummary:
     """Run ``method`` on the run in ``run_dir``; returns the summary (also written to ``summary.json``).
 
     ``require_data``: refuse any defense that is not a data defense (``--retrain`` needs flags per sample).
@@ -131,18 +131,17 @@ def defend(run_dir: str | Path, method: str, epoch: int | None = None, holdout: 
     shutil.rmtree(out, ignore_errors=True)  # scores, figures, a retrain of another request: all stale
     config = run.config()
     t0 = time.perf_counter()
-    summary = {"name": name, "method": method, "kind": defense.kind, "paper": defense.paper, "changes": defense.changes,
-               "options": defense.options(), "request": key, "epoch": used_epoch,
-               "holdout": len(defender.holdout_images), "run": str(run.path),
-               "metric_columns": {c.name: c.label for c in metric_columns(config.eval)}}
     out.mkdir(parents=True, exist_ok=True)
     kind_runner = {"data": _data, "input": _input, "model": _model, "mitigation": _mitigation}[defense.kind]
     rows, extra = kind_runner(defense, defender, truth, data, out, config)
-    summary.update(extra)
-    summary["seconds"] = round(time.perf_counter() - t0, 3)
-    summary["ms_per_image"] = round(1000 * summary["seconds"] / max(summary.get("images_scored", 1), 1), 3)
+    seconds = round(time.perf_counter() - t0, 3)
+    summary = DefenseSummary(
+        name=name, method=method, kind=defense.kind, run=str(run.path), epoch=used_epoch,
+        holdout=len(defender.holdout_images), request=key, paper=defense.paper, changes=defense.changes,
+        options=defense.options(), metric_columns={c.name: c.label for c in metric_columns(config.eval)},
+        seconds=seconds, ms_per_image=round(1000 * seconds / max(extra.get("images_scored", 1), 1), 3), **extra)
     write_rows(run.defense_scores_path(name), rows)
-    _write_summary(run, name, summary)
+    write_summary(run.defense_summary_path(name), summary)
     return summary
 
 
@@ -153,21 +152,16 @@ def _epoch_to_defend(run: RunDir, epoch: int | None) -> int:
     return run.resolve_epoch(epoch)
 
 
-def _reusable(run: RunDir, name: str, key: dict) -> dict | None:
+def _reusable(run: RunDir, name: str, key: dict) -> DefenseSummary | None:
     """The summary on disk of defense ``name`` when it answered request ``key`` and its scores are there."""
     path = run.defense_summary_path(name)
     if not path.is_file() or not run.defense_scores_path(name).is_file():
         return None
-    done = json.loads(path.read_text())
-    return done if done.get("request") == key else None
+    done = read_summary(path)
+    return done if done.request == key else None
 
 
-def _write_summary(run: RunDir, name: str, summary: dict) -> None:
-    with atomic_path(run.defense_summary_path(name), suffix=".json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, default=_json))
-
-
-def retrain(run_dir: str | Path, name: str, summary: dict, progress: bool = True) -> dict:
+def retrain(run_dir: str | Path, name: str, summary: DefenseSummary, progress: bool = True) -> dict:
     """Cleanse and retrain: drop what the data defense flagged and train the run's own config again.
 
     The new run goes to ``RUN/defenses/NAME/retrain`` (an ordinary run folder, resumable) with ``train.drop``
@@ -178,9 +172,9 @@ def retrain(run_dir: str | Path, name: str, summary: dict, progress: bool = True
     from medbackdoor.train import run as train_run
 
     run = RunDir(run_dir)
-    flagged = summary["flagged_positions"]
+    flagged = summary.flagged_positions
     drop = run.retrain_drop_path(name)
-    text = f"# {len(flagged)} training samples flagged by {summary['method']} ({name})\n"
+    text = f"# {len(flagged)} training samples flagged by {summary.method} ({name})\n"
     text += "".join(f"{i}\n" for i in flagged)
     if not drop.is_file() or drop.read_text() != text:
         with atomic_path(drop, suffix=".txt") as tmp:
@@ -192,17 +186,9 @@ def retrain(run_dir: str | Path, name: str, summary: dict, progress: bool = True
     names = [c.name for c in metric_columns(config.eval)]
     result = {"run": str(new.path), "dropped": len(flagged),
               "before": {k: float(before[k]) for k in names}, "after": {k: float(after[k]) for k in names}}
-    summary["retrain"] = result
-    _write_summary(run, name, summary)
+    summary.retrain = result
+    write_summary(run.defense_summary_path(name), summary)
     return result
-
-
-def _json(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 # --- one function per kind: run the defense, then score it ---------------------------------------------------------

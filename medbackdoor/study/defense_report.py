@@ -14,11 +14,10 @@ of its ``eval`` settings, the columns its summaries hold).
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 
+from medbackdoor.defenses.summary import DefenseSummary, read_summary
 from medbackdoor.metrics.columns import eval_config_of, table_columns
 from medbackdoor.rundir import RunDir
 from medbackdoor.study.aggregate import RunRecord, condition_of
@@ -35,26 +34,28 @@ def defense_rows(records: list[RunRecord], describe, label_keys) -> pd.DataFrame
                                                (["trigger.fraction"] if "trigger.fraction" in keys else []))
         asr = next((c for c in table_columns(eval_config_of(r.config)) if c.group == "asr"), None)
         for path in RunDir(r.folder).defense_summary_paths():
-            s = json.loads(path.read_text())
-            row = {"run": r.name, "seed": r.config.get("train.seed"), "condition": label, "clean_control": clean,
-                   "defense": s.get("name", path.parent.name), "method": s["method"], "kind": s["kind"],
-                   "seconds": s.get("seconds"), "ms_per_image": s.get("ms_per_image"),
-                   "asr_metric": asr.name if asr else None, "asr_label": asr.label if asr else None}
-            det = s.get("detection", {})
-            row.update({k: det.get(k) for k in ("auroc", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "precision", "recall")})
-            if s["kind"] == "model":
-                row.update({"verdict": float(s["backdoored_verdict"]), "target_rank": s.get("target_rank"),
-                            "target_first": float(s.get("target_rank") == 1 and s["backdoored_verdict"]),
-                            "iou": (s.get("reversed_trigger") or {}).get("iou_with_true_trigger")})
-            for when in ("before", "after"):
-                for k, v in (s.get(when) or {}).items():
-                    row[f"{when}_{k}"] = v
-            if "retrain" in s:
-                for k, v in s["retrain"]["after"].items():
-                    row[f"retrain_{k}"] = v
-                row["retrain_dropped"] = s["retrain"]["dropped"]
-            rows.append(row)
+            rows.append({"run": r.name, "seed": r.config.get("train.seed"), "condition": label, "clean_control": clean,
+                         "asr_metric": asr.name if asr else None, "asr_label": asr.label if asr else None,
+                         **_summary_row(read_summary(path))})
     return pd.DataFrame(rows)
+
+
+def _summary_row(s: DefenseSummary) -> dict:
+    """The numbers of one summary the tables use, flat."""
+    row = {"defense": s.name, "method": s.method, "kind": s.kind, "seconds": s.seconds,
+           "ms_per_image": s.ms_per_image}
+    det = s.detection or {}
+    row.update({k: det.get(k) for k in ("auroc", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "precision", "recall")})
+    if s.kind == "model":
+        row.update({"verdict": float(s.backdoored_verdict), "target_rank": s.target_rank,
+                    "target_first": float(s.target_rank == 1 and s.backdoored_verdict),
+                    "iou": (s.reversed_trigger or {}).get("iou_with_true_trigger")})
+    for when, values in (("before", s.before), ("after", s.after)):
+        row.update({f"{when}_{k}": v for k, v in (values or {}).items()})
+    if s.retrain is not None:
+        row.update({f"retrain_{k}": v for k, v in s.retrain["after"].items()})
+        row["retrain_dropped"] = s.retrain["dropped"]
+    return row
 
 
 def _cell(values: pd.Series) -> str:

@@ -311,7 +311,7 @@ def _defend_one(folder: str, entry: dict) -> dict:
     try:
         summary = defend(folder, entry["method"], entry.get("epoch"), entry.get("holdout"), entry["options"],
                          name=entry["name"])
-        if entry.get("retrain") and "retrain" not in summary:
+        if entry.get("retrain") and summary.retrain is None:
             retrain(folder, entry["name"], summary, progress=False)
         status, error = "complete", None
     except UserError as exc:  # the defense does not apply to this run (e.g. nothing to detect)
