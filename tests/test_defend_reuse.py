@@ -92,17 +92,16 @@ def test_a_retrain_is_of_the_request_that_made_it(one_epoch):
 
 
 def test_control_scoring_is_redone_for_a_replaced_checkpoint_of_the_same_size_and_time(tmp_path, monkeypatch):
-    """The control's checkpoint is swapped for another model's (same architecture: same size), with the old
-    modification time restored: the scoring is still redone, because the digest names the file's content."""
+    """The control's checkpoint is swapped for another model's (the poisoned run's: same architecture, same size),
+    with the old modification time restored: the scoring is still redone, as the digest names the file's content."""
     monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
-    run, control, other = tmp_path / "run", tmp_path / "control", tmp_path / "other"
+    run, control = tmp_path / "run", tmp_path / "control"
     _train(run)
     _train(control, "trigger.fraction=0")
-    _train(other, "trigger.fraction=0", "train.seed=1")
     assert score_control(str(run), str(control), threads=1)["status"] == "complete"
     first = json.loads((run / "control.json").read_text())
     assert score_control(str(run), str(control), threads=1)["status"] == "skipped (complete)"
-    ckpt, replacement = control / "checkpoints" / "epoch_001.pt", other / "checkpoints" / "epoch_001.pt"
+    ckpt, replacement = control / "checkpoints" / "epoch_001.pt", run / "checkpoints" / "epoch_001.pt"
     st = ckpt.stat()
     if replacement.stat().st_size != st.st_size:
         pytest.skip("the two checkpoints differ in size on this machine")

@@ -1,9 +1,10 @@
 """``medbackdoor defend RUN --method NAME``: run one defense on a finished run and score it against the truth.
 
 Writes ``RUN/defenses/NAME/``: ``scores.csv`` (one row per training sample, test image or label, by kind),
-``summary.json`` (detection AUROC, TPR at 1% and 5% FPR, precision/recall of the flag rule; before/after metrics
-for mitigations; seconds and ms per image) and figures where they help. A second call with the same method,
-options, epoch and holdout reuses what is there.
+``summary.json`` (a :class:`~medbackdoor.defenses.summary.DefenseSummary`: detection AUROC, TPR at 1% and 5% FPR,
+precision/recall of the flag rule; before/after metric columns for mitigations; seconds and ms per image) and
+figures where they help. A second call with the same method, options and holdout on the same checkpoint (epoch
+and file digest) reuses what is there.
 
 The defense gets a :class:`~medbackdoor.defenses.base.Defender` only; the :class:`Truth` built here is used
 after it returns, to score it.
