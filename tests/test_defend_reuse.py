@@ -43,12 +43,13 @@ def one_epoch(tmp_path, monkeypatch):
 
 
 def test_defend_after_resume_defends_the_new_last_checkpoint(one_epoch, capsys):
-    first = defend(one_epoch, "label-audit", holdout=8)
-    assert first.epoch == 1
+    defend(one_epoch, "label-audit", holdout=8)
+    path = one_epoch / "defenses" / "label-audit" / "summary.json"
+    assert json.loads(path.read_text())["epoch"] == 1
     _train(one_epoch, "train.epochs=2", flags=("--resume",))
     assert main(["defend", str(one_epoch), "--method", "label-audit", "--holdout", "8"]) == 0
     assert ", epoch 2," in capsys.readouterr().out
-    summary = json.loads((one_epoch / "defenses" / "label-audit" / "summary.json").read_text())
+    summary = json.loads(path.read_text())
     assert summary["epoch"] == 2
     assert _sha256(one_epoch / "checkpoints" / "epoch_002.pt").startswith(summary["request"]["checkpoint"])
     again = defend(one_epoch, "label-audit", holdout=8)  # the same request now: reused, not recomputed
