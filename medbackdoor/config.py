@@ -137,16 +137,42 @@ def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def set_dotted(data: dict, assignment: str) -> None:
-    """Apply one ``dotted.key=value`` override to a nested dict (value parsed as YAML)."""
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key.strip():
-        raise UserError(f"--set expects dotted.key=value, got {assignment!r}")
+def split_assignment(text: str, what: str = "--set") -> tuple[str, str]:
+    """``KEY=VALUE`` split at the first ``=``: the stripped key and the raw value text.
+
+    Args:
+        what: the option the text came from, for the message (``--set``, ``--data-option``).
+
+    Raises:
+        UserError: no ``=`` or an empty key (one line).
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"{what} expects KEY=VALUE, got {text!r}")
+    return key, raw
+
+
+def parse_assignment(text: str, what: str = "--set") -> tuple[str, Any]:
+    """One ``KEY=VALUE`` (a config override, a defense option): the key and the value read as YAML (an empty value
+    is None). The one parser of every ``KEY=VALUE`` the command line takes.
+
+    Raises:
+        UserError: no ``=``, an empty key, or a value YAML cannot read (one line).
+    """
+    key, raw = split_assignment(text, what)
+    if not raw.strip():
+        return key, None
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        return key, yaml.safe_load(raw)
     except yaml.YAMLError:
-        value = raw
-    parts = key.strip().split(".")
+        raise UserError(f"{what} {key}: cannot read {raw!r} as a YAML value (quote a string)") from None
+
+
+def set_dotted(data: dict, assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override (see :func:`parse_assignment`) to a nested dict."""
+    key, value = parse_assignment(assignment)
+    parts = key.split(".")
     node = data
     for part in parts[:-1]:
         node = node.setdefault(part, {})

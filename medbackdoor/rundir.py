@@ -9,6 +9,11 @@ Layout::
     RUN/checkpoints/epoch_NNN.pt     model, optimizer, scheduler and RNG state
     RUN/explain/                     written by ``medbackdoor explain``
     RUN/heartbeat                    touched every few seconds of training or scoring (its mtime is progress)
+    RUN/logs/                        the ``train.log`` loggers' files
+    RUN/defenses/NAME/               written by ``medbackdoor defend``: summary.json, scores.csv, figures,
+                                     failed.txt (a sweep's traceback), retrain_drop.txt and retrain/ (a run folder)
+    RUN/control.json                 the clean control's response to this run's trigger (a sweep's step)
+    RUN/control_failed.txt           its traceback when that scoring failed
 
 This module is the only place that knows these names. Every file is written atomically.
 """
@@ -16,6 +21,7 @@ This module is the only place that knows these names. Every file is written atom
 from __future__ import annotations
 
 import csv
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -69,6 +75,60 @@ class RunDir:
         """``medbackdoor explain``'s table (tidy CSV: epoch, layer, method, version, quantity, value)."""
         return self.explain_dir / "localisation.csv"
 
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def control_path(self) -> Path:
+        """The clean control's scoring of this run's triggered test set (:mod:`medbackdoor.study.controls`)."""
+        return self.path / "control.json"
+
+    @property
+    def control_failure_path(self) -> Path:
+        """The traceback of a failed control scoring."""
+        return self.path / "control_failed.txt"
+
+    @property
+    def defenses_dir(self) -> Path:
+        return self.path / "defenses"
+
+    def defense_dir(self, name: str) -> Path:
+        """``RUN/defenses/NAME/``, one defense's outputs.
+
+        Raises:
+            UserError: ``name`` is not a plain folder name.
+        """
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise UserError(f"bad defense name {name!r}: a folder name under RUN/defenses/")
+        return self.defenses_dir / name
+
+    def defense_summary_path(self, name: str) -> Path:
+        return self.defense_dir(name) / "summary.json"
+
+    def defense_scores_path(self, name: str) -> Path:
+        return self.defense_dir(name) / "scores.csv"
+
+    def defense_failure_path(self, name: str) -> Path:
+        """The traceback a sweep writes when defense ``name`` failed on this run."""
+        return self.defense_dir(name) / "failed.txt"
+
+    def retrain_drop_path(self, name: str) -> Path:
+        """The training positions defense ``name`` flagged, one per line (``train.drop`` of its retrain)."""
+        return self.defense_dir(name) / "retrain_drop.txt"
+
+    def retrain_dir(self, name: str) -> RunDir:
+        """The run folder of the cleanse-and-retrain after defense ``name``."""
+        return RunDir(self.defense_dir(name) / "retrain")
+
+    def defense_summary_paths(self) -> list[Path]:
+        """Every ``defenses/*/summary.json``, sorted by defense name."""
+        return sorted(self.defenses_dir.glob("*/summary.json"))
+
+    def step_failure_path(self, step: str) -> Path:
+        """Where a sweep's step on this run (``control``, or a defense's name) records its traceback."""
+        return self.control_failure_path if step == "control" else self.defense_failure_path(step)
+
     def exists(self) -> bool:
         """True when the folder holds a run (its ``config.yaml``)."""
         return self.config_path.is_file()
@@ -120,6 +180,36 @@ class RunDir:
         """Epochs whose checkpoint is on disk, ascending."""
         return sorted(int(p.stem.split("_")[1]) for p in (self.path / "checkpoints").glob("epoch_*.pt"))
 
+    def resolve_epoch(self, epoch: int | None) -> int:
+        """``epoch`` if its checkpoint is on disk; None means the last checkpoint.
+
+        Raises:
+            UserError: no checkpoint at all, or none for ``epoch``.
+        """
+        have = self.checkpoint_epochs()
+        if not have:
+            raise UserError(f"{self.path} has no checkpoint")
+        if epoch is None:
+            return have[-1]
+        if epoch not in have:
+            raise UserError(f"{self.path} has no checkpoint for epoch {epoch}; available: {have}")
+        return epoch
+
+    def checkpoint_fingerprint(self, epoch: int) -> str:
+        """The SHA-256 (first 16 hex digits) of epoch ``epoch``'s checkpoint file: what names the model a defense
+        or a control scoring used. The digest of one file state (inode, size, modification and change times: a
+        rewrite in place moves the change time, which no one can set back) is computed once per process."""
+        path = self.checkpoint_path(epoch)
+        st = path.stat()
+        key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if key not in _DIGESTS:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            _DIGESTS[key] = digest.hexdigest()[:16]
+        return _DIGESTS[key]
+
     def last_complete_epoch(self) -> int:
         """The last epoch with both a metrics row and a checkpoint (0 if none): where a resume starts from."""
         have = set(self.checkpoint_epochs())
@@ -167,8 +257,14 @@ class RunDir:
         write_json(self.manifest_path, manifest)
 
     def clear(self) -> None:
-        """Remove everything a run wrote (``--force``)."""
-        for path in (self.metrics_path, self.manifest_path, self.config_path, self.heartbeat_path):
+        """Remove everything a run wrote (``--force``), and everything computed from it: explanations, defenses
+        (with their retrains and failure records), the control scoring and its failure record, logs."""
+        for path in (self.metrics_path, self.manifest_path, self.config_path, self.heartbeat_path, self.control_path,
+                     self.control_failure_path):
             path.unlink(missing_ok=True)
-        for name in ("predictions", "checkpoints", "explain"):
-            shutil.rmtree(self.path / name, ignore_errors=True)
+        for folder in (self.path / "predictions", self.path / "checkpoints", self.explain_dir, self.defenses_dir,
+                       self.logs_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+_DIGESTS: dict[tuple, str] = {}  # checkpoint file state -> digest, see RunDir.checkpoint_fingerprint

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from medbackdoor.config import RunConfig, load_config
+from medbackdoor.config import RunConfig, load_config, split_assignment
 from medbackdoor.data import DATASETS, ChestXrayDataset, Preprocess
-from medbackdoor.errors import UserError
 
 # Shorthand flag (its argparse dest) → the config key it sets. Each is applied as ``--set key=value`` before the
 # user's own ``--set``s, so an explicit ``--set`` wins; a shorthand left out sets nothing.
@@ -56,12 +55,10 @@ def data_option_override(pair: str) -> str:
         ``dataset.KEY=VALUE`` for keys of the dataset section itself, else ``dataset.options.KEY=VALUE``.
 
     Raises:
-        UserError: ``pair`` has no ``=`` or no key.
+        UserError: ``pair`` has no ``=`` or no key (the value is read, once, by the ``--set`` it becomes).
     """
-    key, sep, value = pair.partition("=")
-    key = key.strip().replace("-", "_")
-    if not sep or not key:
-        raise UserError(f"--data-option expects KEY=VALUE, got {pair!r}")
+    key, value = split_assignment(pair, "--data-option")
+    key = key.replace("-", "_")
     section = "dataset" if key in DATASET_KEYS else "dataset.options"
     return f"{section}.{key}={value}"
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medbackdoor.defenses.summary import DefenseSummary
+from medbackdoor.rundir import RunDir
+
 
 def add_parser(sub) -> None:
     from medbackdoor.defenses import DEFENSES
@@ -33,25 +36,29 @@ def run(args: argparse.Namespace) -> int:
                      args.device, require_data=args.retrain, name=args.name)
     print(describe(summary))
     if args.retrain:
-        result = retrain(args.run, summary["name"], summary)
+        result = retrain(args.run, summary.name, summary)
         print(f"retrained without {result['dropped']} flagged samples: {result['run']}")
-        for key in ("asr_0.6", "auroc_nn"):
-            print(f"  {key}: {result['before'][key]:.3f} -> {result['after'][key]:.3f}")
+        print(f"  {before_after(summary.metric_columns, result['before'], result['after'])}")
     return 0
 
 
-def describe(s: dict) -> str:
-    head = f"{s['method']} ({s['kind']}), epoch {s['epoch']}, holdout {s['holdout']}, {s['seconds']:.1f}s"
-    if "detection" in s:
-        d = s["detection"]
+def before_after(columns: dict[str, str], before: dict, after: dict) -> str:
+    """``ASR(p=0.6) 1.000 -> 0.020 | ... | AUROC-NN 0.80 -> 0.79``: the run's ASR and AUROC columns (``columns``:
+    name → label, as the summary records them), before and after."""
+    shown = [n for n in columns if n.startswith("asr_")] + ["auroc_nn"]
+    return " | ".join(f"{columns[n]} {before[n]:.3f} -> {after[n]:.3f}" for n in shown if n in before and n in after)
+
+
+def describe(s: DefenseSummary) -> str:
+    head = f"{s.method} ({s.kind}), epoch {s.epoch}, holdout {s.holdout}, {s.seconds:.1f}s"
+    if s.detection is not None:
+        d = s.detection
         line = (f"detection AUROC {d['auroc']:.3f} | TPR@1%FPR {d['tpr_at_1pct_fpr']:.3f} "
                 f"TPR@5%FPR {d['tpr_at_5pct_fpr']:.3f}")
         if "precision" in d:
             line += f" | flagged {d['flagged']}: precision {d['precision']:.3f} recall {d['recall']:.3f}"
-        return f"{head}\n{line}\nwrote {Path(s['run']) / 'defenses' / s['name']}"
-    if "backdoored_verdict" in s:
-        return (f"{head}\nverdict: {'backdoored' if s['backdoored_verdict'] else 'clean'}; flagged "
-                f"{s['flagged_labels'] or 'none'}; true target {s['target']} ranked {s['target_rank']}")
-    b, a = s["before"], s["after"]
-    return (f"{head}\nASR(0.6) {b['asr_0.6']:.3f} -> {a['asr_0.6']:.3f} | AUROC-NN {b['auroc_nn']:.3f} -> "
-            f"{a['auroc_nn']:.3f}")
+        return f"{head}\n{line}\nwrote {RunDir(s.run).defense_dir(s.name)}"
+    if s.backdoored_verdict is not None:
+        return (f"{head}\nverdict: {'backdoored' if s.backdoored_verdict else 'clean'}; flagged "
+                f"{s.flagged_labels or 'none'}; true target {s.target} ranked {s.target_rank}")
+    return f"{head}\n{before_after(s.metric_columns, s.before, s.after)}"

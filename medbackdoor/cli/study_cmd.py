@@ -74,18 +74,21 @@ def _split(results: list[dict]) -> tuple[list[dict], list[dict]]:
     return [r for r in results if ":" not in r["name"]], [r for r in results if ":" in r["name"]]
 
 
-def _traceback_path(r: dict) -> Path:
+def _traceback_path(r: dict, folders: dict[str, str]) -> Path:
+    """Where the traceback of a failed run, or of a failed step ``RUN:STEP`` (``folders``: run name → folder), is."""
+    from medbackdoor.rundir import RunDir
+
     if ":" not in r["name"]:
-        return Path(r["folder"]) / "manifest.json"
-    if r["name"].endswith(":control"):
-        return Path(r["folder"]).parent / "control_failed.txt"
-    return Path(r["folder"]) / "failed.txt"
+        return RunDir(r["folder"]).manifest_path
+    run, _, step = r["name"].rpartition(":")
+    return RunDir(folders[run]).step_failure_path(step)
 
 
 def report_failures(out: Path, results: list[dict]) -> int:
     """Print each failed run (or defense, or control scoring) and where its traceback is; the exit code: 1 if
     anything failed, else 0."""
     runs, steps = _split(results)
+    folders = {r["name"]: r["folder"] for r in runs}
     code = 0
     for what, group in (("runs", runs), ("defense and control steps", steps)):
         failed = [r for r in group if r.get("status") == "failed"]
@@ -94,7 +97,7 @@ def report_failures(out: Path, results: list[dict]) -> int:
         code = 1
         print(f"{len(failed)} of {len(group)} {what} failed:", file=sys.stderr)
         for r in failed:
-            print(f"  {r['name']}: {r.get('error')} (traceback in {_traceback_path(r)})", file=sys.stderr)
+            print(f"  {r['name']}: {r.get('error')} (traceback in {_traceback_path(r, folders)})", file=sys.stderr)
     return code
 
 
@@ -134,7 +137,7 @@ def explain_figure_runs(out: Path, results: list[dict]) -> None:
         folder = done.get(name)
         if folder is not None and not RunDir(folder).localisation_path.exists():
             explain_run(folder)
-            print(f"explained {name}: {folder / 'explain' / 'figure1.png'}")
+            print(f"explained {name}: {RunDir(folder).explain_dir / 'figure1.png'}")
 
 
 def run_reproduce(args: argparse.Namespace) -> int:

@@ -6,8 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from medbackdoor.config import flatten
 from medbackdoor.rundir import RunDir
-from medbackdoor.study.aggregate import TABLE_ROWS
+from medbackdoor.study.aggregate import table_rows
 
 
 def add_parser(sub) -> None:
@@ -19,17 +20,18 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     table = {str(folder): RunDir(folder).extremes() for folder in args.runs}
+    rows = table_rows([flatten(RunDir(folder).config().to_dict()) for folder in args.runs])
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
     names = [Path(k).name for k in table]
     width = max(12, *(len(n) for n in names))
     print(f"{'max over epochs':<16}" + "".join(f"{n:>{width + 2}}" for n in names))
-    for key, label in TABLE_ROWS:
+    for key, label in rows:
         cells = "".join(f"{table[k].get(key, {}).get('max', float('nan')):>{width + 2}.3f}" for k in table)
         print(f"{label:<16}{cells}")
     print(f"{'min over epochs':<16}")
-    for key, label in TABLE_ROWS:
+    for key, label in rows:
         cells = "".join(f"{table[k].get(key, {}).get('min', float('nan')):>{width + 2}.3f}" for k in table)
         print(f"{label:<16}{cells}")
     return 0

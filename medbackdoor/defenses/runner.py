@@ -1,9 +1,10 @@
 """``medbackdoor defend RUN --method NAME``: run one defense on a finished run and score it against the truth.
 
 Writes ``RUN/defenses/NAME/``: ``scores.csv`` (one row per training sample, test image or label, by kind),
-``summary.json`` (detection AUROC, TPR at 1% and 5% FPR, precision/recall of the flag rule; before/after metrics
-for mitigations; seconds and ms per image) and figures where they help. A second call with the same method,
-options, epoch and holdout reuses what is there.
+``summary.json`` (a :class:`~medbackdoor.defenses.summary.DefenseSummary`: detection AUROC, TPR at 1% and 5% FPR,
+precision/recall of the flag rule; before/after metric columns for mitigations; seconds and ms per image) and
+figures where they help. A second call with the same method, options and holdout on the same checkpoint (epoch
+and file digest) reuses what is there.
 
 The defense gets a :class:`~medbackdoor.defenses.base.Defender` only; the :class:`Truth` built here is used
 after it returns, to score it.
@@ -11,16 +12,19 @@ after it returns, to score it.
 
 from __future__ import annotations
 
-import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from medbackdoor._io import atomic_path, save_figure, write_rows
+from medbackdoor.config import RunConfig, parse_assignment
 from medbackdoor.defenses.base import DEFENSES, Defender, Images, Truth
 from medbackdoor.defenses.scoring import detection_summary
+from medbackdoor.defenses.summary import DefenseSummary, read_summary, write_summary
 from medbackdoor.errors import UserError
+from medbackdoor.metrics.columns import column_values, metric_columns, score_columns
 from medbackdoor.rundir import RunDir
 
 DEFAULT_HOLDOUT = 1000
@@ -39,10 +43,12 @@ def load_defender(run: RunDir, epoch: int | None = None, holdout: int | None = N
     """The defender's view of a run, the truth kept apart, the run data and the epoch used.
 
     The last one loaded is kept: several defenses of one run in one process build the data, load the model and
-    compute the features once (defenses never modify the Defender's model; repairs work on copies).
+    compute the features once (defenses never modify the Defender's model; repairs work on copies). It is named
+    by the checkpoint itself (resolved epoch and file digest), so a run extended or trained again is loaded anew.
     """
-    key = (str(run.path.resolve()), epoch, holdout, device, batch_size, run.manifest().get("git_commit"),
-           run.checkpoint_epochs())
+    epoch = _epoch_to_defend(run, epoch)
+    key = (str(run.path.resolve()), epoch, run.checkpoint_fingerprint(epoch), holdout, device, batch_size,
+           run.manifest().get("git_commit"))
     if _LAST.get("key") == key:
         return _LAST["value"]
     _LAST.clear()
@@ -156,11 +162,13 @@ def _fixed_footprint(trigger, height: int, width: int) -> tuple[np.ndarray | Non
 
 def defend(run_dir: str | Path, method: str, epoch: int | None = None, holdout: int | None = None,
            options: dict | None = None, force: bool = False, device: str | None = None,
-           require_data: bool = False, name: str | None = None) -> dict:
+           require_data: bool = False, name: str | None = None) -> DefenseSummary:
     """Run ``method`` on the run in ``run_dir``; returns the summary (also written to ``summary.json``).
 
     ``require_data``: refuse any defense that is not a data defense (``--retrain`` needs flags per sample).
     ``name``: the output folder under ``RUN/defenses/`` (default: the method), e.g. to keep two option sets.
+    A summary on disk is reused when it answers the same request: method, options, holdout, and the checkpoint
+    (its epoch and file digest, :meth:`RunDir.checkpoint_fingerprint`). Anything else empties the folder first.
     """
     run = RunDir(run_dir)
     if not run.exists():
@@ -170,74 +178,80 @@ def defend(run_dir: str | Path, method: str, epoch: int | None = None, holdout: 
     if require_data and defense.kind != "data":
         raise UserError(f"--retrain needs a data defense; {method} is a {defense.kind} defense")
     name = name or method
-    if not name or "/" in name or name.startswith("."):
-        raise UserError(f"bad defense name {name!r}: a folder name under RUN/defenses/")
-    out = run.path / "defenses" / name
-    key = {"method": method, "options": options, "epoch": epoch, "holdout": holdout}
-    previous = out / "summary.json"
-    if previous.is_file() and not force:
-        done = json.loads(previous.read_text())
-        if done.get("request") == key and (out / "scores.csv").is_file():
-            return done
-    defender, truth, data, used_epoch = load_defender(run, epoch, holdout, device)
+    out = run.defense_dir(name)
+    used_epoch = _epoch_to_defend(run, epoch)
+    key = {"method": method, "options": options, "epoch": used_epoch,
+           "checkpoint": run.checkpoint_fingerprint(used_epoch), "holdout": holdout}
+    done = _reusable(run, name, key) if not force else None
+    if done is not None:
+        return done
+    defender, truth, data, used_epoch = load_defender(run, used_epoch, holdout, device)
+    shutil.rmtree(out, ignore_errors=True)  # scores, figures, a retrain of another request: all stale
+    config = run.config()
     t0 = time.perf_counter()
-    summary = {"name": name, "method": method, "kind": defense.kind, "paper": defense.paper, "changes": defense.changes,
-               "options": defense.options(), "request": key, "epoch": used_epoch,
-               "holdout": len(defender.holdout_images), "run": str(run.path)}
     out.mkdir(parents=True, exist_ok=True)
     kind_runner = {"data": _data, "input": _input, "model": _model, "mitigation": _mitigation}[defense.kind]
-    rows, extra = kind_runner(defense, defender, truth, data, out)
-    summary.update(extra)
-    summary["seconds"] = round(time.perf_counter() - t0, 3)
-    summary["ms_per_image"] = round(1000 * summary["seconds"] / max(summary.get("images_scored", 1), 1), 3)
-    write_rows(out / "scores.csv", rows)
-    with atomic_path(previous, suffix=".json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, default=_json))
+    rows, extra = kind_runner(defense, defender, truth, data, out, config)
+    seconds = round(time.perf_counter() - t0, 3)
+    summary = DefenseSummary(
+        name=name, method=method, kind=defense.kind, run=str(run.path), epoch=used_epoch,
+        holdout=len(defender.holdout_images), request=key, paper=defense.paper, changes=defense.changes,
+        options=defense.options(), metric_columns={c.name: c.label for c in metric_columns(config.eval)},
+        seconds=seconds, ms_per_image=round(1000 * seconds / max(extra.get("images_scored", 1), 1), 3), **extra)
+    write_rows(run.defense_scores_path(name), rows)
+    write_summary(run.defense_summary_path(name), summary)
     return summary
 
 
-def retrain(run_dir: str | Path, name: str, summary: dict, progress: bool = True) -> dict:
+def _epoch_to_defend(run: RunDir, epoch: int | None) -> int:
+    """The checkpoint a defense uses: ``epoch``, or the last one (one line when there is none)."""
+    if not run.checkpoint_epochs():
+        raise UserError(f"{run.path} has no checkpoint to defend")
+    return run.resolve_epoch(epoch)
+
+
+def _reusable(run: RunDir, name: str, key: dict) -> DefenseSummary | None:
+    """The summary on disk of defense ``name`` when it answered request ``key`` and its scores are there."""
+    path = run.defense_summary_path(name)
+    if not path.is_file() or not run.defense_scores_path(name).is_file():
+        return None
+    done = read_summary(path)
+    return done if done.request == key else None
+
+
+def retrain(run_dir: str | Path, name: str, summary: DefenseSummary, progress: bool = True) -> dict:
     """Cleanse and retrain: drop what the data defense flagged and train the run's own config again.
 
     The new run goes to ``RUN/defenses/NAME/retrain`` (an ordinary run folder, resumable) with ``train.drop``
-    naming the flagged positions; returns its last-epoch metrics beside the original run's.
+    naming the flagged positions; returns its last-epoch metrics beside the original run's, in the run's metric
+    columns (:func:`~medbackdoor.metrics.metric_columns` of its ``eval`` settings).
     """
     from medbackdoor.config import load_config
     from medbackdoor.train import run as train_run
 
     run = RunDir(run_dir)
-    out = run.path / "defenses" / name
-    flagged = summary["flagged_positions"]
-    drop = out / "retrain_drop.txt"
-    text = f"# {len(flagged)} training samples flagged by {summary['method']} ({name})\n"
+    flagged = summary.flagged_positions
+    drop = run.retrain_drop_path(name)
+    text = f"# {len(flagged)} training samples flagged by {summary.method} ({name})\n"
     text += "".join(f"{i}\n" for i in flagged)
     if not drop.is_file() or drop.read_text() != text:
         with atomic_path(drop, suffix=".txt") as tmp:
             tmp.write_text(text)
     config = load_config(run.config_path, [f"train.drop={drop.resolve()}"])
-    new = RunDir(out / "retrain")
+    new = run.retrain_dir(name)
     train_run(config, new.path, resume=True, progress=progress)
     before, after = run.metrics()[-1], new.metrics()[-1]
-    keys = ("asr_0.6", "asr_0.9", "auroc_nn", "auroc_tt", "auroc_tn")
+    names = [c.name for c in metric_columns(config.eval)]
     result = {"run": str(new.path), "dropped": len(flagged),
-              "before": {k: float(before[k]) for k in keys}, "after": {k: float(after[k]) for k in keys}}
-    summary["retrain"] = result
-    with atomic_path(out / "summary.json", suffix=".json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, default=_json))
+              "before": {k: float(before[k]) for k in names}, "after": {k: float(after[k]) for k in names}}
+    summary.retrain = result
+    write_summary(run.defense_summary_path(name), summary)
     return result
-
-
-def _json(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 # --- one function per kind: run the defense, then score it ---------------------------------------------------------
 
-def _data(defense, d: Defender, truth: Truth, data, out: Path):
+def _data(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfig):
     det = defense.suspicion(d)
     scores, flagged = np.asarray(det.scores, np.float64), np.asarray(det.flagged, bool)
     if len(scores) != len(truth.poisoned) or len(flagged) != len(scores):
@@ -252,7 +266,7 @@ def _data(defense, d: Defender, truth: Truth, data, out: Path):
     return rows, summary
 
 
-def _input(defense, d: Defender, truth: Truth, data, out: Path):
+def _input(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfig):
     if not data.trigger.changes_pixels:
         raise UserError("this run's trigger changes no pixel (a label-only attack): an input defense has "
                         "nothing to detect")
@@ -277,7 +291,7 @@ def _input(defense, d: Defender, truth: Truth, data, out: Path):
     return rows, {"detection": det, "threshold": threshold, "images_scored": len(s)}
 
 
-def _model(defense, d: Defender, truth: Truth, data, out: Path):
+def _model(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfig):
     scan = defense.scan(d)
     scores = np.asarray(scan.scores, np.float64)
     order = np.argsort(-scores, kind="stable")
@@ -296,19 +310,20 @@ def _model(defense, d: Defender, truth: Truth, data, out: Path):
     return rows, summary
 
 
-def _mitigation(defense, d: Defender, truth: Truth, data, out: Path):
-    before = _metrics(d.model, d, data, lambda x: x)
+def _mitigation(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfig):
+    before = _metrics(d.model, d, data, lambda x: x, config)
     repaired = defense.repair(d)
     model = repaired if repaired is not None else d.model
-    after = _metrics(model, d, data, lambda x: defense.purify(d, x))
+    after = _metrics(model, d, data, lambda x: defense.purify(d, x), config)
     rows = [{"when": when, **{k: v for k, v in m.items()}} for when, m in (("before", before), ("after", after))]
     return rows, {"before": before, "after": after, "images_scored": 2 * len(data.test),
                   "info": getattr(defense, "info", {})}
 
 
-def _metrics(model, d: Defender, data, transform) -> dict:
-    """ASR(0.6/0.9) and AUROC-NN/TT/TN of ``model`` on the test set, inputs passed through ``transform``."""
-    from medbackdoor.metrics import backdoor_metrics
+def _metrics(model, d: Defender, data, transform, config: RunConfig) -> dict:
+    """The run's metric columns (:func:`~medbackdoor.metrics.metric_columns` of its ``eval`` settings: ASR at
+    each p, strict or not, AUROC-TT/NN/TN, mixed ε) of ``model`` on the test set, inputs passed through
+    ``transform``."""
     from medbackdoor.train.loop import predict
 
     def scores(view):
@@ -318,11 +333,10 @@ def _metrics(model, d: Defender, data, transform) -> dict:
         return np.concatenate(out)
 
     clean = scores(data.test.clean)
-    triggered = scores(data.test.triggered)
-    m = backdoor_metrics(data.test.labels, clean, triggered, data.target, [0.6, 0.9], [], False, seed=0,
-                         label=getattr(data.train, "label", "onehot"), carriers=data.test.carriers)
-    return {"asr_0.6": m["asr"]["0.6"], "asr_0.9": m["asr"]["0.9"], "auroc_nn": m["auroc_nn"],
-            "auroc_tt": m["auroc_tt"], "auroc_tn": m["auroc_tn"]}
+    triggered = clean if data.test.triggered is data.test.clean else scores(data.test.triggered)
+    m = score_columns(config.eval, data.test.labels, clean, triggered, data.target, config.attack_seed,
+                      config.trigger.label, data.test.carriers)
+    return column_values(metric_columns(config.eval), m)
 
 
 def _reversed(out: Path, masks, patterns, truth: Truth, names) -> dict:
@@ -398,17 +412,5 @@ def _mask_figure(path: Path, masks: np.ndarray, names) -> None:
 
 
 def parse_options(pairs: list[str]) -> dict:
-    """``--set key=value`` pairs as defense options (values read as YAML)."""
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise UserError(f"--set {key}: cannot read {value!r}") from None
-    return out
-
+    """``--set key=value`` pairs as defense options (read by :func:`~medbackdoor.config.parse_assignment`)."""
+    return dict(parse_assignment(pair) for pair in pairs)

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medbackdoor.config import NEUTRAL_KEYS, flatten
+from medbackdoor.config import NEUTRAL_KEYS, EvalConfig, flatten
 from medbackdoor.errors import UserError
+from medbackdoor.metrics.columns import eval_config_of, table_columns
 from medbackdoor.rundir import RunDir
 
-# The five metrics of the paper's tables, in its row order, with their printed names.
-TABLE_ROWS = (("asr_0.6", "ASR(p=0.6)"), ("asr_0.9", "ASR(p=0.9)"), ("auroc_tt", "AUROC-TT"),
-              ("auroc_nn", "AUROC-NN"), ("auroc_tn", "AUROC-TN"))
+# The five metrics of the paper's tables (its p = 0.6 and 0.9: the default evaluation settings), in its row order,
+# with their printed names. A sweep's own tables take theirs from its runs' settings (:func:`table_rows`).
+TABLE_ROWS = tuple((c.name, c.label) for c in table_columns(EvalConfig()))
 NOT_A_CONDITION = NEUTRAL_KEYS | {"train.seed"}
 
 
@@ -61,6 +62,21 @@ def manifest_metrics(manifest: dict) -> dict[str, dict[str, float]]:
     values.update({f"survival_{k}": v for k, v in manifest.get("trigger_survival", {}).items()})
     return {k: {"min": float(v), "max": float(v)} for k, v in values.items()
             if isinstance(v, int | float) and np.isfinite(v)}
+
+
+def table_rows(configs: list[dict]) -> tuple[tuple[str, str], ...]:
+    """The table rows ``(metric, label)`` of runs with flattened ``configs``: the union, in order, of each run's
+    :func:`~medbackdoor.metrics.table_columns` (ASR at its thresholds, AUROC-TT/NN/TN); labels that differ
+    between runs for one metric (strict or not) are joined. The paper's rows when there are no configs."""
+    labels: dict[str, list[str]] = {}
+    for config in configs:
+        for c in table_columns(eval_config_of(config)):
+            if c.label not in labels.setdefault(c.name, []):
+                labels[c.name].append(c.label)
+    if not labels:
+        return TABLE_ROWS
+    asr = sorted((n for n in labels if n.startswith("asr_")), key=lambda n: float(n.removeprefix("asr_")))
+    return tuple((n, " / ".join(labels[n])) for n in [*asr, *(n for n in labels if not n.startswith("asr_"))])
 
 
 def condition_of(config: dict) -> dict:

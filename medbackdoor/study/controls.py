@@ -23,11 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from medbackdoor._io import write_json
+from medbackdoor._io import write_json, write_text
 from medbackdoor.config import NEUTRAL_KEYS, flatten
 from medbackdoor.rundir import RunDir
 
-FILE = "control.json"
 IGNORED = ("trigger.", "train.drop")
 
 
@@ -50,10 +49,11 @@ def match_controls(folders: list[str | Path]) -> list[tuple[Path, Path]]:
 
 
 def _fingerprint(run: Path, control: Path, epoch: int) -> dict:
-    ckpt = RunDir(control).checkpoint_path(epoch).stat()
+    """What a control scoring was computed from: the control, its epoch and checkpoint digest, and the run's
+    config (which sets the triggered test set and the metric settings)."""
     config = hashlib.sha256(RunDir(run).config_path.read_bytes()).hexdigest()[:16]
-    return {"control": control.name, "control_epoch": epoch, "control_checkpoint": [ckpt.st_size, ckpt.st_mtime_ns],
-            "run_config": config}
+    return {"control": control.name, "control_epoch": epoch,
+            "control_checkpoint": RunDir(control).checkpoint_fingerprint(epoch), "run_config": config}
 
 
 def control_response(run: str | Path, control: str | Path, device: str = "auto") -> dict:
@@ -62,7 +62,7 @@ def control_response(run: str | Path, control: str | Path, device: str = "auto")
     import torch
 
     from medbackdoor.errors import UserError
-    from medbackdoor.metrics import backdoor_metrics
+    from medbackdoor.metrics import score_columns
     from medbackdoor.train.data import build_test_data, build_trigger
     from medbackdoor.train.loop import pick_device, predict
 
@@ -82,9 +82,8 @@ def control_response(run: str | Path, control: str | Path, device: str = "auto")
             clean = predict(model, test.clean, dev, config.eval.batch_size)
         triggered = clean if test.triggered is test.clean else predict(model, test.triggered, dev,
                                                                         config.eval.batch_size)
-    m = backdoor_metrics(test.labels, clean, triggered, target, config.eval.thresholds, config.eval.epsilons,
-                         config.eval.strict, seed=config.attack_seed, label=config.trigger.label,
-                         carriers=test.carriers)
+    m = score_columns(config.eval, test.labels, clean, triggered, target, config.attack_seed, config.trigger.label,
+                      test.carriers)
     return {**_fingerprint(run, control, epoch), "asr": m["asr"], "auroc_tt": m["auroc_tt"], "auroc_tn": m["auroc_tn"],
             "auroc_nn": m["auroc_nn"]}
 
@@ -108,7 +107,7 @@ def score_control(run: str, control: str, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    path = Path(run) / FILE
+    path = RunDir(run).control_path
     try:
         epoch = RunDir(control).last_complete_epoch()
         if path.is_file() and epoch:
@@ -116,10 +115,11 @@ def score_control(run: str, control: str, threads: int) -> dict:
             if all(old.get(k) == v for k, v in _fingerprint(Path(run), Path(control), epoch).items()):
                 return {"status": "skipped (complete)", "error": None, "seconds": time.perf_counter() - start}
         write_json(path, control_response(run, control))
+        RunDir(run).control_failure_path.unlink(missing_ok=True)
         status, error = "complete", None
     except Exception as exc:  # noqa: BLE001 - recorded; the sweep goes on
         status, error = "failed", f"{type(exc).__name__}: {exc}"
-        (Path(run) / "control_failed.txt").write_text(traceback.format_exc())
+        write_text(RunDir(run).control_failure_path, traceback.format_exc())
     return {"status": status, "error": error, "seconds": time.perf_counter() - start}
 
 
@@ -128,7 +128,7 @@ def control_rows(folders: list[str | Path]) -> pd.DataFrame:
     its last epoch, and the excess (run − control), for every threshold."""
     rows = []
     for folder in map(Path, folders):
-        path = folder / FILE
+        path = RunDir(folder).control_path
         if not path.is_file():
             continue
         c = json.loads(path.read_text())

@@ -5,17 +5,21 @@ One tidy table (``report/defenses.csv``: one row per run and defense) and, from 
 * detection (data and input defenses): AUROC and TPR at 5% FPR, methods × attack conditions;
 * model scanning: how many backdoored runs are flagged and have their target ranked first, and how many clean
   controls are flagged;
-* mitigation: ASR(0.6) and AUROC-NN before → after;
-* cleanse-and-retrain: ASR(0.6) and AUROC-NN of the retrained run.
+* mitigation: ASR and AUROC-NN before → after;
+* cleanse-and-retrain: ASR and AUROC-NN of the retrained run.
+
+ASR is the run's own: at its first ``eval.thresholds`` p, strict or not (:func:`~medbackdoor.metrics.metric_columns`
+of its ``eval`` settings, the columns its summaries hold).
 """
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 
+from medbackdoor.defenses.summary import DefenseSummary, read_summary
+from medbackdoor.metrics.columns import eval_config_of, table_columns
+from medbackdoor.rundir import RunDir
 from medbackdoor.study.aggregate import RunRecord, condition_of
 
 
@@ -28,26 +32,30 @@ def defense_rows(records: list[RunRecord], describe, label_keys) -> pd.DataFrame
         clean = not cond.get("trigger.fraction")
         label = "Clean" if clean else describe(cond, [k for k in keys if k != "trigger.fraction"] +
                                                (["trigger.fraction"] if "trigger.fraction" in keys else []))
-        for path in sorted((r.folder / "defenses").glob("*/summary.json")):
-            s = json.loads(path.read_text())
-            row = {"run": r.name, "seed": r.config.get("train.seed"), "condition": label, "clean_control": clean,
-                   "defense": s.get("name", path.parent.name), "method": s["method"], "kind": s["kind"],
-                   "seconds": s.get("seconds"), "ms_per_image": s.get("ms_per_image")}
-            det = s.get("detection", {})
-            row.update({k: det.get(k) for k in ("auroc", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "precision", "recall")})
-            if s["kind"] == "model":
-                row.update({"verdict": float(s["backdoored_verdict"]), "target_rank": s.get("target_rank"),
-                            "target_first": float(s.get("target_rank") == 1 and s["backdoored_verdict"]),
-                            "iou": (s.get("reversed_trigger") or {}).get("iou_with_true_trigger")})
-            for when in ("before", "after"):
-                for k, v in (s.get(when) or {}).items():
-                    row[f"{when}_{k}"] = v
-            if "retrain" in s:
-                for k, v in s["retrain"]["after"].items():
-                    row[f"retrain_{k}"] = v
-                row["retrain_dropped"] = s["retrain"]["dropped"]
-            rows.append(row)
+        asr = next((c for c in table_columns(eval_config_of(r.config)) if c.group == "asr"), None)
+        for path in RunDir(r.folder).defense_summary_paths():
+            rows.append({"run": r.name, "seed": r.config.get("train.seed"), "condition": label, "clean_control": clean,
+                         "asr_metric": asr.name if asr else None, "asr_label": asr.label if asr else None,
+                         **_summary_row(read_summary(path))})
     return pd.DataFrame(rows)
+
+
+def _summary_row(s: DefenseSummary) -> dict:
+    """The numbers of one summary the tables use, flat."""
+    row = {"defense": s.name, "method": s.method, "kind": s.kind, "seconds": s.seconds,
+           "ms_per_image": s.ms_per_image}
+    det = s.detection or {}
+    row.update({k: det.get(k) for k in ("auroc", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "precision", "recall")})
+    if s.kind == "model":
+        row.update({"verdict": float(s.backdoored_verdict), "target_rank": s.target_rank,
+                    "target_first": float(s.target_rank == 1 and s.backdoored_verdict),
+                    "iou": (s.reversed_trigger or {}).get("iou_with_true_trigger")})
+    for when, values in (("before", s.before), ("after", s.after)):
+        row.update({f"{when}_{k}": v for k, v in (values or {}).items()})
+    if s.retrain is not None:
+        row.update({f"retrain_{k}": v for k, v in s.retrain["after"].items()})
+        row["retrain_dropped"] = s.retrain["dropped"]
+    return row
 
 
 def _cell(values: pd.Series) -> str:
@@ -96,13 +104,12 @@ def defense_tables(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
                     _pivot(model, _verdicts, order)))
     mit = df[df["kind"] == "mitigation"]
     if not mit.empty:
-        out.append(("defenses_mitigation", "Mitigation: ASR(0.6) and AUROC-NN, before → after",
+        out.append(("defenses_mitigation", "Mitigation: the run's ASR and AUROC-NN, before → after",
                     _pivot(mit, _before_after, order)))
     re = df[df.filter(like="retrain_").notna().any(axis=1)] if df.filter(like="retrain_").shape[1] else df.iloc[:0]
     if not re.empty:
-        out.append(("defenses_retrain", "Cleanse and retrain: ASR(0.6) / AUROC-NN of the retrained model "
-                    "(last epoch)", _pivot(re, lambda g: f"{_mean(g['retrain_asr_0.6'])} / "
-                                                         f"{_mean(g['retrain_auroc_nn'])}", order)))
+        out.append(("defenses_retrain", "Cleanse and retrain: the run's ASR / AUROC-NN of the retrained model "
+                    "(last epoch)", _pivot(re, _retrained, order)))
     return out
 
 
@@ -118,6 +125,22 @@ def _verdicts(g: pd.DataFrame) -> str:
     return f"{flagged}/{n}" + ("" if g["clean_control"].all() else f" ({first}/{n})")
 
 
+def _asr(g: pd.DataFrame) -> tuple[str, str]:
+    """The ASR metric and its label of a group's runs (one condition: one setting)."""
+    metric, label = g["asr_metric"].iloc[0], g["asr_label"].iloc[0]
+    return (metric, label) if isinstance(metric, str) else ("", "ASR")
+
+
+def _col(g: pd.DataFrame, name: str) -> pd.Series:
+    return g[name] if name in g else pd.Series(dtype=float)
+
+
 def _before_after(g: pd.DataFrame) -> str:
-    return (f"ASR {_mean(g['before_asr_0.6'])} → {_mean(g['after_asr_0.6'])}; "
-            f"NN {_mean(g['before_auroc_nn'])} → {_mean(g['after_auroc_nn'])}")
+    metric, label = _asr(g)
+    return (f"{label} {_mean(_col(g, f'before_{metric}'))} → {_mean(_col(g, f'after_{metric}'))}; "
+            f"NN {_mean(_col(g, 'before_auroc_nn'))} → {_mean(_col(g, 'after_auroc_nn'))}")
+
+
+def _retrained(g: pd.DataFrame) -> str:
+    metric, label = _asr(g)
+    return f"{label} {_mean(_col(g, f'retrain_{metric}'))} / {_mean(_col(g, 'retrain_auroc_nn'))}"

@@ -25,6 +25,7 @@ from medbackdoor.study.aggregate import (
     condition_table,
     read_runs,
     runs_table,
+    table_rows,
     varying_keys,
 )
 
@@ -134,8 +135,14 @@ def _frame(cond: pd.DataFrame, columns: list[Column]) -> pd.DataFrame:
     labels = [label for label, _, _ in columns]
     if len(set(labels)) != len(labels):
         raise UserError(f"two table columns would share a label: {labels}")
-    return pd.DataFrame({label: [_fmt(lookup(cond, m, stat, condition=cid)) for m, _ in TABLE_ROWS]
-                         for label, cid, stat in columns}, index=[label for _, label in TABLE_ROWS])
+    rows = _rows(cond)
+    return pd.DataFrame({label: [_fmt(lookup(cond, m, stat, condition=cid)) for m, _ in rows]
+                         for label, cid, stat in columns}, index=[label for _, label in rows])
+
+
+def _rows(cond: pd.DataFrame) -> tuple[tuple[str, str], ...]:
+    """The metric rows of the conditions in ``cond``: their evaluation settings' table columns."""
+    return table_rows(list(_conditions(cond).values()))
 
 
 def _poisoned(conds: dict[str, dict], location: str = "center") -> dict[str, dict]:
@@ -162,8 +169,8 @@ def table1(cond: pd.DataFrame, stat: str) -> pd.DataFrame | None:
     return _frame(cond, _table1_columns(conds, stat))
 
 
-ATTACK_COLUMNS = (*TABLE_ROWS, ("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("changed_pixels", "changed pixels"),
-                  ("survival_train", "survival"))
+STEALTH_COLUMNS = (("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("changed_pixels", "changed pixels"),
+                   ("survival_train", "survival"))
 
 
 def attack_table(cond: pd.DataFrame) -> pd.DataFrame | None:
@@ -175,14 +182,15 @@ def attack_table(cond: pd.DataFrame) -> pd.DataFrame | None:
     if not {"trigger.kind", "trigger.label"} & set(keys):
         return None
     clean = [cid for cid, v in conds.items() if v[FRACTION] == 0]
+    columns = (*_rows(cond), *STEALTH_COLUMNS)
     rows = {}
     for cid in _ordered(conds, keys):
         if cid in clean and len(clean) == 1:
             label = "Clean"
         else:
             label = describe(conds[cid], [k for k in keys if k != FRACTION or conds[cid][FRACTION] == 0])
-        rows[label] = [_fmt(lookup(cond, metric, "max", condition=cid)) for metric, _ in ATTACK_COLUMNS]
-    return pd.DataFrame(rows, index=[name for _, name in ATTACK_COLUMNS]).T
+        rows[label] = [_fmt(lookup(cond, metric, "max", condition=cid)) for metric, _ in columns]
+    return pd.DataFrame(rows, index=[name for _, name in columns]).T
 
 
 def _compare_size(conds: dict[str, dict]) -> int | None:
@@ -297,8 +305,8 @@ def figure3(cond: pd.DataFrame, folder: Path) -> bool:
         return False
     sizes = sorted({s for line in series.values() for s in line})
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharex=True)
-    groups = ((("asr_0.6", "ASR p=0.6"), ("asr_0.9", "ASR p=0.9")),
-              (("auroc_tt", "AUROC-TT"), ("auroc_nn", "AUROC-NN"), ("auroc_tn", "AUROC-TN")))
+    rows = _rows(cond)
+    groups = tuple(r for r in rows if r[0].startswith("asr_")), tuple(r for r in rows if not r[0].startswith("asr_"))
     styles = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
     for r, (stat, title) in enumerate((("min", "minimum over epochs"), ("max", "maximum over epochs"))):
         for c, group in enumerate(groups):

@@ -253,7 +253,7 @@ def run_controls(results: list[dict], executor: Executor, progress: bool) -> lis
     """Each poisoned run's trigger scored on its clean control (``RUN/control.json``, see
     :mod:`medbackdoor.study.controls`); one status per run, named ``RUN:control``. Sweep key ``controls: false``
     turns this off."""
-    from medbackdoor.study.controls import FILE, match_controls, score_control
+    from medbackdoor.study.controls import match_controls, score_control
 
     # the grid's runs only: the figure1 pair is never in the tables
     names = {Path(r["folder"]): r["name"] for r in results
@@ -262,7 +262,7 @@ def run_controls(results: list[dict], executor: Executor, progress: bool) -> lis
     out = []
     for i, (k, status) in enumerate(executor.map(score_control, [(str(a), str(b)) for a, b in pairs]), 1):
         run = pairs[k][0]
-        result = {"name": f"{names[run]}:control", "folder": str(run / FILE),
+        result = {"name": f"{names[run]}:control", "folder": str(RunDir(run).control_path),
                   **{key: v for key, v in status.items() if key != "traceback"}}
         out.append(result)
         if progress:
@@ -288,7 +288,7 @@ def run_defenses(results: list[dict], entries: list[dict], executor: Executor, p
             statuses = [{key: v for key, v in statuses.items() if key != "traceback"}] * len(entries)
         for e, status in zip(entries, statuses):
             result = {"name": f"{r['name']}:{e['name']}",
-                      "folder": str(Path(r["folder"]) / "defenses" / e["name"]), **status}
+                      "folder": str(RunDir(r["folder"]).defense_dir(e["name"])), **status}
             out.append(result)
             if progress:
                 print(f"[defenses {i}/{len(done)}] {result['name']}: {result['status']} "
@@ -313,16 +313,14 @@ def _defend_one(folder: str, entry: dict) -> dict:
     try:
         summary = defend(folder, entry["method"], entry.get("epoch"), entry.get("holdout"), entry["options"],
                          name=entry["name"])
-        if entry.get("retrain") and "retrain" not in summary:
+        if entry.get("retrain") and summary.retrain is None:
             retrain(folder, entry["name"], summary, progress=False)
         status, error = "complete", None
     except UserError as exc:  # the defense does not apply to this run (e.g. nothing to detect)
         status, error = "not applicable", str(exc)
     except Exception as exc:  # noqa: BLE001 - recorded; the sweep goes on
         status, error = "failed", f"{type(exc).__name__}: {exc}"
-        path = Path(folder) / "defenses" / entry["name"]
-        path.mkdir(parents=True, exist_ok=True)
-        write_text(path / "failed.txt", traceback.format_exc())
+        write_text(RunDir(folder).defense_failure_path(entry["name"]), traceback.format_exc())
     return {"status": status, "error": error, "seconds": time.perf_counter() - start}
 
 

@@ -22,8 +22,8 @@ from medbackdoor._io import atomic_path
 from medbackdoor.config import NEUTRAL_KEYS, RunConfig, config_diff
 from medbackdoor.data.views import ImageRows, SampleImages
 from medbackdoor.errors import UserError
-from medbackdoor.labels import LABELS
-from medbackdoor.metrics import backdoor_metrics, micro_auroc, save_predictions, stealth
+from medbackdoor.metrics import micro_auroc, save_predictions, stealth
+from medbackdoor.metrics.columns import MetricColumn, column_values, metric_columns, score_columns
 from medbackdoor.models import create_model
 from medbackdoor.rundir import RunDir
 from medbackdoor.train.data import RunData, build_run_data
@@ -42,12 +42,17 @@ from medbackdoor.train.loop import (
 RESUME_IGNORES = NEUTRAL_KEYS | {"train.epochs"}  # a finished run can be extended with more epochs
 
 def metric_row(epoch: int, m: dict, train_loss: float, val_loss: float, val_auroc: float, lr: float,
-               seconds: float, images_per_s: float, label_names: tuple[str, ...] = LABELS) -> dict:
-    """Flatten one epoch's numbers into a CSV row (fixed column order)."""
+               seconds: float, images_per_s: float, label_names: tuple[str, ...],
+               columns: tuple[MetricColumn, ...]) -> dict:
+    """Flatten one epoch's numbers into a CSV row (fixed column order).
+
+    Args:
+        m: the epoch's :func:`~medbackdoor.metrics.backdoor_metrics` result.
+        columns: the run's backdoor metric columns (:func:`~medbackdoor.metrics.metric_columns` of its
+            ``eval`` settings).
+    """
     row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auroc": val_auroc,
-           "auroc_nn": m["auroc_nn"], "auroc_tt": m["auroc_tt"], "auroc_tn": m["auroc_tn"]}
-    row.update({f"asr_{p}": v for p, v in m["asr"].items()})
-    row.update({f"auroc_mix_{e}": v for e, v in m["auroc_mix"].items()})
+           **column_values(columns, m)}
     row["mean_auroc_clean"] = m["mean_auroc_clean"]
     row.update({f"auroc_{label}": v for label, v in zip(label_names, m["per_class_auroc_clean"])})
     row.update({"lr": lr, "seconds": seconds, "train_images_per_s": images_per_s})
@@ -291,12 +296,12 @@ def _epoch(config, data, out, epoch, model, step_model, loader, optimizer, sched
     triggered = clean if same else predict(model, data.test.triggered, device, bs, dist, beat)
     if not dist.is_main:
         return
-    m = backdoor_metrics(data.test.labels, clean, triggered, data.target, config.eval.thresholds,
-                         config.eval.epsilons, config.eval.strict, seed=config.attack_seed,
-                         label=config.trigger.label, carriers=data.test.carriers)
+    m = score_columns(config.eval, data.test.labels, clean, triggered, data.target, config.attack_seed,
+                      config.trigger.label, data.test.carriers)
     # Write order: predictions, checkpoint, metrics row, manifest, and only then prune the previous checkpoint.
     # A kill between any two writes leaves the newest complete epoch (row + checkpoint) to resume from.
     extra = {"label": np.array(config.trigger.label), "label_names": np.array(data.dataset.label_names)}
+    columns = metric_columns(config.eval)
     if data.test.carriers is not None:
         extra["carriers"] = data.test.carriers
     save_predictions(out.predictions_path(epoch), data.test.labels, clean, triggered, data.target,
@@ -305,7 +310,7 @@ def _epoch(config, data, out, epoch, model, step_model, loader, optimizer, sched
     seconds = time.perf_counter() - t0
     row = metric_row(epoch, m, train_loss, val_loss, micro_auroc(val_labels, val_scores),
                      optimizer.param_groups[0]["lr"], round(seconds, 3), round(len(data.train) / train_seconds, 2),
-                     data.dataset.label_names)
+                     data.dataset.label_names, columns)
     rows.append(row)
     out.write_metrics(rows)
     manifest["timings"]["epochs"][str(epoch)] = {"seconds": round(seconds, 3), "train_seconds": round(train_seconds, 3)}
@@ -315,9 +320,8 @@ def _epoch(config, data, out, epoch, model, step_model, loader, optimizer, sched
     for logger in loggers:
         logger.epoch(epoch, row)
     if progress:
-        print(f"epoch {epoch}: loss {train_loss:.4f} val {val_loss:.4f} | AUROC-NN {m['auroc_nn']:.3f} "
-              f"TT {m['auroc_tt']:.3f} TN {m['auroc_tn']:.3f} | ASR(0.6) {m['asr'].get('0.6', float('nan')):.3f}"
-              f" | {seconds:.1f}s", flush=True)
+        shown = " ".join(f"{c.label} {row[c.name]:.3f}" for c in columns if c.group != "mixed")
+        print(f"epoch {epoch}: loss {train_loss:.4f} val {val_loss:.4f} | {shown} | {seconds:.1f}s", flush=True)
 
 
 def _prune_checkpoints(out: RunDir, epoch: int, keep: list[int] | None) -> None:

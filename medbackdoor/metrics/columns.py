@@ -1,0 +1,78 @@
+"""The backdoor metric columns of a run: which numbers its evaluation settings ask for, named and printed one way.
+
+``metrics.csv``, the mitigations' before/after, cleanse-and-retrain, ``medbackdoor defend``'s printout and the
+study report all take their columns from :func:`metric_columns`, so a run evaluated at ``eval.thresholds: [0.5]``
+with ``eval.strict: true`` is reported as ``asr_0.5`` (scores strictly above 0.5) everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medbackdoor.config import EvalConfig, from_dict
+from medbackdoor.metrics.multilabel import backdoor_metrics
+
+
+@dataclass(frozen=True)
+class MetricColumn:
+    """One backdoor metric column.
+
+    Attributes:
+        name: the column name in ``metrics.csv`` and every table (``asr_0.5``, ``auroc_nn``, ``auroc_mix_0.1``).
+        label: how it is printed (``ASR(p=0.6)``; ``ASR(p>0.5)`` when ASR counts scores strictly above p).
+        group: ``asr``, ``auroc`` (AUROC-TT/NN/TN) or ``mixed`` (micro AUROC with a fraction ε triggered).
+        path: where :func:`~medbackdoor.metrics.backdoor_metrics`' nested result holds it.
+    """
+
+    name: str
+    label: str
+    group: str
+    path: tuple[str, ...]
+
+    def value(self, metrics: dict) -> float:
+        """This column's number in a :func:`~medbackdoor.metrics.backdoor_metrics` result."""
+        node = metrics
+        for key in self.path:
+            node = node[key]
+        return float(node)
+
+
+def metric_columns(ev: EvalConfig) -> tuple[MetricColumn, ...]:
+    """The backdoor metric columns of the evaluation settings ``ev``, in the paper's table order.
+
+    ASR at each ``ev.thresholds`` p (strictly above p with ``ev.strict``, else at least p), AUROC-TT, AUROC-NN,
+    AUROC-TN, then the mixed-test-set AUROC at each ``ev.epsilons`` ε.
+    """
+    sign = ">" if ev.strict else "="
+    asr = [MetricColumn(f"asr_{p:g}", f"ASR(p{sign}{p:g})", "asr", ("asr", f"{p:g}")) for p in ev.thresholds]
+    auroc = [MetricColumn(f"auroc_{k}", f"AUROC-{k.upper()}", "auroc", (f"auroc_{k}",)) for k in ("tt", "nn", "tn")]
+    mixed = [MetricColumn(f"auroc_mix_{e:g}", f"AUROC(ε={e:g})", "mixed", ("auroc_mix", f"{e:g}"))
+             for e in ev.epsilons]
+    return (*asr, *auroc, *mixed)
+
+
+def table_columns(ev: EvalConfig) -> tuple[MetricColumn, ...]:
+    """The columns of the paper's Tables 1 and 2 (ASR at each p, AUROC-TT/NN/TN): :func:`metric_columns` less
+    the mixed-test-set AUROCs."""
+    return tuple(c for c in metric_columns(ev) if c.group != "mixed")
+
+
+def column_values(columns: tuple[MetricColumn, ...], metrics: dict) -> dict[str, float]:
+    """``{column name: value}`` of a :func:`~medbackdoor.metrics.backdoor_metrics` result."""
+    return {c.name: c.value(metrics) for c in columns}
+
+
+def score_columns(ev: EvalConfig, y_true: np.ndarray, score_clean: np.ndarray, score_triggered: np.ndarray,
+                  target: int, seed: int, label: str = "onehot", carriers: np.ndarray | None = None) -> dict:
+    """:func:`~medbackdoor.metrics.backdoor_metrics` computed with the settings ``ev`` (thresholds, strictness,
+    ε), i.e. exactly as a run scores its test set every epoch. Arguments as there."""
+    return backdoor_metrics(y_true, score_clean, score_triggered, target, ev.thresholds, ev.epsilons, ev.strict,
+                            seed=seed, label=label, carriers=carriers)
+
+
+def eval_config_of(flat: dict) -> EvalConfig:
+    """The :class:`EvalConfig` of a flattened config (dotted keys, as the report reads runs)."""
+    return from_dict(EvalConfig, {k.removeprefix("eval."): v for k, v in flat.items() if k.startswith("eval.")},
+                     "eval.")

@@ -1,0 +1,115 @@
+"""`defend` and the control scorings answer for the checkpoint actually there: extending a run, training it again
+(`--force`) or replacing a checkpoint is never answered with an earlier result, and `--force` clears what was
+computed from the run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from medbackdoor.cli.main import main
+from medbackdoor.defenses.runner import defend, load_defender
+from medbackdoor.rundir import RunDir
+from medbackdoor.study.controls import score_control
+
+TINY = ["dataset.options.n_images=96", "dataset.options.source_size=32", "image_size=32", "train.epochs=1",
+        "train.batch_size=16", "eval.epsilons=[0.1]", "trigger.mode=append"]
+
+
+def _sets(*extra: str) -> list[str]:
+    return [a for s in (*TINY, *extra) for a in ("--set", s)]
+
+
+def _train(folder: Path, *extra: str, flags: tuple[str, ...] = ()) -> None:
+    assert main(["run", "--out", str(folder), "--quiet", *flags, *_sets(*extra)]) == 0
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def one_epoch(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "run"
+    _train(folder)
+    return folder
+
+
+def test_defend_after_resume_defends_the_new_last_checkpoint(one_epoch, capsys):
+    defend(one_epoch, "label-audit", holdout=8)
+    path = one_epoch / "defenses" / "label-audit" / "summary.json"
+    assert json.loads(path.read_text())["epoch"] == 1
+    _train(one_epoch, "train.epochs=2", flags=("--resume",))
+    assert main(["defend", str(one_epoch), "--method", "label-audit", "--holdout", "8"]) == 0
+    assert ", epoch 2," in capsys.readouterr().out
+    summary = json.loads(path.read_text())
+    assert summary["epoch"] == 2
+    assert _sha256(one_epoch / "checkpoints" / "epoch_002.pt").startswith(summary["request"]["checkpoint"])
+    again = defend(one_epoch, "label-audit", holdout=8)  # the same request now: reused, not recomputed
+    assert again.request == summary["request"] and again.seconds == summary["seconds"]
+    assert defend(one_epoch, "label-audit", epoch=1, holdout=8).epoch == 1  # an explicit epoch still works
+
+
+def test_force_clears_defenses_and_control_scorings(one_epoch):
+    defend(one_epoch, "label-audit", holdout=8)
+    status = score_control(str(one_epoch), str(one_epoch), threads=1)  # the run as its own control: a scoring
+    assert status["status"] == "complete"
+    (one_epoch / "control_failed.txt").write_text("an old traceback\n")
+    (one_epoch / "defenses" / "strip").mkdir()
+    (one_epoch / "defenses" / "strip" / "failed.txt").write_text("an old traceback\n")
+    _train(one_epoch, "train.seed=1", flags=("--force",))
+    leftovers = {p.name for p in one_epoch.iterdir()} & {"defenses", "control.json", "control_failed.txt"}
+    assert leftovers == set()
+    summary = defend(one_epoch, "label-audit", holdout=8)
+    assert _sha256(one_epoch / "checkpoints" / "epoch_001.pt").startswith(summary.request["checkpoint"])
+
+
+def test_the_in_process_defender_is_the_checkpoint_on_disk(one_epoch):
+    """Two loads in one process around `run --force` (another seed): the second defender holds the new weights."""
+    old, *_ = load_defender(RunDir(one_epoch), holdout=8)
+    _train(one_epoch, "train.seed=1", flags=("--force",))
+    new, *_ = load_defender(RunDir(one_epoch), holdout=8)
+    saved = torch.load(one_epoch / "checkpoints" / "epoch_001.pt", weights_only=True)["model"]
+    assert not all(torch.equal(v, saved[k]) for k, v in old.model.state_dict().items())  # seed 1 is another model
+    assert all(torch.equal(v, saved[k]) for k, v in new.model.state_dict().items())
+
+
+def test_a_retrain_is_of_the_request_that_made_it(one_epoch):
+    """A defense recomputed for a new checkpoint leaves no retrain (or drop list) of the old one behind."""
+    folder = one_epoch / "defenses" / "label-audit"
+    defend(one_epoch, "label-audit", holdout=8)
+    (folder / "retrain").mkdir()
+    (folder / "retrain_drop.txt").write_text("# stale\n0\n")
+    _train(one_epoch, "train.epochs=2", flags=("--resume",))
+    defend(one_epoch, "label-audit", holdout=8)
+    assert not (folder / "retrain").exists() and not (folder / "retrain_drop.txt").exists()
+
+
+def test_control_scoring_is_redone_for_a_replaced_checkpoint_of_the_same_size_and_time(tmp_path, monkeypatch):
+    """The control's checkpoint is swapped for another model's (the poisoned run's: same architecture, same size),
+    with the old modification time restored: the scoring is still redone, as the digest names the file's content."""
+    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
+    run, control = tmp_path / "run", tmp_path / "control"
+    _train(run)
+    _train(control, "trigger.fraction=0")
+    assert score_control(str(run), str(control), threads=1)["status"] == "complete"
+    first = json.loads((run / "control.json").read_text())
+    assert score_control(str(run), str(control), threads=1)["status"] == "skipped (complete)"
+    ckpt, replacement = control / "checkpoints" / "epoch_001.pt", run / "checkpoints" / "epoch_001.pt"
+    st = ckpt.stat()
+    if replacement.stat().st_size != st.st_size:
+        pytest.skip("the two checkpoints differ in size on this machine")
+    shutil.copyfile(replacement, ckpt)
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    (control / "predictions" / "epoch_001.npz").unlink()  # its saved clean scores belong to the old model
+    assert score_control(str(run), str(control), threads=1)["status"] == "complete"
+    second = json.loads((run / "control.json").read_text())
+    assert second["control_checkpoint"] != first["control_checkpoint"]
+    assert _sha256(ckpt).startswith(second["control_checkpoint"])
