@@ -18,6 +18,7 @@ import pandas as pd
 from medbackdoor.config import NEUTRAL_KEYS, flatten
 from medbackdoor.errors import UserError
 from medbackdoor.rundir import RunDir
+from medbackdoor.triggers import shared_defaults
 
 # The five metrics of the paper's tables, in its row order, with their printed names.
 TABLE_ROWS = (("asr_0.6", "ASR(p=0.6)"), ("asr_0.9", "ASR(p=0.9)"), ("auroc_tt", "AUROC-TT"),
@@ -64,8 +65,14 @@ def manifest_metrics(manifest: dict) -> dict[str, dict[str, float]]:
 
 
 def condition_of(config: dict) -> dict:
-    """The condition of a run: its flattened config less the seed and the neutral keys."""
-    return {k: v for k, v in config.items() if k not in NOT_A_CONDITION}
+    """The condition of a run: its flattened config less the seed and the neutral keys, an unset ``trigger.size``,
+    ``trigger.location`` or ``trigger.value`` read as the trigger's own default (so a square left at its defaults
+    and one set to 3 px, centre, black are one condition)."""
+    condition = {k: v for k, v in config.items() if k not in NOT_A_CONDITION}
+    for key, value in shared_defaults(str(condition.get("trigger.kind", "square"))).items():
+        if condition.get(f"trigger.{key}") is None and f"trigger.options.{key}" not in condition:
+            condition[f"trigger.{key}"] = value
+    return condition
 
 
 def varying_keys(conditions: list[dict]) -> list[str]:
