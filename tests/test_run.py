@@ -52,7 +52,8 @@ def test_tiny_run_files_and_metrics_match_predictions(tiny, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_001.pt", "epoch_002.pt"]
     saved = json.loads((out / "manifest.json").read_text())
     assert saved["dataset"]["poisoned"] == round(0.4 * saved["dataset"]["train"])
-    assert saved["versions"]["torch"] and saved["config"]["trigger"]["size"] == 3
+    assert saved["versions"]["torch"] and saved["config"]["trigger"]["size"] is None  # unset: the trigger's own
+    assert saved["trigger"] == "SquareTrigger(location='center', size=3, value=0.0)"  # ... the paper's square
     assert load_config(out / "config.yaml") == tiny()
     assert not list(out.rglob("*.tmp"))
 

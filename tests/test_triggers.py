@@ -119,3 +119,19 @@ def test_config_path_keeps_the_papers_square_and_set_keys_still_apply(config_fil
     config = load_config(config_file, ["trigger.kind=patch", "image_size=32", "trigger.location=center",
                                        "trigger.size=2"])
     assert _stamped_pixels(config) == {(15, 15), (15, 16), (16, 15), (16, 16)}
+
+
+def test_report_conditions_read_unset_trigger_keys_as_the_kinds_defaults():
+    from medbackdoor.config import flatten, load_config
+    from medbackdoor.study.aggregate import condition_of
+
+    def condition(*overrides):
+        return condition_of(flatten(load_config(overrides=list(overrides)).to_dict()))
+
+    # a square left at its defaults and one set to the paper's 3 px, centre, black are one condition
+    assert condition() == condition("trigger.size=3", "trigger.location=center", "trigger.value=0.0")
+    patch = condition("trigger.kind=patch")
+    assert (patch["trigger.size"], patch["trigger.location"], patch["trigger.value"]) == (3, "corner", None)
+    assert patch != condition("trigger.kind=patch", "trigger.location=center")  # the old centred patch differs
+    random = condition_of(flatten(load_config("quick", ["trigger.location=random"]).to_dict()))
+    assert (random["trigger.size"], random["trigger.location"]) == (3, "random")  # Table 2 pairs it at 3 px
