@@ -135,3 +135,9 @@ def test_report_conditions_read_unset_trigger_keys_as_the_kinds_defaults():
     assert patch != condition("trigger.kind=patch", "trigger.location=center")  # the old centred patch differs
     random = condition_of(flatten(load_config("quick", ["trigger.location=random"]).to_dict()))
     assert (random["trigger.size"], random["trigger.location"]) == (3, "random")  # Table 2 pairs it at 3 px
+    from medbackdoor.study.report import _label_keys
+
+    # a sweep over kinds at their own defaults is labelled by the kind alone (the attack and defense tables)
+    assert _label_keys([condition(), condition("trigger.kind=blend"), patch]) == ["trigger.kind"]
+    sizes = [condition("trigger.size=2"), condition("trigger.size=3"), condition("trigger.kind=blend")]
+    assert _label_keys(sizes) == ["trigger.size", "trigger.kind"]  # a size varied within a kind still names it

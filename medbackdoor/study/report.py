@@ -80,9 +80,21 @@ def _conditions(cond: pd.DataFrame) -> dict[str, dict]:
     return {cid: json.loads(cid) for cid in cond["condition"].unique()}
 
 
+def _set_by_kind(values: list[dict], key: str) -> bool:
+    """Whether ``key`` is a shared trigger option (``trigger.size`` …) with one value per ``trigger.kind`` among
+    ``values``: each kind at its own default, so the kind already names it."""
+    if key not in {f"trigger.{k}" for k in SHARED_OPTIONS}:
+        return False
+    seen: dict[str, set[str]] = {}
+    for v in values:
+        seen.setdefault(str(v.get("trigger.kind")), set()).add(json.dumps(v.get(key), default=str))
+    return all(len(s) == 1 for s in seen.values())
+
+
 def _label_keys(values: list[dict], skip: tuple[str, ...] = ()) -> list[str]:
-    """The keys that vary among ``values`` (less ``skip``), in label order."""
-    keys = [k for k in varying_keys(values) if k not in skip]
+    """The keys that vary among ``values`` (less ``skip``, and less a shared trigger option that only follows the
+    kind), in label order."""
+    keys = [k for k in varying_keys(values) if k not in skip and not _set_by_kind(values, k)]
     return sorted(keys, key=lambda k: (LABEL_ORDER.index(k) if k in LABEL_ORDER else len(LABEL_ORDER), k))
 
 
@@ -167,23 +179,12 @@ ATTACK_COLUMNS = (*TABLE_ROWS, ("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("change
                   ("survival_train", "survival"))
 
 
-def _set_by_kind(values: list[dict], key: str) -> bool:
-    """Whether ``key`` is a shared trigger option (``trigger.size`` …) with one value per ``trigger.kind`` among
-    ``values``: each kind at its own default, so the kind already names it."""
-    if key not in {f"trigger.{k}" for k in SHARED_OPTIONS}:
-        return False
-    seen: dict[str, set[str]] = {}
-    for v in values:
-        seen.setdefault(str(v.get("trigger.kind")), set()).add(json.dumps(v.get(key), default=str))
-    return all(len(s) == 1 for s in seen.values())
-
-
 def attack_table(cond: pd.DataFrame) -> pd.DataFrame | None:
     """One row per condition of a sweep over attacks (it varies ``trigger.kind`` or ``trigger.label``): the five
     backdoor metrics (maximum over epochs, like Table 1), the trigger's stealth on the test images (PSNR over the
     changed images, SSIM, share of pixels changed) and its survival through preprocessing (training images)."""
     conds = _conditions(cond)
-    keys = [k for k in _label_keys(list(conds.values())) if not _set_by_kind(list(conds.values()), k)]
+    keys = _label_keys(list(conds.values()))
     if not {"trigger.kind", "trigger.label"} & set(keys):
         return None
     clean = [cid for cid, v in conds.items() if v[FRACTION] == 0]
