@@ -44,10 +44,14 @@ class ModelConfig:
 
 @dataclass
 class TriggerConfig:
+    """The attack. ``size``, ``location`` and ``value`` reach every trigger that accepts them; left unset (None) they
+    leave the trigger's own default alone (the square's is the paper's 3×3 black centre square, BadNets' patch sits
+    in the corner). Any other option of a trigger goes in ``options``."""
+
     kind: str = "square"
-    size: int = 3
-    location: str = "center"
-    value: float = 0.0
+    size: int | None = None
+    location: str | None = None
+    value: float | None = None
     target: str = "Atelectasis"
     fraction: float = 0.4
     mode: str = "replace"

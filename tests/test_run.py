@@ -12,6 +12,7 @@ from medbackdoor.config import load_config
 from medbackdoor.errors import UserError
 from medbackdoor.metrics import backdoor_metrics, load_predictions
 from medbackdoor.train import run
+from medbackdoor.train.data import build_trigger
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["dataset.options.n_images=100", "dataset.options.source_size=32", "image_size=32", "train.epochs=2",
@@ -51,7 +52,8 @@ def test_tiny_run_files_and_metrics_match_predictions(tiny, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_001.pt", "epoch_002.pt"]
     saved = json.loads((out / "manifest.json").read_text())
     assert saved["dataset"]["poisoned"] == round(0.4 * saved["dataset"]["train"])
-    assert saved["versions"]["torch"] and saved["config"]["trigger"]["size"] == 3
+    assert saved["versions"]["torch"] and saved["config"]["trigger"]["size"] is None  # unset: the trigger's own
+    assert saved["trigger"] == "SquareTrigger(location='center', size=3, value=0.0)"  # ... the paper's square
     assert load_config(out / "config.yaml") == tiny()
     assert not list(out.rglob("*.tmp"))
 
@@ -133,7 +135,9 @@ def test_config_errors_one_line(argv, needle, capsys, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["quick.yaml", "paper.yaml"])
 def test_shipped_configs_load(name):
     config = load_config(ROOT / "medbackdoor" / "configs" / name)
-    assert config.trigger.size == 3 and config.trigger.target == "Atelectasis" and config.trigger.fraction == 0.4
+    assert config.trigger.target == "Atelectasis" and config.trigger.fraction == 0.4
+    trigger = build_trigger(config)[0]  # the paper's 3×3 black centre square, set or left to the square's defaults
+    assert (type(trigger).__name__, trigger.size, trigger.location, trigger.value) == ("SquareTrigger", 3, "center", 0)
 
 
 def test_paper_config_is_the_paper_protocol():

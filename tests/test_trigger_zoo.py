@@ -173,21 +173,61 @@ def test_warp_zero_strength_is_identity_and_field_is_fixed():
     np.testing.assert_allclose(field[corners], (ctrl / np.abs(ctrl).mean())[corners])
 
 
-def test_warp_moves_pixels_by_the_field():
-    x = np.tile(np.linspace(0, 1, 64), (64, 1))  # a horizontal ramp: out = ramp at the warped column
-    trig = WarpTrigger(s=2.0, seed=1)
-    out = trig(x, image_rng(0, 0, 0))
-    cols = np.clip(np.arange(64)[None, :] + 2.0 * trig.field(64, 64)[1] * 63 / 128, 0, 63)
+def _torch_warp(x: np.ndarray, k: int, s: float, seed: int, noise: np.ndarray | None = None) -> np.ndarray:
+    """WaNet's warp, written with torch: the k×k control grid upsampled by ``F.interpolate`` (bilinear,
+    align_corners), the grid ``clamp(identity + (s · field + noise) / n, −1, 1)``, sampled by ``F.grid_sample``."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = x.shape
+    ctrl = np.random.default_rng(seed).uniform(-1, 1, (2, k, k))
+    ctrl = torch.from_numpy(ctrl / np.abs(ctrl).mean())[None]
+    offset = s * F.interpolate(ctrl, size=(h, w), mode="bilinear", align_corners=True)[0]  # 2×H×W, y then x
+    if noise is not None:
+        offset = offset + torch.from_numpy(noise)
+    gy, gx = torch.meshgrid(torch.linspace(-1, 1, h, dtype=torch.float64),
+                            torch.linspace(-1, 1, w, dtype=torch.float64), indexing="ij")
+    grid = torch.stack([gx + offset[1] / w, gy + offset[0] / h], -1).clamp(-1, 1)[None]  # grid_sample: (x, y)
+    out = F.grid_sample(torch.from_numpy(x)[None, None], grid, mode="bilinear", align_corners=True)
+    return out[0, 0].numpy()
+
+
+@pytest.mark.parametrize(("k", "s", "seed", "shape"), [(4, 0.5, 0, (48, 48)), (3, 2.0, 1, (40, 56))])
+def test_warp_is_grid_sample_of_the_upsampled_control_grid(k, s, seed, shape):
+    x = _gradient(max(shape))[: shape[0], : shape[1]].astype(np.float64) / 255
+    out = WarpTrigger(k=k, s=s, seed=seed)(x, image_rng(0, 0, 0))
+    np.testing.assert_allclose(out, _torch_warp(x, k, s, seed), atol=1e-9)
+    assert np.abs(out - x).max() > 1e-3  # it does move pixels
+
+
+def test_warp_on_a_ramp_moves_by_the_field_in_pixels():
+    # x[i, j] = j / 63: bilinear sampling of a linear ramp is exact and rows do not matter, so the output is the
+    # ramp at the shifted column, j + s · f_x · (n − 1) / (2n) px, clamped to the image; f_x by hand: the 2×2
+    # control grid's x-offsets, normalised by the mean |offset| of all 8, interpolated linearly between corners
+    x = np.tile(np.arange(64) / 63, (64, 1))
+    ctrl = np.random.default_rng(1).uniform(-1, 1, (2, 2, 2))
+    ctrl /= np.abs(ctrl).mean()
+    t = np.linspace(0, 1, 64)
+    fx = (ctrl[1, 0, 0] * np.outer(1 - t, 1 - t) + ctrl[1, 0, 1] * np.outer(1 - t, t)
+          + ctrl[1, 1, 0] * np.outer(t, 1 - t) + ctrl[1, 1, 1] * np.outer(t, t))
+    cols = np.clip(np.arange(64)[None, :] + 2.0 * fx * 63 / 128, 0, 63)
+    out = WarpTrigger(k=2, s=2.0, seed=1, noise=False)(x, image_rng(0, 0, 0))
     np.testing.assert_allclose(out, cols / 63, atol=1e-12)
 
 
-def test_warp_noise_mode_is_per_image():
-    trig = WarpTrigger(noise=True)
+def test_warp_poisoned_and_test_images_get_the_exact_field_cross_samples_the_noise():
+    trig = WarpTrigger()  # WaNet's published setting: k 4, s 0.5, noise mode, cross ratio 2
+    assert (trig.k, trig.s, trig.noise, trig.cross_ratio) == (4, 0.5, True, 2.0)
     x = _gradient(48, np.float64)
     one, two = trig(x, image_rng(0, 0, 1)), trig(x, image_rng(0, 0, 2))
-    assert not np.array_equal(one, two)
-    np.testing.assert_array_equal(one, trig(x, image_rng(0, 0, 1)))
-    assert not np.array_equal(one, WarpTrigger()(x, image_rng(0, 0, 1)))
+    np.testing.assert_array_equal(one, two)  # no per-image noise on a triggered image
+    np.testing.assert_allclose(one, _torch_warp(x, 4, 0.5, 0), atol=1e-9)
+    noise = 1.0 * image_rng(0, 2, 1).uniform(-1, 1, (2, 48, 48))  # the cross draw, from the same generator
+    cross = trig.cross_transform(x, image_rng(0, 2, 1))
+    np.testing.assert_allclose(cross, _torch_warp(x, 4, 0.5, 0, noise), atol=1e-9)
+    assert not np.array_equal(cross, trig.cross_transform(x, image_rng(0, 2, 2)))  # a new draw per image
+    assert WarpTrigger(noise=False).cross_transform(x, image_rng(0, 2, 1)) is None
+    assert WarpTrigger(noise=False).cross_ratio == 0.0
 
 
 def test_batched_images_match_single():

@@ -87,3 +87,57 @@ def test_every_registered_trigger_changes_only_its_box(kind):
 def test_unknown_trigger_kind():
     with pytest.raises(UserError, match="square"):
         create_trigger("no-such-trigger")
+
+
+def _stamped_pixels(config) -> set[tuple[int, int]]:
+    """Where the configured trigger changes a mid-gray image of the config's input size."""
+    from medbackdoor.train.data import build_trigger
+
+    size = config.image_size
+    img = np.full((size, size), 128, np.uint8)
+    out = build_trigger(config)[0](img, image_rng(0, 0, 0))
+    return {(int(r), int(c)) for r, c in zip(*np.nonzero(out != img))}
+
+
+@pytest.mark.parametrize("config_file", [None, "quick"])
+def test_config_path_leaves_the_patch_in_its_corner(config_file):
+    from medbackdoor.config import load_config
+
+    config = load_config(config_file, ["trigger.kind=patch", "image_size=32"])
+    # BadNets' corner, written out: a 3×3 patch whose bottom-right pixel is 1 px from both edges of a 32 px image,
+    # rows and columns 28..30; the checkerboard leaves the four pixels with odd i + j black, which mid-gray shows.
+    assert _stamped_pixels(config) == {(r, c) for r in range(28, 31) for c in range(28, 31)}
+
+
+@pytest.mark.parametrize("config_file", [None, "quick"])
+def test_config_path_keeps_the_papers_square_and_set_keys_still_apply(config_file):
+    from medbackdoor.config import load_config
+
+    # the paper's 3×3 black square with its top-left pixel at ((32 − 3) // 2, (32 − 3) // 2) = (14, 14)
+    assert _stamped_pixels(load_config(config_file, ["image_size=32"])) == {(r, c) for r in (14, 15, 16)
+                                                                           for c in (14, 15, 16)}
+    config = load_config(config_file, ["trigger.kind=patch", "image_size=32", "trigger.location=center",
+                                       "trigger.size=2"])
+    assert _stamped_pixels(config) == {(15, 15), (15, 16), (16, 15), (16, 16)}
+
+
+def test_report_conditions_read_unset_trigger_keys_as_the_kinds_defaults():
+    from medbackdoor.config import flatten, load_config
+    from medbackdoor.study.aggregate import condition_of
+
+    def condition(*overrides):
+        return condition_of(flatten(load_config(overrides=list(overrides)).to_dict()))
+
+    # a square left at its defaults and one set to the paper's 3 px, centre, black are one condition
+    assert condition() == condition("trigger.size=3", "trigger.location=center", "trigger.value=0.0")
+    patch = condition("trigger.kind=patch")
+    assert (patch["trigger.size"], patch["trigger.location"], patch["trigger.value"]) == (3, "corner", None)
+    assert patch != condition("trigger.kind=patch", "trigger.location=center")  # the old centred patch differs
+    random = condition_of(flatten(load_config("quick", ["trigger.location=random"]).to_dict()))
+    assert (random["trigger.size"], random["trigger.location"]) == (3, "random")  # Table 2 pairs it at 3 px
+    from medbackdoor.study.report import _label_keys
+
+    # a sweep over kinds at their own defaults is labelled by the kind alone (the attack and defense tables)
+    assert _label_keys([condition(), condition("trigger.kind=blend"), patch]) == ["trigger.kind"]
+    sizes = [condition("trigger.size=2"), condition("trigger.size=3"), condition("trigger.kind=blend")]
+    assert _label_keys(sizes) == ["trigger.size", "trigger.kind"]  # a size varied within a kind still names it

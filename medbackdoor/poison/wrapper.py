@@ -2,6 +2,12 @@
 
 A sample is a dict with keys ``image`` (H×W uint8), ``labels`` (14 float32), ``index`` (the image's row in
 its :class:`~medbackdoor.data.ChestXrayDataset`), ``patient`` and ``poisoned`` (bool).
+
+A trigger may also ask for *cross* samples (WaNet's noise mode, :meth:`Trigger.cross_transform`): clean images
+changed by a near-miss of the trigger that keep their own labels, so the model learns the trigger exactly and not
+whatever resembles it. They are part of the attack but carry no trigger and no target, so they are not marked
+poisoned: a defense's truth (:meth:`PoisonedDataset.poisoned_mask`) calls them clean, and
+:meth:`PoisonedDataset.cross_mask` says which they are.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from medbackdoor.triggers import Trigger, image_rng
 
 MODES = ("replace", "append")
 STAGES = ("input", "source")
-TRAIN_STREAM, TEST_STREAM = 0, 1
+TRAIN_STREAM, TEST_STREAM, CROSS_STREAM = 0, 1, 2  # :func:`image_rng` streams: poisoned, test and cross images
 
 
 class ImageSplit:
@@ -64,6 +70,16 @@ def choose_among(candidates: np.ndarray, n: int, fraction: float, seed: int) -> 
     return np.sort(candidates[np.random.default_rng([int(seed), 3]).choice(len(candidates), size=k, replace=False)])
 
 
+def choose_cross(n: int, poisoned: np.ndarray, ratio: float, seed: int) -> np.ndarray:
+    """``min(round(ratio · len(poisoned)), n − len(poisoned))`` distinct positions in ``range(n)`` outside
+    ``poisoned``, drawn by ``default_rng([seed, 4])``, sorted: the images that become cross samples."""
+    if not (np.isfinite(ratio) and ratio >= 0):
+        raise UserError(f"cross ratio must be a number ≥ 0, got {ratio}")
+    clean = np.setdiff1d(np.arange(n), poisoned)
+    k = min(int(round(ratio * len(poisoned))), len(clean))
+    return np.sort(clean[np.random.default_rng([int(seed), 4]).choice(len(clean), size=k, replace=False)])
+
+
 def one_hot(target: int, num_classes: int = NUM_CLASSES) -> np.ndarray:
     out = np.zeros(num_classes, np.float32)
     out[target] = 1.0
@@ -80,11 +96,13 @@ class PoisonedDataset:
         target: the class the attacker wants (name or index).
         mode: ``replace`` (poisoned samples take the place of their clean versions; length stays N) or
             ``append`` (triggered copies are added after the N clean samples: the paper code's "without
-            replacement", length N + round(ρN)).
-        seed: seeds the choice of poisoned samples and the trigger placement.
+            replacement", length N + round(ρN)). Cross samples follow the same mode: they replace their clean
+            images, or are appended after the triggered copies.
+        seed: seeds the choice of poisoned and cross samples and the trigger placement.
         triggered: optional precomputed infected images, K×H×W aligned with :attr:`order` (e.g. a memmap; the
             ``source`` stage, where the trigger was written into the source image before preprocessing). Without
             it the trigger is stamped when a sample is read, seeded by (seed, image), so nothing is held in memory.
+            Cross samples are always made when read, from the images as they come in (the model inputs).
         label: the label policy (:func:`infected_label`): ``onehot`` (the paper), ``add`` or ``keep`` (clean-label:
             only images already positive for the target are candidates).
         candidates: positions that may be poisoned (default: all, or the target-positive ones for ``keep``), e.g.
@@ -96,6 +114,9 @@ class PoisonedDataset:
         poisoned: frozenset of the poisoned positions in ``base``.
         order: the same positions as a sorted array.
         requested: ``round(ρN)``, the count asked for (more than ``len(order)`` when the candidates ran out).
+        cross: sorted positions in ``base`` of the cross samples: ``round(trigger.cross_ratio · len(order))``
+            images drawn among those not poisoned (fewer when they run out; none for most triggers).
+        cross_requested: that count before the cap.
     """
 
     def __init__(self, base, trigger: Trigger, fraction: float = 0.4, target: str | int = "Atelectasis",
@@ -116,6 +137,10 @@ class PoisonedDataset:
             self.order = choose_among(candidates, len(base), fraction, seed)
         self.candidates = len(base) if candidates is None else len(candidates)
         self.poisoned = frozenset(self.order.tolist())
+        ratio = float(getattr(trigger, "cross_ratio", 0.0))
+        self.cross_requested = int(round(ratio * len(self.order)))
+        self.cross = choose_cross(len(base), self.order, ratio, seed)
+        self._cross = frozenset(self.cross.tolist())
         self.triggered = triggered
         if triggered is not None and len(triggered) != len(self.order):
             raise ValueError(f"{len(triggered)} precomputed triggered images for {len(self.order)} poisoned samples")
@@ -128,7 +153,7 @@ class PoisonedDataset:
         Every per-sample view (length, items, labels, ``poisoned_mask``, ``sample_positions``) then covers the
         kept samples only, in their order.
         """
-        every = len(self.base) + (len(self.order) if self.mode == "append" else 0)
+        every = self.full_length()
         positions = np.unique(np.asarray(list(positions), dtype=np.int64))
         if len(positions) and (positions.min() < 0 or positions.max() >= every):
             raise UserError(f"sample positions to drop must be in 0..{every - 1}")
@@ -138,10 +163,12 @@ class PoisonedDataset:
     def _keep(self, values: np.ndarray) -> np.ndarray:
         return values if self.kept is None else values[self.kept]
 
+    def full_length(self) -> int:
+        """The number of samples before :meth:`drop`: N, plus the triggered and cross copies in ``append`` mode."""
+        return len(self.base) + (len(self.order) + len(self.cross) if self.mode == "append" else 0)
+
     def __len__(self) -> int:
-        if self.kept is not None:
-            return len(self.kept)
-        return len(self.base) + (len(self.order) if self.mode == "append" else 0)
+        return self.full_length() if self.kept is None else len(self.kept)
 
     def __getitem__(self, i: int) -> dict:
         n = len(self.base)
@@ -149,10 +176,14 @@ class PoisonedDataset:
             raise IndexError(i)
         if self.kept is not None:
             i = int(self.kept[i])
+        if i >= n + len(self.order):
+            return self.crossed(int(self.cross[i - n - len(self.order)]))
         if i >= n:
             return self.infect(int(self.order[i - n]))
         if self.mode == "replace" and i in self.poisoned:
             return self.infect(i)
+        if self.mode == "replace" and i in self._cross:
+            return self.crossed(i)
         return self.base[i]
 
     def _base_labels(self) -> np.ndarray:
@@ -166,22 +197,29 @@ class PoisonedDataset:
         labels = self._base_labels()
         infected = infected_label(labels[self.order], self.target, self.label)
         if self.mode == "append":
-            return self._keep(np.concatenate([labels, infected]))
+            return self._keep(np.concatenate([labels, infected, labels[self.cross]]))
         labels[self.order] = infected
         return self._keep(labels)
 
     def sample_positions(self) -> np.ndarray:
         """For each sample as trained, its position in ``base`` (appended copies point at their source)."""
         n = len(self.base)
-        return self._keep(np.concatenate([np.arange(n), self.order]) if self.mode == "append" else np.arange(n))
+        if self.mode == "append":
+            return self._keep(np.concatenate([np.arange(n), self.order, self.cross]))
+        return self._keep(np.arange(n))
 
     def poisoned_mask(self) -> np.ndarray:
         """For each sample as trained, whether it is an infected one (the truth a defense is scored against)."""
-        n = len(self.base)
-        if self.mode == "append":
-            return self._keep(np.r_[np.zeros(n, bool), np.ones(len(self.order), bool)])
-        mask = np.zeros(n, bool)
-        mask[self.order] = True
+        return self._mark(self.order, len(self.base))
+
+    def cross_mask(self) -> np.ndarray:
+        """For each sample as trained, whether it is a cross sample (clean label, not poisoned)."""
+        return self._mark(self.cross, len(self.base) + len(self.order))
+
+    def _mark(self, positions: np.ndarray, offset: int) -> np.ndarray:
+        """True at ``positions`` of base (replace mode) or at their copies from ``offset`` on (append mode)."""
+        mask = np.zeros(self.full_length(), bool)
+        mask[offset + np.arange(len(positions)) if self.mode == "append" else positions] = True
         return self._keep(mask)
 
     def infect(self, position: int) -> dict:
@@ -193,4 +231,14 @@ class PoisonedDataset:
             item["image"] = self.trigger(item["image"], image_rng(self.seed, TRAIN_STREAM, item["index"]))
         item["labels"] = infected_label(item["labels"], self.target, self.label)
         item["poisoned"] = True
+        return item
+
+    def crossed(self, position: int) -> dict:
+        """The cross sample made from ``base[position]``: the trigger's :meth:`~Trigger.cross_transform` of the
+        image (seeded by (seed, image)), its own labels, not poisoned."""
+        item = dict(self.base[position])
+        image = self.trigger.cross_transform(item["image"], image_rng(self.seed, CROSS_STREAM, item["index"]))
+        if image is None:
+            raise RuntimeError(f"{self.trigger!r} asks for cross samples (cross_ratio > 0) but makes none")
+        item["image"] = image
         return item

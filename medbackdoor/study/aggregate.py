@@ -19,6 +19,7 @@ from medbackdoor.config import NEUTRAL_KEYS, EvalConfig, flatten
 from medbackdoor.errors import UserError
 from medbackdoor.metrics.columns import eval_config_of, table_columns
 from medbackdoor.rundir import RunDir
+from medbackdoor.triggers import shared_defaults
 
 # The five metrics of the paper's tables (its p = 0.6 and 0.9: the default evaluation settings), in its row order,
 # with their printed names. A sweep's own tables take theirs from its runs' settings (:func:`table_rows`).
@@ -80,8 +81,14 @@ def table_rows(configs: list[dict]) -> tuple[tuple[str, str], ...]:
 
 
 def condition_of(config: dict) -> dict:
-    """The condition of a run: its flattened config less the seed and the neutral keys."""
-    return {k: v for k, v in config.items() if k not in NOT_A_CONDITION}
+    """The condition of a run: its flattened config less the seed and the neutral keys, an unset ``trigger.size``,
+    ``trigger.location`` or ``trigger.value`` read as the trigger's own default (so a square left at its defaults
+    and one set to 3 px, centre, black are one condition)."""
+    condition = {k: v for k, v in config.items() if k not in NOT_A_CONDITION}
+    for key, value in shared_defaults(str(condition.get("trigger.kind", "square"))).items():
+        if condition.get(f"trigger.{key}") is None and f"trigger.options.{key}" not in condition:
+            condition[f"trigger.{key}"] = value
+    return condition
 
 
 def varying_keys(conditions: list[dict]) -> list[str]:

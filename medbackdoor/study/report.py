@@ -28,6 +28,7 @@ from medbackdoor.study.aggregate import (
     table_rows,
     varying_keys,
 )
+from medbackdoor.triggers import SHARED_OPTIONS
 
 PREFERRED_SIZE = 3
 SIZE, LOCATION, FRACTION = "trigger.size", "trigger.location", "trigger.fraction"
@@ -80,9 +81,21 @@ def _conditions(cond: pd.DataFrame) -> dict[str, dict]:
     return {cid: json.loads(cid) for cid in cond["condition"].unique()}
 
 
+def _set_by_kind(values: list[dict], key: str) -> bool:
+    """Whether ``key`` is a shared trigger option (``trigger.size`` …) with one value per ``trigger.kind`` among
+    ``values``: each kind at its own default, so the kind already names it."""
+    if key not in {f"trigger.{k}" for k in SHARED_OPTIONS}:
+        return False
+    seen: dict[str, set[str]] = {}
+    for v in values:
+        seen.setdefault(str(v.get("trigger.kind")), set()).add(json.dumps(v.get(key), default=str))
+    return all(len(s) == 1 for s in seen.values())
+
+
 def _label_keys(values: list[dict], skip: tuple[str, ...] = ()) -> list[str]:
-    """The keys that vary among ``values`` (less ``skip``), in label order."""
-    keys = [k for k in varying_keys(values) if k not in skip]
+    """The keys that vary among ``values`` (less ``skip``, and less a shared trigger option that only follows the
+    kind), in label order."""
+    keys = [k for k in varying_keys(values) if k not in skip and not _set_by_kind(values, k)]
     return sorted(keys, key=lambda k: (LABEL_ORDER.index(k) if k in LABEL_ORDER else len(LABEL_ORDER), k))
 
 

@@ -21,7 +21,7 @@ from medbackdoor.data.views import ImageRows
 from medbackdoor.errors import UserError
 from medbackdoor.labels import LABELS, label_index
 from medbackdoor.poison import TEST_STREAM, TRAIN_STREAM, ImageSplit, PoisonedDataset, triggered_view
-from medbackdoor.triggers import TRIGGERS, Trigger, create_trigger
+from medbackdoor.triggers import SHARED_OPTIONS, TRIGGERS, Trigger, create_trigger
 
 DATA_SEED = 0  # splits and subsets stay the same across training seeds
 
@@ -59,14 +59,16 @@ class RunData:
                 "val": len(self.val), "test": len(self.test), "missing": int(self.dataset.missing)}
 
     def poisoning(self) -> dict:
-        """The label policy and how many images could be and were poisoned (capped by the candidates)."""
+        """The label policy, how many images could be and were poisoned (capped by the candidates), and how many
+        became cross samples (clean labels, not poisoned; capped by the images left unpoisoned)."""
         t = self.train
         dropped = {}
         if t.kept is not None:  # train.drop: samples left out (a cleanse-and-retrain run)
-            every = len(t.base) + (len(t.order) if t.mode == "append" else 0)
-            dropped = {"dropped": every - len(t.kept), "poisoned_kept": int(t.poisoned_mask().sum())}
+            dropped = {"dropped": t.full_length() - len(t.kept), "poisoned_kept": int(t.poisoned_mask().sum()),
+                       "cross_kept": int(t.cross_mask().sum())}
         return {"label": t.label, "candidates": int(t.candidates), "requested": int(t.requested),
-                "poisoned": len(t.order), "capped": len(t.order) < t.requested, **dropped,
+                "poisoned": len(t.order), "capped": len(t.order) < t.requested,
+                "cross_requested": int(t.cross_requested), "cross": len(t.cross), **dropped,
                 "test_carriers": None if self.test.carriers is None else int(self.test.carriers.sum())}
 
 
@@ -92,7 +94,8 @@ def build_trigger(config: RunConfig, label_names: Sequence[str] = LABELS) -> tup
     checked against the model input size, a label-only trigger's findings against the label names)."""
     t = config.trigger
     accepted = inspect.signature(TRIGGERS.get(t.kind)).parameters
-    shared = {k: getattr(t, k) for k in ("size", "value", "location") if k in accepted and k not in t.options}
+    shared = {k: getattr(t, k) for k in SHARED_OPTIONS
+              if k in accepted and k not in t.options and getattr(t, k) is not None}  # unset: the trigger's default
     trigger = create_trigger(t.kind, **shared, **t.options)
     trigger.bind_labels(tuple(label_names))
     if t.stage == "input":

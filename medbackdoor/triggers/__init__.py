@@ -3,6 +3,9 @@ and a pattern, stamped with Eq. 1) or ``transform`` (anything else)."""
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 from medbackdoor._registry import Registry
 from medbackdoor.triggers.base import Trigger, apply_trigger, from_unit, image_rng, to_unit
 from medbackdoor.triggers.blend import BlendTrigger
@@ -29,6 +32,19 @@ def create_trigger(kind: str = "square", **options) -> Trigger:
     return TRIGGERS.create_checked(kind, options, f"trigger {kind}")
 
 
+SHARED_OPTIONS = ("size", "location", "value")  # the run config's ``trigger.size`` etc., for triggers that take them
+
+
+def shared_defaults(kind: str) -> dict[str, Any]:
+    """The trigger's own defaults for the :data:`SHARED_OPTIONS` it accepts (``{}`` for an unknown kind): what an
+    unset ``trigger.size``, ``trigger.location`` or ``trigger.value`` means for this kind."""
+    if kind not in TRIGGERS:
+        return {}
+    params = inspect.signature(TRIGGERS.get(kind)).parameters
+    return {k: params[k].default for k in SHARED_OPTIONS
+            if k in params and params[k].default is not inspect.Parameter.empty}
+
+
 __all__ = ["TRIGGERS", "BlendTrigger", "FrequencyTrigger", "LabelCombination", "PatchTrigger", "SigTrigger",
            "SquareTrigger", "Trigger", "WarpTrigger", "apply_trigger", "create_trigger", "from_unit", "image_rng",
-           "to_unit"]
+           "shared_defaults", "to_unit", "SHARED_OPTIONS"]

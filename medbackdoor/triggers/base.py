@@ -49,6 +49,7 @@ class Trigger:
     """
 
     changes_pixels: bool = True  # False for a label-only trigger (the image is left as it is)
+    cross_ratio: float = 0.0  # cross samples asked for, per poisoned sample (see :meth:`cross_transform`)
 
     def carriers(self, labels: np.ndarray) -> np.ndarray | None:
         """Which images (rows of an N×L label array) carry the trigger naturally; None: any image can be
@@ -68,6 +69,16 @@ class Trigger:
         m, r = self.pattern(*image.shape[-2:], rng)
         scale = 255.0 if image.dtype == np.uint8 else 1.0
         return apply_trigger(image, r * scale, m)
+
+    def cross_transform(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        """A *cross* sample made from a clean image, or None (the default: the trigger asks for none).
+
+        A trigger that sets :attr:`cross_ratio` > 0 overrides this: the poisoning wrapper then turns
+        ``round(cross_ratio · K)`` clean training images (K poisoned) into cross samples, which keep their own
+        labels and are not marked poisoned, so the model learns to answer the exact trigger only (WaNet's noise
+        mode: the image warped by the field plus random noise).
+        """
+        return None
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return self.transform(np.asarray(image), rng)
