@@ -344,7 +344,8 @@ def test_runner_scores_the_reversed_trigger(planted, tmp_path):
     import json
 
     from medbackdoor.defenses.base import Truth
-    from medbackdoor.defenses.runner import _json, _model
+    from medbackdoor.defenses.runner import _model
+    from medbackdoor.defenses.summary import _json
 
     _, d, scan = planted
 
