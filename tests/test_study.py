@@ -141,7 +141,7 @@ def test_sweep_and_reproduce_exit_non_zero_when_a_run_failed(study, capsys):
 
 
 def test_figure1_pair_is_trained_apart_explained_and_kept_out_of_the_tables(tmp_path, monkeypatch):
-    from medbackdoor.cli.study_cmd import explain_figure_runs
+    from medbackdoor.study.figure1 import explain_figure_runs
 
     spec = tmp_path / "sweep.yaml"
     base = {**TINY_BASE, "cache_dir": str(tmp_path / "cache"), "train": {"epochs": 1, "batch_size": 16}}
@@ -158,7 +158,7 @@ def test_figure1_pair_is_trained_apart_explained_and_kept_out_of_the_tables(tmp_
     trigger = load_config(out / "figure1" / "trigger" / "config.yaml")
     assert clean.image_size == trigger.image_size == 64 and clean.trigger.fraction == 0.0
     assert trigger.trigger.fraction == 0.4 and trigger.train.seed == 0
-    explain_figure_runs(out, results)
+    explain_figure_runs(results)
     assert (out / "figure1" / "trigger" / "explain" / "figure1.png").is_file()
     assert not (out / "runs" / "size-3_seed-0" / "explain").exists()  # the pair replaces the grid's runs
     report = build_report(out).read_text()
@@ -215,3 +215,24 @@ def test_sweep_key_controls_must_be_a_bool(tmp_path):
     assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
     spec.write_text(yaml.safe_dump({"base": TINY_BASE, "grid": [{"train.seed": [0]}], "controls": False}))
     assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+
+
+def test_figure1_runs_are_found_by_what_they_are_not_by_their_names(tmp_path):
+    """Without a figure1 pair, Figure 1 explains the paper's 3×3 black centre model at the lowest seed (set
+    explicitly or left at the square's defaults) and the clean control of its seed: folder names play no part."""
+    from medbackdoor.rundir import RunDir
+    from medbackdoor.study.figure1 import figure1_runs
+
+    runs = {"a": ["trigger.size=2", "train.seed=0"], "b": ["train.seed=1"],
+            "c": ["trigger.size=3", "trigger.location=center", "train.seed=0"], "d": ["trigger.fraction=0"],
+            "e": ["trigger.fraction=0", "train.seed=1"], "f": ["trigger.location=random", "train.seed=0"],
+            "g": ["trigger.kind=patch", "trigger.size=3", "train.seed=0"]}
+    results = []
+    for name, overrides in runs.items():
+        RunDir(tmp_path / name).write_config(load_config(overrides=overrides))
+        results.append({"name": f"run-{name}", "folder": str(tmp_path / name), "status": "complete"})
+    assert figure1_runs(results) == [tmp_path / "c", tmp_path / "d"]
+    assert figure1_runs([r for r in results if r["name"] != "run-c"]) == [tmp_path / "b", tmp_path / "e"]
+    assert figure1_runs([r for r in results if r["name"] in ("run-a", "run-f", "run-g")]) == []
+    failed = [{**r, "status": "failed"} if r["name"] == "run-d" else r for r in results]
+    assert figure1_runs(failed) == [tmp_path / "c"]  # no complete control of seed 0: the model alone

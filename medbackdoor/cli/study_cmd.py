@@ -117,37 +117,15 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-FIGURE1_RUNS = ("size-3_seed-0", "fraction-0.0_seed-0")  # the paper's Figure 1: the 3×3 model and its control
-
-
-def explain_figure_runs(out: Path, results: list[dict]) -> None:
-    """Grad-CAM (Figure 1 and localisation numbers) for the trigger model and its clean control.
-
-    A sweep with a ``figure1`` pair (trained at a resolution where the last layer is at least 4×4) is explained
-    there; otherwise the seed-0 3×3 run of the grid and its clean control are.
-    """
-    from medbackdoor.explain.run_explain import explain_run
-    from medbackdoor.rundir import RunDir
-    from medbackdoor.study.sweep import FIGURE_DIR
-
-    done = {r["name"]: Path(r["folder"]) for r in results if r.get("status") in ("complete", "skipped (complete)")}
-    pair = [f"{FIGURE_DIR}/trigger", f"{FIGURE_DIR}/clean"]
-    names = pair if any(n in done for n in pair) else FIGURE1_RUNS
-    for name in names:
-        folder = done.get(name)
-        if folder is not None and not RunDir(folder).localisation_path.exists():
-            explain_run(folder)
-            print(f"explained {name}: {RunDir(folder).explain_dir / 'figure1.png'}")
-
-
 def run_reproduce(args: argparse.Namespace) -> int:
+    from medbackdoor.study.figure1 import explain_figure_runs
     from medbackdoor.study.report import build_report
     from medbackdoor.study.sweep import sweep_cuts
 
     results = _run(args, args.protocol)
     if args.dry_run:
         return 0
-    explain_figure_runs(args.out, results)
+    explain_figure_runs(results)
     path = build_report(args.out, sweep_cuts(args.out))
     runs, steps = _split(results)
     done = sum(r.get("status") != "failed" for r in runs)

@@ -1,0 +1,61 @@
+"""Which runs of a study make the paper's Figure 1 (Grad-CAM of the 3×3 trigger model and its clean control), and
+explaining them.
+
+A sweep with a ``figure1`` pair (trained at a resolution where the last layer's map is at least 4×4) is explained
+there. Otherwise the pair is found by what the runs are, not by their folder names: the paper's trigger model is
+the poisoned run with the 3×3 black centre square at the lowest seed, and its control the clean run of the same
+setting (:func:`medbackdoor.study.controls.match_controls`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from medbackdoor._values import flatten
+from medbackdoor.rundir import RunDir
+from medbackdoor.study.aggregate import condition_of
+from medbackdoor.study.sweep import FIGURE_DIR
+
+PAPER_TRIGGER = {"trigger.kind": "square", "trigger.size": 3, "trigger.location": "center", "trigger.value": 0.0}
+DONE = ("complete", "skipped (complete)")
+
+
+def is_paper_trigger(folder: str | Path) -> bool:
+    """True when the run poisons with the paper's Figure-1 trigger (a 3×3 black square at the centre), whether
+    the config sets those keys or leaves them at the square's own defaults."""
+    condition = condition_of(flatten(RunDir(folder).config().to_dict()))
+    return bool(condition.get("trigger.fraction")) and all(condition.get(k) == v for k, v in PAPER_TRIGGER.items())
+
+
+def figure1_runs(results: list[dict]) -> list[Path]:
+    """The folders to explain for Figure 1 among a sweep's results (``name``, ``folder``, ``status`` each): the
+    trigger model first, then its clean control; ``[]`` when the study has neither."""
+    from medbackdoor.study.controls import match_controls
+
+    done = {r["name"]: Path(r["folder"]) for r in results if r.get("status") in DONE}
+    pair = [done[n] for n in (f"{FIGURE_DIR}/trigger", f"{FIGURE_DIR}/clean") if n in done]
+    if pair:
+        return pair
+    grid = [f for n, f in done.items() if not n.startswith(f"{FIGURE_DIR}/")]
+    models = sorted((RunDir(f).config().train.seed, f.name, f) for f in grid if is_paper_trigger(f))
+    if not models:
+        return []
+    model = models[0][2]
+    controls = dict(match_controls(grid))
+    return [model] + ([controls[model]] if model in controls else [])
+
+
+def explain_figure_runs(results: list[dict], report: Callable[[str], None] = print) -> list[Path]:
+    """Grad-CAM (Figure 1 and the localisation numbers) of :func:`figure1_runs`, each unless already explained;
+    returns the folders explained now."""
+    from medbackdoor.explain.run_explain import explain_run
+
+    explained = []
+    for folder in figure1_runs(results):
+        run = RunDir(folder)
+        if not run.localisation_path.exists():
+            explain_run(folder)
+            explained.append(folder)
+            report(f"explained {folder.name}: {run.explain_dir / 'figure1.png'}")
+    return explained
