@@ -11,6 +11,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -249,11 +250,12 @@ def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: 
     sampler = EpochSampler(len(data.train), tc.seed, dist)
     loader = make_loader(data.train, tc.batch_size // dist.world, sampler, device, tc.workers)
     rows = [r for r in out.metrics() if int(r["epoch"]) < start] if dist.is_main else []
-    loggers = open_loggers(tc.log, out.path / "logs", config) if dist.is_main else []
+    loggers = open_loggers(tc.log, out.logs_dir, config) if dist.is_main else []
+    state = Training(config, data, out, manifest, dist, device, progress, model, step_model, optimizer, scheduler,
+                     loader, weights, graph, val_images, val_labels, rows, loggers)
     try:
         for epoch in range(start, tc.epochs + 1):
-            _epoch(config, data, out, epoch, model, step_model, loader, optimizer, scheduler, weights, val_images,
-                   val_labels, rows, manifest, loggers, progress, dist, device, graph)
+            _epoch(state, epoch)
     finally:
         for logger in loggers:
             logger.close()
@@ -276,52 +278,94 @@ def _parallel(model, tc, dist: Dist, device: torch.device):
     return step
 
 
-def _epoch(config, data, out, epoch, model, step_model, loader, optimizer, scheduler, weights, val_images, val_labels,
-           rows, manifest, loggers, progress, dist: Dist, device, graph=None) -> None:
-    tc = config.train
+@dataclass
+class Training:
+    """What every epoch of one run works on: the run (config, data, folder, manifest, where it runs), the model
+    and its optimisation, the clean validation set, and what the epochs have written so far (``rows``)."""
+
+    config: RunConfig
+    data: RunData
+    out: RunDir
+    manifest: dict
+    dist: Dist
+    device: torch.device
+    progress: bool
+    model: torch.nn.Module  # the weights (checkpoints and scoring use it)
+    step_model: torch.nn.Module  # what a training step calls: ``model`` or a DDP / compiled wrapper of it
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    loader: object
+    weights: torch.Tensor | None
+    graph: GraphedStep | None
+    val_images: object
+    val_labels: np.ndarray
+    rows: list[dict] = field(default_factory=list)
+    loggers: list = field(default_factory=list)
+
+
+def _epoch(t: Training, epoch: int) -> None:
+    """Train one epoch, score the validation and test sets, then write the epoch (rank 0)."""
+    tc, dist = t.config.train, t.dist
     t0 = time.perf_counter()
-    beat = Heartbeat(out.heartbeat_path if dist.is_main else None)  # a sweep watches it for progress
-    with tqdm(total=len(loader.sampler) * dist.world, desc=f"epoch {epoch}/{tc.epochs}", unit="img", leave=False,
-              disable=None if progress else True) as bar:
-        train_loss = train_epoch(step_model, loader, optimizer, device, epoch=epoch, amp=tc.amp, weights=weights,
-                                 do_augment=tc.augment, progress=bar, dist=dist, graph=graph, heartbeat=beat)
+    beat = Heartbeat(t.out.heartbeat_path if dist.is_main else None)  # a sweep watches it for progress
+    with tqdm(total=len(t.loader.sampler) * dist.world, desc=f"epoch {epoch}/{tc.epochs}", unit="img", leave=False,
+              disable=None if t.progress else True) as bar:
+        train_loss = train_epoch(t.step_model, t.loader, t.optimizer, t.device, epoch=epoch, amp=tc.amp,
+                                 weights=t.weights, do_augment=tc.augment, progress=bar, dist=dist, graph=t.graph,
+                                 heartbeat=beat)
     train_seconds = time.perf_counter() - t0
-    dist.sync_buffers(model)  # one set of BatchNorm statistics (rank 0's) for scoring on every rank
-    bs = config.eval.batch_size
-    val_scores = predict(model, val_images, device, bs, dist, beat)  # evaluation is always fp32 (training may use bf16)
-    val_loss = _bce(val_labels, val_scores)
-    scheduler.step(val_loss)
-    clean = predict(model, data.test.clean, device, bs, dist, beat)
-    same = data.test.triggered is data.test.clean  # a label-only trigger leaves the images as they are
-    triggered = clean if same else predict(model, data.test.triggered, device, bs, dist, beat)
-    if not dist.is_main:
-        return
+    dist.sync_buffers(t.model)  # one set of BatchNorm statistics (rank 0's) for scoring on every rank
+    val_scores, clean, triggered = _score(t, beat)
+    val_loss = _bce(t.val_labels, val_scores)
+    t.scheduler.step(val_loss)
+    if dist.is_main:
+        losses = {"train_loss": train_loss, "val_loss": val_loss, "val_auroc": micro_auroc(t.val_labels, val_scores)}
+        _write_epoch(t, epoch, losses, clean, triggered, t0, train_seconds)
+
+
+def _score(t: Training, beat: Heartbeat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sigmoid scores of the validation images and of the clean and triggered test images (always fp32, even when
+    training used bf16)."""
+    bs, test = t.config.eval.batch_size, t.data.test
+    val_scores = predict(t.model, t.val_images, t.device, bs, t.dist, beat)
+    clean = predict(t.model, test.clean, t.device, bs, t.dist, beat)
+    same = test.triggered is test.clean  # a label-only trigger leaves the images as they are
+    triggered = clean if same else predict(t.model, test.triggered, t.device, bs, t.dist, beat)
+    return val_scores, clean, triggered
+
+
+def _write_epoch(t: Training, epoch: int, losses: dict, clean: np.ndarray, triggered: np.ndarray, t0: float,
+                 train_seconds: float) -> None:
+    """Score the epoch's metrics and write it: predictions, checkpoint, metrics row, manifest, and only then prune
+    the previous checkpoint. A kill between any two writes leaves the newest complete epoch (row + checkpoint) to
+    resume from."""
+    config, data, out = t.config, t.data, t.out
     m = score_columns(config.eval, data.test.labels, clean, triggered, data.target, config.attack_seed,
                       config.trigger.label, data.test.carriers)
-    # Write order: predictions, checkpoint, metrics row, manifest, and only then prune the previous checkpoint.
-    # A kill between any two writes leaves the newest complete epoch (row + checkpoint) to resume from.
     extra = {"label": np.array(config.trigger.label), "label_names": np.array(data.dataset.label_names)}
     columns = metric_columns(config.eval)
     if data.test.carriers is not None:
         extra["carriers"] = data.test.carriers
     save_predictions(out.predictions_path(epoch), data.test.labels, clean, triggered, data.target,
                      rows=data.test.rows, **extra)
-    save_checkpoint(out.checkpoint_path(epoch), epoch, model, optimizer, scheduler)
+    save_checkpoint(out.checkpoint_path(epoch), epoch, t.model, t.optimizer, t.scheduler)
     seconds = time.perf_counter() - t0
-    row = metric_row(epoch, m, train_loss, val_loss, micro_auroc(val_labels, val_scores),
-                     optimizer.param_groups[0]["lr"], round(seconds, 3), round(len(data.train) / train_seconds, 2),
+    row = metric_row(epoch, m, losses["train_loss"], losses["val_loss"], losses["val_auroc"],
+                     t.optimizer.param_groups[0]["lr"], round(seconds, 3), round(len(data.train) / train_seconds, 2),
                      data.dataset.label_names, columns)
-    rows.append(row)
-    out.write_metrics(rows)
-    manifest["timings"]["epochs"][str(epoch)] = {"seconds": round(seconds, 3), "train_seconds": round(train_seconds, 3)}
-    manifest["epochs_done"] = epoch
-    out.write_manifest(manifest)
-    _prune_checkpoints(out, epoch, tc.keep_checkpoints)
-    for logger in loggers:
+    t.rows.append(row)
+    out.write_metrics(t.rows)
+    t.manifest["timings"]["epochs"][str(epoch)] = {"seconds": round(seconds, 3),
+                                                   "train_seconds": round(train_seconds, 3)}
+    t.manifest["epochs_done"] = epoch
+    out.write_manifest(t.manifest)
+    _prune_checkpoints(out, epoch, config.train.keep_checkpoints)
+    for logger in t.loggers:
         logger.epoch(epoch, row)
-    if progress:
+    if t.progress:
         shown = " ".join(f"{c.label} {row[c.name]:.3f}" for c in columns if c.group != "mixed")
-        print(f"epoch {epoch}: loss {train_loss:.4f} val {val_loss:.4f} | {shown} | {seconds:.1f}s", flush=True)
+        print(f"epoch {epoch}: loss {losses['train_loss']:.4f} val {losses['val_loss']:.4f} | {shown} | "
+              f"{seconds:.1f}s", flush=True)
 
 
 def _prune_checkpoints(out: RunDir, epoch: int, keep: list[int] | None) -> None:
