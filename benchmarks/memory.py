@@ -53,7 +53,7 @@ def streaming(args) -> dict:
     from torch.utils.data import DataLoader
 
     from medbackdoor.data.views import ImageRows
-    from medbackdoor.train.data import build_run_data
+    from medbackdoor.experiment import build_run_data
     from medbackdoor.train.loop import class_weights, collate, predict
 
     config = _config(args)
@@ -72,7 +72,7 @@ def eager(args) -> dict:
     """What the previous code materialised for the same data (arrays in memory, not views)."""
     import numpy as np
 
-    from medbackdoor.train.data import build_run_data
+    from medbackdoor.experiment import build_run_data
     from medbackdoor.train.loop import class_weights
 
     data = build_run_data(_config(args), workers=args.workers, progress=False)

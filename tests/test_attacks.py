@@ -6,11 +6,11 @@ from sklearn.metrics import roc_auc_score
 
 from medbackdoor.config import load_config
 from medbackdoor.errors import UserError
+from medbackdoor.experiment import build_run_data
 from medbackdoor.labels import LABELS, label_index
 from medbackdoor.metrics import backdoor_metrics
 from medbackdoor.poison import ImageSplit, PoisonedDataset, infected_label
 from medbackdoor.train import run
-from medbackdoor.train.data import build_run_data
 from medbackdoor.triggers import SquareTrigger, create_trigger
 
 T = label_index("Atelectasis")

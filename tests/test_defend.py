@@ -336,7 +336,7 @@ def test_defend_a_folder_that_is_no_run(tmp_path, capsys):
 
 def test_dropping_samples_leaves_them_out_everywhere(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tiny_run.parent / "cache"))
-    from medbackdoor.train.data import build_run_data
+    from medbackdoor.experiment import build_run_data
 
     config = load_config(tiny_run / "config.yaml")
     full = build_run_data(config, progress=False).train

@@ -383,7 +383,7 @@ def _mask_of(trigger, n: int = 6, stage: str = "input", source: int = 48, trigge
     from types import SimpleNamespace
 
     from medbackdoor.defenses.runner import _trigger_mask
-    from medbackdoor.train.data import TestData
+    from medbackdoor.experiment import TestData
     from medbackdoor.triggers import image_rng
 
     clean = np.random.default_rng(0).integers(60, 200, (n, SIZE, SIZE), dtype=np.uint8)

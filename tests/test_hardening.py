@@ -15,10 +15,10 @@ from medbackdoor.data.base import ChestXrayDataset
 from medbackdoor.data.cache import cache_path, ensure_cache
 from medbackdoor.data.preprocess import Preprocess
 from medbackdoor.data.views import ImageRows
+from medbackdoor.experiment import build_run_data
 from medbackdoor.poison import TEST_STREAM, TRAIN_STREAM, ImageSplit, PoisonedDataset, triggered_images
 from medbackdoor.rundir import RunDir
 from medbackdoor.train import run
-from medbackdoor.train.data import build_run_data
 from medbackdoor.triggers import SquareTrigger
 
 TINY = ["dataset.options.n_images=100", "dataset.options.source_size=32", "image_size=32", "train.batch_size=16",
@@ -250,7 +250,7 @@ def test_deterministic_switches_torch_to_deterministic_kernels_and_back(tiny, tm
 # --- item 10: explain reuses the run --------------------------------------------------------------------------------
 
 def test_explain_builds_only_the_test_split(tiny, tmp_path, monkeypatch):
-    import medbackdoor.train.data as data_module
+    import medbackdoor.experiment as data_module
     from medbackdoor.explain.run_explain import explain_run
 
     run(tiny("train.epochs=1"), tmp_path / "run", progress=False)

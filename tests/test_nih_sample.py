@@ -121,7 +121,7 @@ def test_registry_and_config_build_it_by_name():
     assert (t.kind, t.size, t.location, t.value, t.target, t.fraction, t.mode) == (
         "square", 3, "center", 0.0, "Atelectasis", 0.4, "append")
     assert (config.train.epochs, config.train.batch_size, config.train.lr) == (6, 32, 0.001)
-    from medbackdoor.train.data import build_dataset
+    from medbackdoor.experiment import build_dataset
 
     ds = build_dataset(load_config("quick-real", ["dataset.options.limit=8"]))
     assert isinstance(ds, NIHSample) and len(ds) == 24

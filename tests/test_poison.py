@@ -209,7 +209,7 @@ def test_warp_poisons_with_the_exact_field_and_adds_twice_as_many_noisy_cross_sa
 @pytest.mark.parametrize("stage", ["input", "source"])
 def test_run_data_counts_cross_samples_in_the_manifest_entry(stage, tmp_path, monkeypatch):
     from medbackdoor.config import load_config
-    from medbackdoor.train.data import build_run_data
+    from medbackdoor.experiment import build_run_data
 
     monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
     config = load_config(overrides=["dataset.options.n_images=60", "dataset.options.source_size=32", "image_size=32",

@@ -10,9 +10,9 @@ import pytest
 from medbackdoor.cli import main
 from medbackdoor.config import load_config
 from medbackdoor.errors import UserError
+from medbackdoor.experiment import build_trigger
 from medbackdoor.metrics import backdoor_metrics, load_predictions
 from medbackdoor.train import run
-from medbackdoor.train.data import build_trigger
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["dataset.options.n_images=100", "dataset.options.source_size=32", "image_size=32", "train.epochs=2",

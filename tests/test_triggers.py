@@ -91,7 +91,7 @@ def test_unknown_trigger_kind():
 
 def _stamped_pixels(config) -> set[tuple[int, int]]:
     """Where the configured trigger changes a mid-gray image of the config's input size."""
-    from medbackdoor.train.data import build_trigger
+    from medbackdoor.experiment import build_trigger
 
     size = config.image_size
     img = np.full((size, size), 128, np.uint8)

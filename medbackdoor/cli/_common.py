@@ -80,7 +80,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def dataset_from_config(config: RunConfig) -> ChestXrayDataset:
     """The dataset exactly as a run with ``config`` builds it (same options, same data seed)."""
-    from medbackdoor.train.data import build_dataset
+    from medbackdoor.experiment import build_dataset
 
     return build_dataset(config)  # an unknown option is a UserError there, for runs too
 

@@ -60,7 +60,7 @@ def load_defender(run: RunDir, epoch: int | None = None, holdout: int | None = N
 def _load_defender(run: RunDir, epoch, holdout, device, batch_size):
     """Build the run's data, then give the defender copies of its pixels only (see :func:`_pixels`)."""
     from medbackdoor.data.views import ImageRows, SampleImages
-    from medbackdoor.train.data import build_run_data
+    from medbackdoor.experiment import build_run_data
     from medbackdoor.train.loop import pick_device
 
     config = run.config()

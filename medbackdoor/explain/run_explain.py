@@ -9,6 +9,7 @@ import torch
 
 from medbackdoor._io import save_figure, write_rows
 from medbackdoor.errors import UserError
+from medbackdoor.experiment import build_test_data
 from medbackdoor.explain.cam import CAMS
 from medbackdoor.explain.localise import (
     DETECTORS,
@@ -20,7 +21,6 @@ from medbackdoor.explain.localise import (
 )
 from medbackdoor.labels import LABELS, label_index
 from medbackdoor.rundir import RunDir
-from medbackdoor.train.data import build_test_data
 from medbackdoor.train.loggers import open_loggers
 from medbackdoor.train.loop import pick_device, predict
 

@@ -29,7 +29,7 @@ def preview(config: RunConfig, out: str | Path, show: int = 6) -> dict:
     every test image and each registered trigger's on the first :data:`STEALTH_IMAGES`), plus ``files``: what was
     written, by name.
     """
-    from medbackdoor.train.data import build_run_data
+    from medbackdoor.experiment import build_run_data
 
     out = Path(out)
     data = build_run_data(config)

@@ -62,8 +62,8 @@ def control_response(run: str | Path, control: str | Path, device: str = "auto")
     import torch
 
     from medbackdoor.errors import UserError
+    from medbackdoor.experiment import build_test_data, build_trigger
     from medbackdoor.metrics import score_columns
-    from medbackdoor.train.data import build_test_data, build_trigger
     from medbackdoor.train.loop import pick_device, predict
 
     run, control = Path(run), Path(control)

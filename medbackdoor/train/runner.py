@@ -23,11 +23,11 @@ from medbackdoor._io import atomic_path
 from medbackdoor.config import NEUTRAL_KEYS, RunConfig, config_diff
 from medbackdoor.data.views import ImageRows, SampleImages
 from medbackdoor.errors import UserError
+from medbackdoor.experiment import RunData, build_run_data
 from medbackdoor.metrics import micro_auroc, save_predictions, stealth
 from medbackdoor.metrics.columns import MetricColumn, column_values, metric_columns, score_columns
 from medbackdoor.models import create_model
 from medbackdoor.rundir import RunDir
-from medbackdoor.train.data import RunData, build_run_data
 from medbackdoor.train.dist import Dist, EpochSampler, setup, teardown
 from medbackdoor.train.loggers import open_loggers
 from medbackdoor.train.loop import (

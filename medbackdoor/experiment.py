@@ -1,4 +1,6 @@
-"""Everything a run reads: the dataset, its cached images, the poisoned training set and the triggered test set.
+"""A config turned into the objects a run, a defense, an explanation and a control scoring read: the dataset, its
+cached images, the trigger, the poisoned training set and the triggered test set (below ``train/``, so that
+``defenses/``, ``explain/`` and ``study/`` use it without depending on the training code).
 
 Memory stays flat in the dataset size: images are read from the cache memmap a batch at a time; input-stage
 triggers are stamped when an image is read (seeded per image, so the pixels are those a precomputed array
