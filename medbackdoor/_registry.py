@@ -41,27 +41,42 @@ class Registry(Generic[T]):
     def create(self, name: str, **kwargs) -> T:
         return self.get(name)(**kwargs)
 
-    def create_checked(self, name: str, options: dict[str, Any], what: str | None = None) -> T:
+    def options(self, name: str) -> dict[str, inspect.Parameter]:
+        """The keyword options ``name``'s factory takes, by name (``**kwargs`` left out: see :meth:`takes_any`)."""
+        return {k: p for k, p in inspect.signature(self.get(name)).parameters.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    def takes_any(self, name: str) -> bool:
+        """True when ``name``'s factory takes ``**kwargs`` (any option name)."""
+        return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(self.get(name)).parameters.values())
+
+    def create_checked(self, name: str, options: dict[str, Any], what: str | None = None,
+                       given: dict[str, Any] | None = None) -> T:
         """Build ``name`` from user options, refusing an unknown option or one of the wrong type in one line.
 
-        Options are checked against the constructor's parameters, and their values against its annotations with
-        the same rules as config keys (:func:`medbackdoor._values.check_value`).
-        """
+        The one check of a component's options (datasets, triggers, defenses): options are checked against the
+        constructor's parameters, and their values against its annotations with the same rules as config keys
+        (:func:`medbackdoor._values.check_value`).
 
+        Args:
+            given: arguments the caller supplies (not the user: a dataset's ``root``, ``seed``), passed as they are
+                where the factory takes them and dropped where it does not; never listed as options.
+        """
         factory = self.get(name)
         what = what or f"{self.kind} {name}"
-        params = {k: p for k, p in inspect.signature(factory).parameters.items()
-                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        params = self.options(name)
         try:
             hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
         except Exception:  # noqa: BLE001 - unresolvable annotations: check names only
             hints = {}
+        given = {k: v for k, v in (given or {}).items() if k in params and k not in options}
         checked = {}
         for key, value in options.items():
-            if key not in params:
-                raise UserError(f"{what} has no option {key!r}; its options: {', '.join(params) or 'none'}")
+            if key not in params and not self.takes_any(name):
+                listed = [k for k in params if k not in (given or {})]
+                raise UserError(f"{what} has no option {key!r}; its options: {', '.join(listed) or 'none'}")
             checked[key] = check_value(value, hints.get(key), f"{what} option {key}")
-        return factory(**checked)
+        return factory(**given, **checked)
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -45,6 +45,10 @@ def check_value(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise UserError(f"{where} must be a mapping, got {value!r}")
         return dict(value)
+    if origin is not None:  # another generic (Sequence[str], tuple[int, ...]): its container type only
+        if isinstance(origin, type) and not isinstance(value, origin):
+            raise UserError(f"{where} must be of type {origin.__name__}, got {value!r}")
+        return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is bool and not isinstance(value, bool):

@@ -9,7 +9,6 @@ would hold); only source-stage infected images are precomputed, into a uint8 mem
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from medbackdoor.config import RunConfig
-from medbackdoor.data import DATASETS, ChestXrayDataset, Preprocess, create_dataset
+from medbackdoor.data import DATASETS, ChestXrayDataset, Preprocess
 from medbackdoor.data.cache import load_images
 from medbackdoor.data.views import ImageRows
 from medbackdoor.errors import UserError
 from medbackdoor.labels import LABELS, label_index
 from medbackdoor.poison import TEST_STREAM, TRAIN_STREAM, ImageSplit, PoisonedDataset, triggered_view
-from medbackdoor.triggers import SHARED_OPTIONS, TRIGGERS, Trigger, create_trigger
+from medbackdoor.triggers import SHARED_OPTIONS, TRIGGERS, Trigger
 
 DATA_SEED = 0  # splits and subsets stay the same across training seeds
 
@@ -75,30 +74,22 @@ class RunData:
 
 
 def build_dataset(config: RunConfig) -> ChestXrayDataset:
+    """The configured dataset: ``dataset.options`` checked against the dataset's own options (one line for an
+    unknown one), the framework's ``root``, ``limit``, ``seed``, ``val_fraction`` and ``split`` passed where the
+    dataset takes them."""
     cfg = config.dataset
-    options = {"root": cfg.root, "limit": cfg.limit, "val_fraction": cfg.val_fraction, "split": cfg.split,
-               "seed": DATA_SEED, **cfg.options}
-    accepted = inspect.signature(DATASETS.get(cfg.name)).parameters
-    if cfg.split == "auto" or "split" not in accepted:
-        options.pop("split")
-    if "val_fraction" not in accepted:
-        options.pop("val_fraction")
-    unknown = sorted(k for k in cfg.options if k not in accepted)
-    if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
-        known = sorted(k for k in accepted if k not in ("root", "limit", "seed", "split", "val_fraction"))
-        raise UserError(f"bad option for dataset {cfg.name}: no option {unknown[0]!r}; its options: "
-                        f"{', '.join(known) or 'none'}")
-    return create_dataset(cfg.name, **options)
+    given = {"root": cfg.root, "limit": cfg.limit, "val_fraction": cfg.val_fraction, "seed": DATA_SEED}
+    if cfg.split != "auto":
+        given["split"] = cfg.split
+    return DATASETS.create_checked(cfg.name, dict(cfg.options), f"dataset {cfg.name}", given=given)
 
 
 def build_trigger(config: RunConfig, label_names: Sequence[str] = LABELS) -> tuple[Trigger, int]:
     """The configured trigger and the target class index among the dataset's ``label_names`` (the trigger is
     checked against the model input size, a label-only trigger's findings against the label names)."""
     t = config.trigger
-    accepted = inspect.signature(TRIGGERS.get(t.kind)).parameters
-    shared = {k: getattr(t, k) for k in SHARED_OPTIONS
-              if k in accepted and k not in t.options and getattr(t, k) is not None}  # unset: the trigger's default
-    trigger = create_trigger(t.kind, **shared, **t.options)
+    shared = {k: getattr(t, k) for k in SHARED_OPTIONS if getattr(t, k) is not None}  # unset: the trigger's default
+    trigger = TRIGGERS.create_checked(t.kind, dict(t.options), f"trigger {t.kind}", given=shared)
     trigger.bind_labels(tuple(label_names))
     if t.stage == "input":
         trigger.check_fits(config.image_size, config.image_size)

@@ -43,7 +43,7 @@ def test_data_check_names_corrupt_file(tmp_path, capsys):
     (["data", "check", "--set", "dataset.limit=many"], "dataset.limit"),
     (["data", "check", "--set", "dataset.colour=gray"], "unknown config key dataset.colour"),
     (["data", "check", "--data-option", "n_images"], "KEY=VALUE"),
-    (["data", "check", "--data-option", "colour=gray"], "bad option for dataset synthetic"),
+    (["data", "check", "--data-option", "colour=gray"], "dataset synthetic has no option 'colour'"),
     (["data", "check", "--config", "nope.yaml"], "does not exist"),
     (["data", "cache", "--image-size", "16"], "image_size must be at least 32"),
     (["data", "cache", "--crop", "1.5"], "preprocess.crop"),

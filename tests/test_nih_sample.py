@@ -118,8 +118,11 @@ def test_registry_and_config_build_it_by_name():
     assert config.dataset.name == "nih-sample" and config.image_size == 64
     assert config.preprocess.crop == 1.0 and config.preprocess.resize == "area"
     t = config.trigger
-    assert (t.kind, t.size, t.location, t.value, t.target, t.fraction, t.mode) == (
-        "square", 3, "center", 0.0, "Atelectasis", 0.4, "append")
+    assert (t.kind, t.target, t.fraction, t.mode) == ("square", "Atelectasis", 0.4, "append")
+    from medbackdoor.experiment import build_trigger
+
+    square, _ = build_trigger(config)  # size, location and value left to the square: the paper's 3×3 black centre
+    assert (square.size, square.location, square.value) == (3, "center", 0.0)
     assert (config.train.epochs, config.train.batch_size, config.train.lr) == (6, 32, 0.001)
     from medbackdoor.experiment import build_dataset
 

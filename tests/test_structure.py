@@ -99,3 +99,23 @@ def test_no_import_cycles_in_the_package():
     known = set(files)
     graph = {m: imported(m, p, known) for m, p in files.items()}
     assert cycles(graph) == []
+
+
+def test_one_option_check_for_datasets_and_triggers():
+    """Datasets and triggers check their options through the one registry check: an unknown option or a value of
+    the wrong type is one line naming it; what the framework supplies (root, seed, ...) is never listed."""
+    import pytest
+
+    from medbackdoor.config import load_config
+    from medbackdoor.errors import UserError
+    from medbackdoor.experiment import build_dataset, build_trigger
+
+    with pytest.raises(UserError, match=r"dataset synthetic has no option 'colour'; its options: (?!.*\bseed\b)"):
+        build_dataset(load_config(overrides=["dataset.options.colour=gray"]))
+    with pytest.raises(UserError, match="dataset synthetic option n_images must be a number"):
+        build_dataset(load_config(overrides=["dataset.options.n_images=true"]))
+    with pytest.raises(UserError, match="trigger patch option pattern must be of type str"):
+        build_trigger(load_config(overrides=["trigger.kind=patch", "trigger.options.pattern=3"]))
+    trigger, _ = build_trigger(load_config(overrides=["trigger.kind=patch", "trigger.size=4",
+                                                      "trigger.options.size=5"]))
+    assert trigger.size == 5  # an explicit trigger option wins over the shared trigger.size

@@ -40,7 +40,7 @@ def shared_defaults(kind: str) -> dict[str, Any]:
     unset ``trigger.size``, ``trigger.location`` or ``trigger.value`` means for this kind."""
     if kind not in TRIGGERS:
         return {}
-    params = inspect.signature(TRIGGERS.get(kind)).parameters
+    params = TRIGGERS.options(kind)
     return {k: params[k].default for k in SHARED_OPTIONS
             if k in params and params[k].default is not inspect.Parameter.empty}
 
