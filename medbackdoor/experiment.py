@@ -180,3 +180,73 @@ def _poison(config: RunConfig, dataset, images, split: ImageSplit, trigger, seed
         poisoned = PoisonedDataset(split, trigger, t.fraction, t.target, t.mode, seed, triggered=view, label=t.label,
                                    candidates=candidates, label_names=dataset.label_names)
     return poisoned, float(survived.mean())
+
+
+# --- the attack record: what the attacker did, written into the run folder when the run is made --------------------
+
+def attack_record(data: RunData, config: RunConfig) -> dict[str, np.ndarray]:
+    """What the attack did to this run, as arrays (``RUN/attack.npz``; it scores defenses and is never shown to one).
+
+    Keys: ``poisoned`` and ``cross`` (per training sample as trained: infected, or a cross sample with its clean
+    label), ``sample_positions`` (each sample's position in the training split), ``target`` (the label index),
+    ``trigger_mask`` (H×W bool at the model input where the trigger has one fixed, localised mask, else 0×0) with
+    ``trigger_mask_reason`` (why not), and ``test_rows`` / ``test_survived`` (did the trigger change each test input).
+    """
+    mask, reason = trigger_footprint(data, config)
+    train = data.train
+    cross = train.cross_mask() if hasattr(train, "cross_mask") else np.zeros(len(train), bool)
+    return {"poisoned": train.poisoned_mask(), "cross": cross, "sample_positions": train.sample_positions(),
+            "target": np.int64(data.target), "trigger_mask": np.zeros((0, 0), bool) if mask is None else mask,
+            "trigger_mask_reason": np.array(reason), "test_rows": np.asarray(data.test.rows),
+            "test_survived": np.asarray(data.test.survived, bool)}
+
+
+def trigger_footprint(data: RunData, config: RunConfig) -> tuple[np.ndarray | None, str]:
+    """Where the trigger writes at the model input, if that is one fixed, localised mask; else None and why.
+
+    Decided from the trigger itself (:func:`_fixed_footprint`) at the size it is stamped at. At the ``input`` stage
+    the mask is the trigger's own; at the ``source`` stage it meets crop and resize, so it is where the first test
+    images changed (their union; the same pixels for each, as the mask is fixed).
+    """
+    trigger = data.trigger
+    if not trigger.changes_pixels:
+        return None, "the trigger changes no pixel (a label-only attack)"
+    if not len(data.test):
+        return None, "no test image"
+    if config.trigger.stage == "input":
+        return _fixed_footprint(trigger, config.image_size, config.image_size)
+    height, width = np.asarray(data.dataset.read_source(int(data.test.rows[0]))).shape[-2:]
+    mask, reason = _fixed_footprint(trigger, height, width)
+    if mask is None:
+        return None, reason
+    k = min(len(data.test), 64)
+    changed = (np.asarray(data.test.clean[0:k]) != np.asarray(data.test.triggered[0:k])).any(0)
+    if not changed.any():
+        return None, "the trigger changed no pixel of the first test images (it did not survive preprocessing)"
+    return changed, ""
+
+
+MAX_MASK_SHARE = 0.25  # a mask larger than this share of the image overlaps any reversed mask of its size by chance
+MASK_DRAWS = 8  # random draws that must all give the same mask for it to count as fixed
+
+
+def _fixed_footprint(trigger, height: int, width: int) -> tuple[np.ndarray | None, str]:
+    """The trigger's mask support on a ``height``×``width`` image if it is fixed and localised; else None and why.
+
+    Fixed: :meth:`~medbackdoor.triggers.Trigger.pattern` gives the same support for ``MASK_DRAWS`` different random
+    draws (a patch at a random place does not). Localised: the support covers at most ``MAX_MASK_SHARE`` of the
+    image (a blend's covers all of it). A trigger that is not a mask and a pattern (warp, SIG, frequency) has none.
+    """
+    try:
+        masks = [trigger.pattern(height, width, np.random.default_rng([k, 17]))[0] > 0 for k in range(MASK_DRAWS)]
+    except NotImplementedError:
+        return None, f"{type(trigger).__name__} is not a mask and a pattern: it has no mask to compare"
+    if any(not np.array_equal(masks[0], m) for m in masks[1:]):
+        return None, "the trigger's mask changes from image to image (e.g. a random location): no one true mask"
+    share = float(masks[0].mean())
+    if share == 0:
+        return None, "the trigger's mask is empty"
+    if share > MAX_MASK_SHARE:
+        return None, (f"the trigger's mask covers {share:.0%} of the image (more than {MAX_MASK_SHARE:.0%}): "
+                      "any mask of its size overlaps it")
+    return masks[0], ""

@@ -8,6 +8,7 @@ Layout::
     RUN/predictions/epoch_NNN.npz    scores in the ``medbackdoor metrics`` format
     RUN/checkpoints/epoch_NNN.pt     model, optimizer, scheduler and RNG state
     RUN/explain/                     written by ``medbackdoor explain``
+    RUN/attack.npz                   what the attack did (poisoned samples, trigger mask, survival), for scoring
     RUN/heartbeat                    touched every few seconds of training or scoring (its mtime is progress)
     RUN/logs/                        the ``train.log`` loggers' files
     RUN/defenses/NAME/               written by ``medbackdoor defend``: summary.json, scores.csv, figures,
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medbackdoor._io import read_json, write_json, write_rows, write_text
+from medbackdoor._io import atomic_path, read_json, write_json, write_rows, write_text
 from medbackdoor.config import RunConfig, dump_config, load_config
 from medbackdoor.errors import UserError
 
@@ -65,6 +66,23 @@ class RunDir:
     def heartbeat_path(self) -> Path:
         """Touched by the training loop every few seconds of progress; a sweep stops a run whose file goes quiet."""
         return self.path / "heartbeat"
+
+    @property
+    def attack_path(self) -> Path:
+        """The attack record (:func:`medbackdoor.experiment.attack_record`), written when the run is made."""
+        return self.path / "attack.npz"
+
+    def attack(self) -> dict[str, np.ndarray] | None:
+        """The attack record's arrays (loaded without pickle), None for a run made before runs recorded it."""
+        if not self.attack_path.is_file():
+            return None
+        with np.load(self.attack_path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def write_attack(self, record: dict[str, np.ndarray]) -> None:
+        with atomic_path(self.attack_path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **record)
 
     @property
     def explain_dir(self) -> Path:
@@ -259,8 +277,8 @@ class RunDir:
     def clear(self) -> None:
         """Remove everything a run wrote (``--force``), and everything computed from it: explanations, defenses
         (with their retrains and failure records), the control scoring and its failure record, logs."""
-        for path in (self.metrics_path, self.manifest_path, self.config_path, self.heartbeat_path, self.control_path,
-                     self.control_failure_path):
+        for path in (self.metrics_path, self.manifest_path, self.config_path, self.heartbeat_path, self.attack_path,
+                     self.control_path, self.control_failure_path):
             path.unlink(missing_ok=True)
         for folder in (self.path / "predictions", self.path / "checkpoints", self.explain_dir, self.defenses_dir,
                        self.logs_dir):

@@ -387,3 +387,36 @@ def test_defender_features_are_the_pooled_penultimate_layer():
     assert f.shape == (6, 4)
     np.testing.assert_allclose(f, d.model.forward_features(x).mean((2, 3)).detach().numpy(), rtol=1e-5)
     assert d.train_features is f  # cached
+
+
+def test_the_run_records_its_attack_and_defend_scores_against_that_record(tiny_run):
+    """``run`` writes RUN/attack.npz when it is made: the poisoned samples as trained (append mode: the last
+    round(ρN) samples), the square's fixed 3×3 centre mask and the test survival. ``defend`` scores against the
+    record, not against a dataset rebuilt and poisoned again."""
+    import shutil
+
+    from medbackdoor.defenses.runner import _load_defender
+    from medbackdoor.rundir import RunDir
+
+    run = RunDir(tiny_run)
+    record = run.attack()
+    config = run.config()
+    n_train = RunDir(tiny_run).manifest()["dataset"]["train"]
+    k = round(config.trigger.fraction * n_train)
+    expected = np.r_[np.zeros(n_train, bool), np.ones(k, bool)] if config.trigger.mode == "append" else None
+    if expected is not None:
+        np.testing.assert_array_equal(record["poisoned"], expected)
+    assert record["poisoned"].sum() == k and not record["cross"].any()
+    square = np.zeros((config.image_size, config.image_size), bool)
+    top = (config.image_size - 3) // 2  # the paper's 3×3 square, top-left at ((H − 3) // 2, (W − 3) // 2)
+    square[top : top + 3, top : top + 3] = True
+    np.testing.assert_array_equal(record["trigger_mask"], square)
+    assert record["test_survived"].all() and int(record["target"]) == 0  # Atelectasis
+    copy = RunDir(tiny_run.parent / "recorded")
+    shutil.copytree(tiny_run, copy.path, dirs_exist_ok=True)
+    altered = {**record, "poisoned": ~record["poisoned"], "trigger_mask": np.zeros((0, 0), bool),
+               "trigger_mask_reason": np.array("altered by the test")}
+    copy.write_attack(altered)
+    _, truth, _, _ = _load_defender(copy, None, 20, "cpu", None)
+    np.testing.assert_array_equal(truth.poisoned, ~record["poisoned"])
+    assert truth.trigger_mask is None and truth.trigger_mask_reason == "altered by the test"

@@ -356,7 +356,7 @@ def test_runner_scores_the_reversed_trigger(planted, tmp_path):
     truth_mask = np.zeros((SIZE, SIZE), bool)
     truth_mask[PATCH] = True
     truth = Truth(poisoned=np.zeros(4, bool), target=0, trigger_mask=truth_mask)
-    rows, summary = _model(Done(), d, truth, None, tmp_path)
+    rows, summary = _model(Done(), d, truth, None, tmp_path, None)
     assert summary["target_rank"] == 1 and summary["target_flagged"]
     assert summary["reversed_trigger"]["iou_with_true_trigger"] >= 0.5
     assert (tmp_path / "reversed_triggers.png").is_file() and len(rows) == C
@@ -382,8 +382,7 @@ def _mask_of(trigger, n: int = 6, stage: str = "input", source: int = 48, trigge
     stage the trigger is stamped on ``source`` px images and ``triggered`` are the model inputs that came of it."""
     from types import SimpleNamespace
 
-    from medbackdoor.defenses.runner import _trigger_mask
-    from medbackdoor.experiment import TestData
+    from medbackdoor.experiment import TestData, trigger_footprint
     from medbackdoor.triggers import image_rng
 
     clean = np.random.default_rng(0).integers(60, 200, (n, SIZE, SIZE), dtype=np.uint8)
@@ -393,7 +392,7 @@ def _mask_of(trigger, n: int = 6, stage: str = "input", source: int = 48, trigge
     dataset = SimpleNamespace(read_source=lambda row: np.zeros((source, source), np.uint8))
     data = SimpleNamespace(trigger=trigger, test=test, dataset=dataset)
     config = SimpleNamespace(image_size=SIZE, trigger=SimpleNamespace(stage=stage))
-    return _trigger_mask(data, config)
+    return trigger_footprint(data, config)
 
 
 def test_true_mask_at_the_source_stage_is_where_the_inputs_changed():

@@ -90,10 +90,21 @@ def _load_defender(run: RunDir, epoch, holdout, device, batch_size):
         seed=config.train.seed,
         dataset=config.dataset.name,
     )
-    mask, reason = _trigger_mask(data, config)
-    truth = Truth(poisoned=data.train.poisoned_mask(), target=data.target, trigger_mask=mask,
-                  trigger_mask_reason=reason)
-    return defender, truth, data, epoch
+    return defender, _truth(run, data, config), data, epoch
+
+
+def _truth(run: RunDir, data, config) -> Truth:
+    """The truth a defense is scored against: the run's attack record (``RUN/attack.npz``, written when the run was
+    made), or, for a run made before runs recorded it, the same record computed from the rebuilt data."""
+    from medbackdoor.experiment import attack_record
+
+    record = run.attack() or attack_record(data, config)
+    if len(record["poisoned"]) != len(data.train):
+        raise UserError(f"{run.attack_path} records {len(record['poisoned'])} training samples, the run's data has "
+                        f"{len(data.train)}: the data changed since the run was made")
+    mask = record["trigger_mask"]
+    return Truth(poisoned=record["poisoned"], target=int(record["target"]), trigger_mask=mask if mask.size else None,
+                 trigger_mask_reason=str(record["trigger_mask_reason"]))
 
 
 def _pixels(view, config) -> Images:
@@ -107,57 +118,6 @@ def _pixels(view, config) -> Images:
 
     folder = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
     return Images(materialise(view, folder))
-
-
-def _trigger_mask(data, config) -> tuple[np.ndarray | None, str]:
-    """Where the trigger writes at the model input, if that is one fixed, localised mask; else None and why.
-
-    Decided from the trigger itself (:func:`_fixed_footprint`) at the size it is stamped at. At the ``input`` stage
-    the mask is the trigger's own; at the ``source`` stage it meets crop and resize, so it is where the first test
-    images changed (their union; the same pixels for each, as the mask is fixed).
-    """
-    trigger = data.trigger
-    if not trigger.changes_pixels:
-        return None, "the trigger changes no pixel (a label-only attack)"
-    if not len(data.test):
-        return None, "no test image"
-    if config.trigger.stage == "input":
-        return _fixed_footprint(trigger, config.image_size, config.image_size)
-    height, width = np.asarray(data.dataset.read_source(int(data.test.rows[0]))).shape[-2:]
-    mask, reason = _fixed_footprint(trigger, height, width)
-    if mask is None:
-        return None, reason
-    k = min(len(data.test), 64)
-    changed = (np.asarray(data.test.clean[0:k]) != np.asarray(data.test.triggered[0:k])).any(0)
-    if not changed.any():
-        return None, "the trigger changed no pixel of the first test images (it did not survive preprocessing)"
-    return changed, ""
-
-
-MAX_MASK_SHARE = 0.25  # a mask larger than this share of the image overlaps any reversed mask of its size by chance
-MASK_DRAWS = 8  # random draws that must all give the same mask for it to count as fixed
-
-
-def _fixed_footprint(trigger, height: int, width: int) -> tuple[np.ndarray | None, str]:
-    """The trigger's mask support on a ``height``×``width`` image if it is fixed and localised; else None and why.
-
-    Fixed: :meth:`~medbackdoor.triggers.Trigger.pattern` gives the same support for ``MASK_DRAWS`` different random
-    draws (a patch at a random place does not). Localised: the support covers at most ``MAX_MASK_SHARE`` of the
-    image (a blend's covers all of it). A trigger that is not a mask and a pattern (warp, SIG, frequency) has none.
-    """
-    try:
-        masks = [trigger.pattern(height, width, np.random.default_rng([k, 17]))[0] > 0 for k in range(MASK_DRAWS)]
-    except NotImplementedError:
-        return None, f"{type(trigger).__name__} is not a mask and a pattern: it has no mask to compare"
-    if any(not np.array_equal(masks[0], m) for m in masks[1:]):
-        return None, "the trigger's mask changes from image to image (e.g. a random location): no one true mask"
-    share = float(masks[0].mean())
-    if share == 0:
-        return None, "the trigger's mask is empty"
-    if share > MAX_MASK_SHARE:
-        return None, (f"the trigger's mask covers {share:.0%} of the image (more than {MAX_MASK_SHARE:.0%}): "
-                      "any mask of its size overlaps it")
-    return masks[0], ""
 
 
 def defend(run_dir: str | Path, method: str, epoch: int | None = None, holdout: int | None = None,
@@ -343,8 +303,9 @@ def _reversed(out: Path, masks, patterns, truth: Truth, names) -> dict:
     """The target's reversed-trigger mask against the true trigger, and a figure of all masks.
 
     ``iou_with_true_trigger``: IoU of the target mask's top-k pixels (k = the true mask's size) with the true mask,
-    reported only where the trigger has one fixed, localised mask (:func:`_trigger_mask`); otherwise NaN, and
-    ``iou_reason`` says why. ``mask_l1_target``: the L1 norm of the target's reversed mask.
+    reported only where the trigger has one fixed, localised mask (the run's attack record, see
+    :func:`medbackdoor.experiment.trigger_footprint`); otherwise NaN, and ``iou_reason`` says why.
+    ``mask_l1_target``: the L1 norm of the target's reversed mask.
     """
     masks = np.asarray(masks, np.float32)
     m = masks[truth.target]

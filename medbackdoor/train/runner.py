@@ -23,7 +23,7 @@ from medbackdoor._io import atomic_path
 from medbackdoor.config import NEUTRAL_KEYS, RunConfig, config_diff
 from medbackdoor.data.views import ImageRows, SampleImages
 from medbackdoor.errors import UserError
-from medbackdoor.experiment import RunData, build_run_data
+from medbackdoor.experiment import RunData, attack_record, build_run_data
 from medbackdoor.metrics import micro_auroc, save_predictions, stealth
 from medbackdoor.metrics.columns import MetricColumn, column_values, metric_columns, score_columns
 from medbackdoor.models import create_model
@@ -147,6 +147,7 @@ def _run(config: RunConfig, out: RunDir, resume: bool, force: bool, progress: bo
     if dist.is_main:
         out.path.mkdir(parents=True, exist_ok=True)
         out.write_config(config)
+        out.write_attack(attack_record(data, config))
         manifest = _manifest(config, data, out, dist, device)
         manifest["timings"]["data_seconds"] = round(time.perf_counter() - t0, 3)
         out.write_manifest(manifest)
