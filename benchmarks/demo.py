@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def demo_commands(out: Path) -> list[str]:
-    """The shell commands of ``make demo`` with ``DEMO_OUT=out`` (echo lines left out)."""
-    text = subprocess.run(["make", "-s", "-n", "demo", f"DEMO_OUT={out}"], cwd=ROOT, capture_output=True, text=True,
-                          check=True).stdout
+    """The shell commands of ``make demo`` with ``DEMO_OUT=out`` (echo lines and the venv build left out)."""
+    command = ["make", "-s", "-n", "-o", ".venv/.installed", "demo", f"DEMO_OUT={out}"]
+    text = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("echo")]
 
 
