@@ -57,6 +57,8 @@ def describe(s: DefenseSummary) -> str:
                 f"TPR@5%FPR {d['tpr_at_5pct_fpr']:.3f}")
         if "precision" in d:
             line += f" | flagged {d['flagged']}: precision {d['precision']:.3f} recall {d['recall']:.3f}"
+            if "false_positive_rate" in d:
+                line += f", realised FPR {d['false_positive_rate']:.3f}"
         return f"{head}\n{line}\nwrote {RunDir(s.run).defense_dir(s.name)}"
     if s.backdoored_verdict is not None:
         return (f"{head}\nverdict: {'backdoored' if s.backdoored_verdict else 'clean'}; flagged "

@@ -27,7 +27,8 @@ def run_preview(args: argparse.Namespace) -> int:
 
     s = preview(load_config(args.config, args.overrides), args.out, args.show)
     print(f"{s['poisoned']} of {s['train']} training images poisoned ({s['mode']}, {s['stage']} stage) -> "
-          f"{s['train_samples']} training samples, infected label {s['poisoning']['label']} {s['target']}; "
+          f"{s['train_samples']} training samples ({s['poisoning'].get('cross') or 0} of them cross samples with "
+          f"their own labels), infected label {s['poisoning']['label']} {s['target']}; "
           f"trigger survives preprocessing in {s['trigger_survival']['train']:.1%} of them")
     print(f"stealth of the configured trigger on all {s['test']} test images: "
           f"{_stealth_line(s['stealth']['configured'])}")
