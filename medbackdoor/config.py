@@ -79,6 +79,7 @@ class TrainConfig:
     deterministic: bool = False
     compile: bool = False
     cuda_graph: bool = False
+    channels_last: bool = True
     sync_bn: bool = False
     backend: str = "auto"
     log: list[str] = field(default_factory=list)

@@ -245,11 +245,12 @@ class RunDir:
     def load_model(self, epoch: int, device="cpu", config: RunConfig | None = None):
         """The model as trained up to ``epoch``, in eval mode on ``device``."""
         from medbackdoor.models import create_model
+        from medbackdoor.train.loop import set_layout
 
         config = config or self.config()
         model = create_model(config.model.arch, "none", len(self.label_names()))
         model.load_state_dict(self.load_state(epoch)["model"])
-        return model.to(device).eval()
+        return set_layout(model.to(device), config.train.channels_last).eval()
 
     def label_names(self) -> tuple[str, ...]:
         """The run's label columns (its dataset's), as recorded in the manifest; runs written before datasets

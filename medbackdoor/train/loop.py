@@ -51,6 +51,21 @@ def deterministic(enabled: bool = True):
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
+def set_layout(model: nn.Module, channels_last: bool) -> nn.Module:
+    """Put the model's weights in channels_last (NHWC) or the default layout (``train.channels_last``); inputs
+    follow the model (:func:`is_channels_last`). NHWC is faster on every device measured (benchmarks/layout.py)."""
+    return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def is_channels_last(model: nn.Module) -> bool:
+    """Whether the model's conv weights are channels_last: a 4-D weight with more than one input channel and a
+    kernel wider than 1 is contiguous in exactly one of the two layouts."""
+    for p in model.parameters():
+        if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1:
+            return not p.is_contiguous()
+    return False
+
+
 def to_input(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
     """B×H×W uint8 → B×1×H×W float in [0, 1] on ``device``."""
     x = images.to(device, non_blocking=True).float().div_(255.0).unsqueeze(1)
@@ -221,7 +236,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer, device, *, epoc
     sampler = loader.sampler
     sampler.set_epoch(epoch)
     generator = sampler.augment_generator()
-    channels_last = device.type == "cuda" if channels_last is None else channels_last
+    channels_last = is_channels_last(model) if channels_last is None else channels_last
     model.train()
     total, count = 0.0, 0
     for batch in loader:
@@ -273,7 +288,7 @@ def predict(model: nn.Module, images, device, batch_size: int = 128, dist: Dist 
     """
     model.eval()
     out = []
-    channels_last = device.type == "cuda"
+    channels_last = is_channels_last(model)
     part = dist.shard(len(images))
     for lo in range(part.start, part.stop, batch_size):
         hi = min(lo + batch_size, part.stop)

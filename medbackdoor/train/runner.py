@@ -37,6 +37,7 @@ from medbackdoor.train.loop import (
     deterministic,
     make_loader,
     predict,
+    set_layout,
     train_epoch,
 )
 
@@ -227,9 +228,7 @@ def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: 
         model.load_state_dict(state["model"])
     elif getattr(model, "pretrained_info", None):
         manifest["pretrained"] = model.pretrained_info
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = set_layout(model.to(device), tc.channels_last)
     graphed = tc.cuda_graph and device.type == "cuda"  # like bf16, a CUDA-only speed option: ignored on the CPU
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, capturable=graphed)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=tc.lr_factor,
