@@ -31,6 +31,7 @@ import numpy as np
 from medbackdoor._io import atomic_path, read_json, write_json, write_rows, write_text
 from medbackdoor.config import RunConfig, dump_config, load_config
 from medbackdoor.errors import UserError
+from medbackdoor.manifest import Manifest
 
 
 class RunDir:
@@ -158,13 +159,13 @@ class RunDir:
             raise UserError(f"{self.path} is not a run folder (no config.yaml)")
         return load_config(self.config_path)
 
-    def manifest(self) -> dict:
-        """The manifest, ``{}`` when there is none yet."""
-        return read_json(self.manifest_path)
+    def manifest(self) -> Manifest:
+        """The manifest record (``status == "new"`` when there is none yet)."""
+        return Manifest.from_dict(read_json(self.manifest_path))
 
     def status(self) -> str:
         """``new``, ``running``, ``complete``, ``failed`` or ``interrupted``."""
-        return self.manifest().get("status", "new")
+        return self.manifest().status
 
     def metrics(self) -> list[dict]:
         """The rows of ``metrics.csv`` as dicts of strings (``[]`` before the first epoch)."""
@@ -257,7 +258,7 @@ class RunDir:
         declared their labels have the 14 ChestX-ray14 findings."""
         from medbackdoor.labels import LABELS
 
-        return tuple((self.manifest() or {}).get("labels") or LABELS)
+        return tuple(self.manifest().labels or LABELS)
 
     def load_predictions(self, epoch: int) -> dict:
         from medbackdoor.metrics import load_predictions
@@ -272,8 +273,8 @@ class RunDir:
     def write_metrics(self, rows: list[dict]) -> None:
         write_rows(self.metrics_path, rows)
 
-    def write_manifest(self, manifest: dict) -> None:
-        write_json(self.manifest_path, manifest)
+    def write_manifest(self, manifest: Manifest) -> None:
+        write_json(self.manifest_path, manifest.to_dict())
 
     def clear(self) -> None:
         """Remove everything a run wrote (``--force``), and everything computed from it: explanations, defenses

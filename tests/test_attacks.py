@@ -134,7 +134,7 @@ def test_label_combination_run_end_to_end(tiny, tmp_path):
     data = build_run_data(config, progress=False)
     assert data.test.carriers is not None and data.test.triggered is data.test.clean
     manifest = run(config, tmp_path / "run", progress=False)
-    assert manifest["poisoning"]["label"] == "add" and manifest["poisoning"]["test_carriers"] > 0
+    assert manifest.poisoning["label"] == "add" and manifest.poisoning["test_carriers"] > 0
     with pytest.raises(UserError, match="trigger.label=add"):
         build_run_data(tiny("trigger.kind=label-combination"), progress=False)
     with pytest.raises(UserError, match="no option 'size_px'"):

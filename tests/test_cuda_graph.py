@@ -45,8 +45,8 @@ def test_cuda_graph_is_ignored_on_the_cpu_and_recorded(tmp_path):
     from medbackdoor.train.runner import run
 
     manifest = run(load_config(overrides=[*TINY, "train.cuda_graph=true", "train.device=cpu"]), tmp_path / "r")
-    assert manifest["cuda_graph"] is False
-    assert manifest["epochs_done"] == 1
+    assert manifest.cuda_graph is False
+    assert manifest.epochs_done == 1
 
 
 def test_resume_takes_capturable_from_this_device_not_the_checkpoint(tmp_path):
@@ -64,7 +64,7 @@ def test_resume_takes_capturable_from_this_device_not_the_checkpoint(tmp_path):
     torch.save(state, path)
     manifest = run(load_config(overrides=[*TINY, "train.cuda_graph=true", "train.device=cpu", "train.epochs=2"]),
                    tmp_path / "r", resume=True)
-    assert manifest["epochs_done"] == 2
+    assert manifest.epochs_done == 2
 
 
 def test_graphed_step_needs_a_warmup_step():

@@ -401,7 +401,7 @@ def test_the_run_records_its_attack_and_defend_scores_against_that_record(tiny_r
     run = RunDir(tiny_run)
     record = run.attack()
     config = run.config()
-    n_train = RunDir(tiny_run).manifest()["dataset"]["train"]
+    n_train = RunDir(tiny_run).manifest().dataset["train"]
     k = round(config.trigger.fraction * n_train)
     expected = np.r_[np.zeros(n_train, bool), np.ones(k, bool)] if config.trigger.mode == "append" else None
     if expected is not None:

@@ -67,7 +67,7 @@ def _kill_after(monkeypatch, point: str, epoch: int):
 
     def manifest(self, data):  # the failure handler's own manifest write must not count as the kill point
         real_manifest(self, data)
-        if point == "manifest" and data.get("epochs_done") == epoch and data.get("status") == "running":
+        if point == "manifest" and data.epochs_done == epoch and data.status == "running":
             raise Killed("killed after the manifest")
     monkeypatch.setattr(RunDir, "write_manifest", manifest)
 

@@ -34,7 +34,7 @@ def tiny(tmp_path, monkeypatch):
 def test_tiny_run_files_and_metrics_match_predictions(tiny, tmp_path):
     out = tmp_path / "run"
     manifest = run(tiny(), out, progress=False)
-    assert manifest["status"] == "complete" and manifest["epochs_done"] == 2
+    assert manifest.status == "complete" and manifest.epochs_done == 2
     table = rows(out / "metrics.csv")
     assert [r["epoch"] for r in table] == ["1", "2"]
     for col in ("train_loss", "val_loss", "val_auroc", "auroc_nn", "auroc_tt", "auroc_tn", "asr_0.6", "asr_0.9",
@@ -102,8 +102,8 @@ def test_clean_control_and_options(tiny, tmp_path):
     config = tiny("trigger.fraction=0", "train.epochs=1", "train.class_weights=true", "train.augment=true",
                   "train.poisoned_val=true", "trigger.mode=append", "train.keep_checkpoints=[]")
     manifest = run(config, out, progress=False)
-    assert manifest["dataset"]["poisoned"] == 0
-    assert manifest["dataset"]["train_samples"] == manifest["dataset"]["train"]
+    assert manifest.dataset["poisoned"] == 0
+    assert manifest.dataset["train_samples"] == manifest.dataset["train"]
     pred = load_predictions(out / "predictions" / "epoch_001.npz")
     assert not np.array_equal(pred["score_clean"], pred["score_triggered"])  # still evaluated with the trigger
 
@@ -112,9 +112,9 @@ def test_append_mode_and_source_stage(tiny, tmp_path):
     manifest = run(tiny("train.epochs=1", "trigger.mode=append", "trigger.stage=source",
                         "dataset.options.source_size=64", "preprocess.resize=nearest", "trigger.size=1"),
                    tmp_path / "r", progress=False)
-    d = manifest["dataset"]
+    d = manifest.dataset
     assert d["train_samples"] == d["train"] + d["poisoned"]
-    assert 0.0 <= manifest["trigger_survival"]["train"] <= 1.0
+    assert 0.0 <= manifest.trigger_survival["train"] <= 1.0
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -56,5 +56,5 @@ def run(args: argparse.Namespace) -> int:
         return subprocess.call(torchrun_command(args))
     manifest = train_run(config, args.out, resume=args.resume, force=args.force, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
-        print(f"run complete: {args.out} ({manifest['epochs_done']} epochs)")
+        print(f"run complete: {args.out} ({manifest.epochs_done} epochs)")
     return 0

@@ -48,7 +48,7 @@ def load_defender(run: RunDir, epoch: int | None = None, holdout: int | None = N
     """
     epoch = _epoch_to_defend(run, epoch)
     key = (str(run.path.resolve()), epoch, run.checkpoint_fingerprint(epoch), holdout, device, batch_size,
-           run.manifest().get("git_commit"))
+           run.manifest().git_commit)
     if _LAST.get("key") == key:
         return _LAST["value"]
     _LAST.clear()

@@ -17,6 +17,7 @@ import pandas as pd
 
 from medbackdoor.config import NEUTRAL_KEYS, EvalConfig, flatten
 from medbackdoor.errors import UserError
+from medbackdoor.manifest import Manifest
 from medbackdoor.metrics.columns import eval_config_of, table_columns
 from medbackdoor.rundir import RunDir
 from medbackdoor.triggers import shared_defaults
@@ -45,9 +46,9 @@ def read_runs(sweep_dir: Path) -> tuple[list[RunRecord], list[str]]:
     for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
         run = RunDir(folder)
         manifest = run.manifest()
-        status = manifest.get("status", "unknown")
+        status = manifest.status
         if status != "complete" or not run.exists():
-            notes.append(f"run {folder.name} is {status}" + (f": {manifest['error']}" if manifest.get("error") else "")
+            notes.append(f"run {folder.name} is {status}" + (f": {manifest.error}" if manifest.error else "")
                          + "; left out")
             continue
         config = flatten(run.config().to_dict())
@@ -55,12 +56,12 @@ def read_runs(sweep_dir: Path) -> tuple[list[RunRecord], list[str]]:
     return records, notes
 
 
-def manifest_metrics(manifest: dict) -> dict[str, dict[str, float]]:
+def manifest_metrics(manifest: Manifest) -> dict[str, dict[str, float]]:
     """The per-run numbers of a manifest, as metrics with min = max: the trigger's stealth (``psnr``, ``ssim``,
     ``changed_pixels`` between clean and triggered test images) and its survival through preprocessing
     (``survival_train``, ``survival_test``). Non-finite values are left out."""
-    values = {k: manifest.get("stealth", {}).get(k) for k in ("psnr", "ssim", "changed_pixels")}
-    values.update({f"survival_{k}": v for k, v in manifest.get("trigger_survival", {}).items()})
+    values = {k: manifest.stealth.get(k) for k in ("psnr", "ssim", "changed_pixels")}
+    values.update({f"survival_{k}": v for k, v in manifest.trigger_survival.items()})
     return {k: {"min": float(v), "max": float(v)} for k, v in values.items()
             if isinstance(v, int | float) and np.isfinite(v)}
 

@@ -186,14 +186,13 @@ def _apply(base: dict, point: dict) -> dict:
 def run_state(folder: Path) -> str:
     """``new``, ``complete``, ``failed: ...`` or ``partial (k epochs)``, read from the run folder."""
     manifest = RunDir(folder).manifest()
-    if not manifest:
+    if not manifest.exists:
         return "new"
-    status = manifest.get("status")
-    if status == "complete":
+    if manifest.status == "complete":
         return "complete"
-    if status == "failed":
-        return f"failed: {manifest.get('error', '?')}"
-    return f"partial ({manifest.get('epochs_done', 0)} epochs)"
+    if manifest.status == "failed":
+        return f"failed: {manifest.error or '?'}"
+    return f"partial ({manifest.epochs_done} epochs)"
 
 
 def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = False,
@@ -356,8 +355,10 @@ def _run_one(data: dict, folder: str, threads: int) -> dict:
 
 def _record_failure(folder: Path, data: dict, error: str, trace: str) -> None:
     run = RunDir(folder)
-    manifest = run.manifest() or {"config": data}
-    manifest.update({"status": "failed", "error": error, "traceback": trace})
+    manifest = run.manifest()
+    if not manifest.exists:
+        manifest.config = data
+    manifest.fail(error, trace)
     run.write_manifest(manifest)
     if not run.exists():
         try:

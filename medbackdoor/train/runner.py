@@ -24,6 +24,7 @@ from medbackdoor.config import NEUTRAL_KEYS, RunConfig, config_diff
 from medbackdoor.data.views import ImageRows, SampleImages
 from medbackdoor.errors import UserError
 from medbackdoor.experiment import RunData, attack_record, build_run_data
+from medbackdoor.manifest import Manifest
 from medbackdoor.metrics import micro_auroc, save_predictions, stealth
 from medbackdoor.metrics.columns import MetricColumn, column_values, metric_columns, score_columns
 from medbackdoor.models import create_model
@@ -116,7 +117,8 @@ def load_checkpoint(out: RunDir | dict, epoch: int, model, optimizer, scheduler)
         torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
-def run(config: RunConfig, out: str | Path, resume: bool = False, force: bool = False, progress: bool = True) -> dict:
+def run(config: RunConfig, out: str | Path, resume: bool = False, force: bool = False, progress: bool = True
+        ) -> Manifest:
     """Train and evaluate one run into ``out``; returns the manifest.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this: rank 0 checks and writes the folder, all ranks
@@ -130,7 +132,7 @@ def run(config: RunConfig, out: str | Path, resume: bool = False, force: bool = 
 
 
 def _run(config: RunConfig, out: RunDir, resume: bool, force: bool, progress: bool, dist: Dist,
-         device: torch.device) -> dict:
+         device: torch.device) -> Manifest:
     if config.train.sync_bn and dist.enabled and device.type != "cuda":
         raise UserError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); drop it for gloo on CPU")
     if config.train.cuda_graph and (dist.enabled or config.train.compile):
@@ -144,25 +146,24 @@ def _run(config: RunConfig, out: RunDir, resume: bool, force: bool, progress: bo
         return out.manifest()
     t0 = time.perf_counter()
     data = build_run_data(config, progress=progress)  # bad data fails here, before the folder holds anything
-    manifest = {}
+    manifest = Manifest()
     if dist.is_main:
         out.path.mkdir(parents=True, exist_ok=True)
         out.write_config(config)
         out.write_attack(attack_record(data, config))
         manifest = _manifest(config, data, out, dist, device)
-        manifest["timings"]["data_seconds"] = round(time.perf_counter() - t0, 3)
+        manifest.timings["data_seconds"] = round(time.perf_counter() - t0, 3)
         out.write_manifest(manifest)
     try:
         with deterministic(config.train.deterministic):
             _train(config, data, out, start, manifest, progress, dist, device)
     except BaseException as exc:
         if dist.is_main:
-            manifest["status"] = "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted"
-            manifest["error"] = f"{type(exc).__name__}: {exc}"
+            manifest.fail(f"{type(exc).__name__}: {exc}", interrupted=isinstance(exc, KeyboardInterrupt))
             out.write_manifest(manifest)
         raise
     if dist.is_main:
-        manifest["status"] = "complete"
+        manifest.status = "complete"
         out.write_manifest(manifest)
     dist.barrier()
     return manifest if dist.is_main else out.manifest()
@@ -182,27 +183,27 @@ def _prepare(out: RunDir, config: RunConfig, resume: bool, force: bool, dist: Di
     return answer
 
 
-def _manifest(config: RunConfig, data: RunData, out: RunDir, dist: Dist, device: torch.device) -> dict:
+def _manifest(config: RunConfig, data: RunData, out: RunDir, dist: Dist, device: torch.device) -> Manifest:
     previous = out.manifest()
-    return {
-        "status": "running",
-        "config": config.to_dict(),
-        "dataset": {"name": data.dataset.name, "fingerprint": data.dataset.fingerprint(), **data.counts()},
-        "target": data.dataset.label_names[data.target],
-        "labels": list(data.dataset.label_names),
-        "trigger": repr(data.trigger),
-        "seeds": {"train": config.train.seed, "attack": config.attack_seed},
-        "trigger_survival": data.survival,
-        "poisoning": data.poisoning(),
-        "stealth": _stealth(data),
-        "versions": versions(),
-        "git_commit": _git_commit(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor()})",
-        "distributed": dist.describe(),
-        "torch_threads": torch.get_num_threads(),
-        "timings": {"epochs": previous.get("timings", {}).get("epochs", {})},
-        **({"pretrained": previous["pretrained"]} if previous.get("pretrained") else {}),
-    }
+    return Manifest(
+        status="running",
+        config=config.to_dict(),
+        dataset={"name": data.dataset.name, "fingerprint": data.dataset.fingerprint(), **data.counts()},
+        target=data.dataset.label_names[data.target],
+        labels=list(data.dataset.label_names),
+        trigger=repr(data.trigger),
+        seeds={"train": config.train.seed, "attack": config.attack_seed},
+        trigger_survival=data.survival,
+        poisoning=data.poisoning(),
+        stealth=_stealth(data),
+        versions=versions(),
+        git_commit=_git_commit(),
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor()})",
+        distributed=dist.describe(),
+        torch_threads=torch.get_num_threads(),
+        timings={"epochs": previous.timings.get("epochs", {})},
+        pretrained=previous.pretrained or None,
+    )
 
 
 STEALTH_IMAGES = 1000  # stealth is measured on the first test images (SSIM costs ~6 ms per 224-px image)
@@ -214,7 +215,7 @@ def _stealth(data: RunData) -> dict:
     return stealth(data.test.clean[0:k], np.asarray(data.test.triggered[0:k]))
 
 
-def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: dict, progress: bool, dist: Dist,
+def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: Manifest, progress: bool, dist: Dist,
            device: torch.device) -> None:
     tc = config.train
     torch.manual_seed(tc.seed)
@@ -227,7 +228,7 @@ def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: 
     if state is not None:
         model.load_state_dict(state["model"])
     elif getattr(model, "pretrained_info", None):
-        manifest["pretrained"] = model.pretrained_info
+        manifest.pretrained = model.pretrained_info
     model = set_layout(model.to(device), tc.channels_last)
     graphed = tc.cuda_graph and device.type == "cuda"  # like bf16, a CUDA-only speed option: ignored on the CPU
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, capturable=graphed)
@@ -243,7 +244,7 @@ def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: 
     weights = class_weights(data.train.labels_array()) if tc.class_weights else None
     graph = GraphedStep(model, optimizer, amp=tc.amp, weights=weights) if graphed else None
     if dist.is_main:
-        manifest["cuda_graph"] = graphed
+        manifest.cuda_graph = graphed
     val_set = data.val_poisoned if tc.poisoned_val else data.val
     val_images = SampleImages(val_set) if tc.poisoned_val else ImageRows(data.images, data.val.indices)
     val_labels = val_set.labels_array()
@@ -286,7 +287,7 @@ class Training:
     config: RunConfig
     data: RunData
     out: RunDir
-    manifest: dict
+    manifest: Manifest
     dist: Dist
     device: torch.device
     progress: bool
@@ -355,9 +356,9 @@ def _write_epoch(t: Training, epoch: int, losses: dict, clean: np.ndarray, trigg
                      data.dataset.label_names, columns)
     t.rows.append(row)
     out.write_metrics(t.rows)
-    t.manifest["timings"]["epochs"][str(epoch)] = {"seconds": round(seconds, 3),
-                                                   "train_seconds": round(train_seconds, 3)}
-    t.manifest["epochs_done"] = epoch
+    t.manifest.timings.setdefault("epochs", {})[str(epoch)] = {"seconds": round(seconds, 3),
+                                                               "train_seconds": round(train_seconds, 3)}
+    t.manifest.epochs_done = epoch
     out.write_manifest(t.manifest)
     _prune_checkpoints(out, epoch, config.train.keep_checkpoints)
     for logger in t.loggers:
