@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: $(VENV)/.installed
 	$(MB) poison preview --config quick-real --out $(DEMO_OUT)/poison
-	$(MB) reproduce --protocol quick --seeds 0 --out $(DEMO_OUT)/reproduce
+	$(MB) reproduce --protocol quick --seeds 0 --jobs 2 --out $(DEMO_OUT)/reproduce
 	$(MB) summary $(DEMO_OUT)/reproduce/runs/fraction-0.0_seed-0 $(DEMO_OUT)/reproduce/runs/size-3_seed-0
 	$(MB) run --config quick-real --set train.epochs=1 --set trigger.fraction=0 --out $(DEMO_OUT)/real-clean --resume --quiet
 	$(MB) run --config quick-real --set train.epochs=1 --out $(DEMO_OUT)/real-3px --resume --quiet
