@@ -38,6 +38,7 @@ class TestData:
     survived: np.ndarray
     carriers: np.ndarray | None = None  # label-only trigger: the test rows that carry it (None: every row)
     label_names: tuple[str, ...] = LABELS  # the dataset's label columns
+    condition: np.ndarray | None = None  # source-specific trigger: the rows where it should fire (None: every row)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -70,7 +71,8 @@ class RunData:
         return {"label": t.label, "candidates": int(t.candidates), "requested": int(t.requested),
                 "poisoned": len(t.order), "capped": len(t.order) < t.requested,
                 "cross_requested": int(t.cross_requested), "cross": len(t.cross), **dropped,
-                "test_carriers": None if self.test.carriers is None else int(self.test.carriers.sum())}
+                "test_carriers": None if self.test.carriers is None else int(self.test.carriers.sum()),
+                "test_condition": None if self.test.condition is None else int(self.test.condition.sum())}
 
 
 def build_dataset(config: RunConfig) -> ChestXrayDataset:
@@ -125,7 +127,8 @@ def build_test_data(config: RunConfig, dataset: ChestXrayDataset | None = None, 
                         trigger.carriers(dataset.labels[rows]), tuple(dataset.label_names))
     triggered, survived = triggered_view(dataset, images, rows, trigger, config.trigger.stage, config.attack_seed,
                                          TEST_STREAM, config.image_size, prep, config.cache_dir, workers, progress)
-    return TestData(rows, dataset.labels[rows], clean, triggered, survived, label_names=tuple(dataset.label_names))
+    return TestData(rows, dataset.labels[rows], clean, triggered, survived, label_names=tuple(dataset.label_names),
+                    condition=trigger.condition(dataset.labels[rows]))
 
 
 def read_positions(path: str) -> np.ndarray:
@@ -168,6 +171,8 @@ def _poison(config: RunConfig, dataset, images, split: ImageSplit, trigger, seed
     """The poisoned split (or the clean split when ρ = 0) and the share of poisoned images the trigger survived."""
     t = config.trigger
     carriers = trigger.carriers(split.labels_array())
+    if carriers is None:  # a source-specific trigger poisons only the images where it should fire
+        carriers = trigger.condition(split.labels_array())
     candidates = None if carriers is None else np.flatnonzero(carriers)
     poisoned = PoisonedDataset(split, trigger, t.fraction, t.target, t.mode, seed, label=t.label, candidates=candidates,
                                label_names=dataset.label_names)

@@ -27,8 +27,10 @@ def run(args: argparse.Namespace) -> int:
     pred = load_predictions(args.predictions)
     label = args.label or (str(pred["label"]) if "label" in pred else "onehot")
     carriers = pred["carriers"].astype(bool) if "carriers" in pred else None  # a label-only trigger's carriers
+    condition = pred["condition"].astype(bool) if "condition" in pred else None  # a source-specific trigger's
     result = backdoor_metrics(pred["y_true"], pred["score_clean"], pred["score_triggered"], int(pred["target"]),
-                              args.threshold, args.epsilon, args.strict, args.seed, label=label, carriers=carriers)
+                              args.threshold, args.epsilon, args.strict, args.seed, label=label, carriers=carriers,
+                              condition=condition)
     result["label"] = label
     names = [str(n) for n in pred["label_names"]] if "label_names" in pred else (
         list(LABELS) if pred["y_true"].shape[1] == len(LABELS) else None)
@@ -40,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result['images']} test images, target {result['target']}")
     for p, value in result["asr"].items():
         print(f"ASR(p={p}){' strict' if args.strict else ''}: {value:.3f}")
+    if condition is not None:  # where a source-specific backdoor should stay silent
+        for p, value in result["asr_off"].items():
+            print(f"ASR off the condition (p={p}): {value:.3f} ({int((~condition).sum())} images)")
     for key in ("auroc_nn", "auroc_tt", "auroc_tn"):
         print(f"{key.upper().replace('_', '-')}: {result[key]:.3f}")
     for eps, value in result["auroc_mix"].items():

@@ -156,7 +156,8 @@ def defend(run_dir: str | Path, method: str, epoch: int | None = None, holdout: 
     summary = DefenseSummary(
         name=name, method=method, kind=defense.kind, run=str(run.path), epoch=used_epoch,
         holdout=len(defender.holdout_images), request=key, paper=defense.paper, changes=defense.changes,
-        options=defense.options(), metric_columns={c.name: c.label for c in metric_columns(config.eval)},
+        options=defense.options(),
+        metric_columns={c.name: c.label for c in metric_columns(config.eval, data.test.condition is not None)},
         seconds=seconds, ms_per_image=round(1000 * seconds / max(extra.get("images_scored", 1), 1), 3), **extra)
     write_rows(run.defense_scores_path(name), rows)
     write_summary(run.defense_summary_path(name), summary)
@@ -201,7 +202,9 @@ def retrain(run_dir: str | Path, name: str, summary: DefenseSummary, progress: b
     new = run.retrain_dir(name)
     train_run(config, new.path, resume=True, progress=progress)
     before, after = run.metrics()[-1], new.metrics()[-1]
-    names = [c.name for c in metric_columns(config.eval)]
+    names = [c.name for c in metric_columns(config.eval) if c.name in before and c.name in after]
+    names += [c.name for c in metric_columns(config.eval, True)
+              if c.group == "off" and c.name in before and c.name in after]
     result = {"run": str(new.path), "dropped": len(flagged),
               "before": {k: float(before[k]) for k in names}, "after": {k: float(after[k]) for k in names}}
     summary.retrain = result
@@ -295,8 +298,8 @@ def _metrics(model, d: Defender, data, transform, config: RunConfig) -> dict:
     clean = scores(data.test.clean)
     triggered = clean if data.test.triggered is data.test.clean else scores(data.test.triggered)
     m = score_columns(config.eval, data.test.labels, clean, triggered, data.target, config.attack_seed,
-                      config.trigger.label, data.test.carriers)
-    return column_values(metric_columns(config.eval), m)
+                      config.trigger.label, data.test.carriers, data.test.condition)
+    return column_values(metric_columns(config.eval, data.test.condition is not None), m)
 
 
 def _reversed(out: Path, masks, patterns, truth: Truth, names) -> dict:

@@ -39,24 +39,27 @@ class MetricColumn:
         return float(node)
 
 
-def metric_columns(ev: EvalConfig) -> tuple[MetricColumn, ...]:
+def metric_columns(ev: EvalConfig, conditional: bool = False) -> tuple[MetricColumn, ...]:
     """The backdoor metric columns of the evaluation settings ``ev``, in the paper's table order.
 
     ASR at each ``ev.thresholds`` p (strictly above p with ``ev.strict``, else at least p), AUROC-TT, AUROC-NN,
-    AUROC-TN, then the mixed-test-set AUROC at each ``ev.epsilons`` ε.
+    AUROC-TN, then the mixed-test-set AUROC at each ``ev.epsilons`` ε; with ``conditional`` (a source-specific
+    trigger) last the off-condition ASR at each p (``asr_off_{p}``, group ``off``).
     """
     sign = ">" if ev.strict else "="
     asr = [MetricColumn(f"asr_{p:g}", f"ASR(p{sign}{p:g})", "asr", ("asr", f"{p:g}")) for p in ev.thresholds]
     auroc = [MetricColumn(f"auroc_{k}", f"AUROC-{k.upper()}", "auroc", (f"auroc_{k}",)) for k in ("tt", "nn", "tn")]
     mixed = [MetricColumn(f"auroc_mix_{e:g}", f"AUROC(ε={e:g})", "mixed", ("auroc_mix", f"{e:g}"))
              for e in ev.epsilons]
-    return (*asr, *auroc, *mixed)
+    off = [MetricColumn(f"asr_off_{p:g}", f"ASR-off(p{sign}{p:g})", "off", ("asr_off", f"{p:g}"))
+           for p in ev.thresholds] if conditional else []
+    return (*asr, *auroc, *mixed, *off)
 
 
 def table_columns(ev: EvalConfig) -> tuple[MetricColumn, ...]:
     """The columns of the paper's Tables 1 and 2 (ASR at each p, AUROC-TT/NN/TN): :func:`metric_columns` less
     the mixed-test-set AUROCs."""
-    return tuple(c for c in metric_columns(ev) if c.group != "mixed")
+    return tuple(c for c in metric_columns(ev) if c.group not in ("mixed", "off"))
 
 
 def column_values(columns: tuple[MetricColumn, ...], metrics: dict) -> dict[str, float]:
@@ -65,11 +68,12 @@ def column_values(columns: tuple[MetricColumn, ...], metrics: dict) -> dict[str,
 
 
 def score_columns(ev: EvalConfig, y_true: np.ndarray, score_clean: np.ndarray, score_triggered: np.ndarray,
-                  target: int, seed: int, label: str = "onehot", carriers: np.ndarray | None = None) -> dict:
+                  target: int, seed: int, label: str = "onehot", carriers: np.ndarray | None = None,
+                  condition: np.ndarray | None = None) -> dict:
     """:func:`~medbackdoor.metrics.backdoor_metrics` computed with the settings ``ev`` (thresholds, strictness,
     ε), i.e. exactly as a run scores its test set every epoch. Arguments as there."""
     return backdoor_metrics(y_true, score_clean, score_triggered, target, ev.thresholds, ev.epsilons, ev.strict,
-                            seed=seed, label=label, carriers=carriers)
+                            seed=seed, label=label, carriers=carriers, condition=condition)
 
 
 def eval_config_of(flat: dict) -> EvalConfig:

@@ -127,7 +127,7 @@ def mixed_auroc(y_true: np.ndarray, score_clean: np.ndarray, score_triggered: np
 def backdoor_metrics(y_true: np.ndarray, score_clean: np.ndarray, score_triggered: np.ndarray, target: int,
                      thresholds: Iterable[float] = (0.6, 0.9), epsilons: Iterable[float] = (),
                      strict: bool = False, seed: int = 0, label: str = "onehot",
-                     carriers: np.ndarray | None = None) -> dict:
+                     carriers: np.ndarray | None = None, condition: np.ndarray | None = None) -> dict:
     """Every metric at once, as a nested dict of floats (the JSON of ``medbackdoor metrics``).
 
     Args:
@@ -135,6 +135,9 @@ def backdoor_metrics(y_true: np.ndarray, score_clean: np.ndarray, score_triggere
         carriers: for a label-only trigger, a bool mask of the test rows that carry it: ASR, AUROC-TT and
             AUROC-TN are computed on those rows (``score_triggered`` is then the model on the unchanged images),
             and the mixed-ε AUROC is NaN (there is no trigger to mix in).
+        condition: for a source-specific trigger, a bool mask of the test rows where the backdoor should fire:
+            ASR, AUROC-TT and AUROC-TN are computed on those rows and ``asr_off`` (ASR on the triggered rows
+            outside it, where a source-specific backdoor should stay silent) on the others; NaN without one.
     """
     for p in thresholds:
         if not 0.0 <= p <= 1.0:
@@ -143,10 +146,18 @@ def backdoor_metrics(y_true: np.ndarray, score_clean: np.ndarray, score_triggere
     if carriers is not None:
         carriers = np.asarray(carriers, bool)
         y_t, s_t = y_t[carriers], s_t[carriers]
+    asr_off = {f"{p:g}": float("nan") for p in thresholds}
+    if condition is not None:
+        if carriers is not None:
+            raise UserError("a test set has carriers (a label-only trigger) or a condition, not both")
+        condition = np.asarray(condition, bool)
+        asr_off = {f"{p:g}": asr(y_t[~condition], s_t[~condition], target, p, strict) for p in thresholds}
+        y_t, s_t = y_t[condition], s_t[condition]
     mixed = {f"{e:g}": (float("nan") if carriers is not None else
                         mixed_auroc(y_true, score_clean, score_triggered, e, seed)) for e in epsilons}
     return {
         "asr": {f"{p:g}": asr(y_t, s_t, target, p, strict) for p in thresholds},
+        "asr_off": asr_off,
         "auroc_nn": auroc_nn(y_true, score_clean),
         "auroc_tt": auroc_tt(s_t, target, y_t, label),
         "auroc_tn": auroc_tn(y_t, s_t),

@@ -24,8 +24,17 @@ from medbackdoor.data.cache import cache_path, lock_for, preprocess_indices, wri
 from medbackdoor.data.preprocess import Preprocess
 from medbackdoor.data.views import ImageRows, iter_chunks
 from medbackdoor.errors import UserError
-from medbackdoor.poison.wrapper import STAGES
+from medbackdoor.poison.wrapper import STAGES, TRAIN_STREAM
 from medbackdoor.triggers import Trigger, image_rng
+
+
+def stamper(trigger: Trigger, stream: int):
+    """How images of ``stream`` get the trigger: poisoned training images (``TRAIN_STREAM``) by
+    :meth:`Trigger.poison_transform` (an adaptive trigger shows only part of itself there), every other stream
+    (the test split) by the trigger itself."""
+    if stream == TRAIN_STREAM:
+        return lambda image, rng: trigger.poison_transform(np.asarray(image), rng)
+    return trigger
 
 
 class _StampSource:
@@ -35,7 +44,7 @@ class _StampSource:
         self.trigger, self.seed, self.stream = trigger, seed, stream
 
     def __call__(self, source: np.ndarray, index: int) -> np.ndarray:
-        return self.trigger(source, image_rng(self.seed, self.stream, index))
+        return stamper(self.trigger, self.stream)(source, image_rng(self.seed, self.stream, index))
 
 
 def triggered_images(dataset: ChestXrayDataset, rows: np.ndarray, clean: np.ndarray, trigger: Trigger,
@@ -63,7 +72,8 @@ def triggered_images(dataset: ChestXrayDataset, rows: np.ndarray, clean: np.ndar
     size = clean.shape[-1]
     if stage == "input":
         trigger.check_fits(size, size)
-        out = np.stack([trigger(clean[k], image_rng(seed, stream, r)) for k, r in enumerate(rows)]) if len(rows) \
+        stamp = stamper(trigger, stream)
+        out = np.stack([stamp(clean[k], image_rng(seed, stream, r)) for k, r in enumerate(rows)]) if len(rows) \
             else np.empty((0, size, size), np.uint8)
     else:
         out = preprocess_indices(dataset, rows, size, prep or Preprocess(), _StampSource(trigger, seed, stream),
@@ -84,11 +94,12 @@ class StampedRows:
 
     def __getitem__(self, sel) -> np.ndarray:
         rows, images = self.clean.rows[sel], self.clean[sel]
+        stamp = stamper(self.trigger, self.stream)
         if np.ndim(rows) == 0:
-            return self.trigger(images, image_rng(self.seed, self.stream, int(rows)))
+            return stamp(images, image_rng(self.seed, self.stream, int(rows)))
         if not len(rows):
             return images
-        return np.stack([self.trigger(img, image_rng(self.seed, self.stream, int(r))) for img, r in zip(images, rows)])
+        return np.stack([stamp(img, image_rng(self.seed, self.stream, int(r))) for img, r in zip(images, rows)])
 
 
 def changed(clean, infected, chunk: int = 256) -> np.ndarray:

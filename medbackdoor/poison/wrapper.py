@@ -70,12 +70,16 @@ def choose_among(candidates: np.ndarray, n: int, fraction: float, seed: int) -> 
     return np.sort(candidates[np.random.default_rng([int(seed), 3]).choice(len(candidates), size=k, replace=False)])
 
 
-def choose_cross(n: int, poisoned: np.ndarray, ratio: float, seed: int) -> np.ndarray:
-    """``min(round(ratio · len(poisoned)), n − len(poisoned))`` distinct positions in ``range(n)`` outside
-    ``poisoned``, drawn by ``default_rng([seed, 4])``, sorted: the images that become cross samples."""
+def choose_cross(n: int, poisoned: np.ndarray, ratio: float, seed: int,
+                 among: np.ndarray | None = None) -> np.ndarray:
+    """``min(round(ratio · len(poisoned)), C)`` distinct positions in ``range(n)`` outside ``poisoned``, drawn
+    by ``default_rng([seed, 4])``, sorted: the images that become cross samples. ``among`` (an n-long bool
+    mask, :meth:`Trigger.cross_candidates`) limits them further; C counts the positions left to draw from."""
     if not (np.isfinite(ratio) and ratio >= 0):
         raise UserError(f"cross ratio must be a number ≥ 0, got {ratio}")
     clean = np.setdiff1d(np.arange(n), poisoned)
+    if among is not None:
+        clean = clean[np.asarray(among, bool)[clean]]
     k = min(int(round(ratio * len(poisoned))), len(clean))
     return np.sort(clean[np.random.default_rng([int(seed), 4]).choice(len(clean), size=k, replace=False)])
 
@@ -139,7 +143,8 @@ class PoisonedDataset:
         self.poisoned = frozenset(self.order.tolist())
         ratio = float(getattr(trigger, "cross_ratio", 0.0))
         self.cross_requested = int(round(ratio * len(self.order)))
-        self.cross = choose_cross(len(base), self.order, ratio, seed)
+        among = trigger.cross_candidates(self._base_labels()) if ratio > 0 else None
+        self.cross = choose_cross(len(base), self.order, ratio, seed, among)
         self._cross = frozenset(self.cross.tolist())
         self.triggered = triggered
         if triggered is not None and len(triggered) != len(self.order):
@@ -228,7 +233,8 @@ class PoisonedDataset:
         if self.triggered is not None:
             item["image"] = np.array(self.triggered[int(np.searchsorted(self.order, position))])
         else:
-            item["image"] = self.trigger(item["image"], image_rng(self.seed, TRAIN_STREAM, item["index"]))
+            item["image"] = self.trigger.poison_transform(np.asarray(item["image"]),
+                                                          image_rng(self.seed, TRAIN_STREAM, item["index"]))
         item["labels"] = infected_label(item["labels"], self.target, self.label)
         item["poisoned"] = True
         return item

@@ -83,8 +83,9 @@ def control_response(run: str | Path, control: str | Path, device: str = "auto")
         triggered = clean if test.triggered is test.clean else predict(model, test.triggered, dev,
                                                                         config.eval.batch_size)
     m = score_columns(config.eval, test.labels, clean, triggered, target, config.attack_seed, config.trigger.label,
-                      test.carriers)
-    return {**_fingerprint(run, control, epoch), "asr": m["asr"], "auroc_tt": m["auroc_tt"], "auroc_tn": m["auroc_tn"],
+                      test.carriers, test.condition)
+    return {**_fingerprint(run, control, epoch), "asr": m["asr"], "asr_off": m["asr_off"], "auroc_tt": m["auroc_tt"],
+            "auroc_tn": m["auroc_tn"],
             "auroc_nn": m["auroc_nn"]}
 
 

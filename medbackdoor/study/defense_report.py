@@ -2,17 +2,25 @@
 
 One tidy table (``report/defenses.csv``: one row per run and defense) and, from it, mean ± std over seeds:
 
-* detection (data and input defenses): AUROC and TPR at 5% FPR, methods × attack conditions;
+* detection (data and input defenses): AUROC, the ROC read-off TPR at 5% FPR (a threshold chosen with the truth,
+  which no defender has), and the flag rule calibrated on the holdout: its TPR and the false-positive rate it
+  really gets beside the nominal one, on the clean control too;
+* the attack × defense summary: per attack the best data and input defense, the attacks that beat every one
+  (AUROC < 0.8), and per defense the attacks it fails;
 * model scanning: how many backdoored runs are flagged and have their target ranked first, and how many clean
   controls are flagged;
-* mitigation: ASR and AUROC-NN before → after;
-* cleanse-and-retrain: ASR and AUROC-NN of the retrained run.
+* mitigation: ASR and AUROC-NN before → after, and a defense effectiveness rating in the manner of BackdoorBench's
+  DER (:func:`der`) on the ASR in excess of the clean control's;
+* cleanse-and-retrain: ASR and AUROC-NN of the retrained run beside the clean control's ASR for the same trigger
+  and the poisoned samples the cleanse kept, and its DER.
 
 ASR is the run's own: at its first ``eval.thresholds`` p, strict or not (:func:`~medbackdoor.metrics.metric_columns`
 of its ``eval`` settings, the columns its summaries hold).
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -33,11 +41,32 @@ def defense_rows(records: list[RunRecord], describe, label_keys) -> pd.DataFrame
         label = "Clean" if clean else describe(cond, [k for k in keys if k != "trigger.fraction"] +
                                                (["trigger.fraction"] if "trigger.fraction" in keys else []))
         asr = next((c for c in table_columns(eval_config_of(r.config)) if c.group == "asr"), None)
+        control = _control_asr(r.folder, asr.name if asr else None)
         for path in RunDir(r.folder).defense_summary_paths():
             rows.append({"run": r.name, "seed": r.config.get("train.seed"), "condition": label, "clean_control": clean,
                          "asr_metric": asr.name if asr else None, "asr_label": asr.label if asr else None,
-                         **_summary_row(read_summary(path))})
+                         "control_asr": 0.0 if clean else control, **_summary_row(read_summary(path))})
     return pd.DataFrame(rows)
+
+
+def _control_asr(folder, metric: str | None) -> float:
+    """The clean control's ASR under this run's trigger (``RUN/control.json``), at ``metric``'s p; NaN without."""
+    path = RunDir(folder).control_path
+    if metric is None or not path.is_file():
+        return float("nan")
+    value = json.loads(path.read_text()).get("asr", {}).get(metric.removeprefix("asr_"))
+    return float("nan") if value is None else float(value)
+
+
+def der(asr_before: float, asr_after: float, nn_before: float, nn_after: float, control_asr: float = 0.0) -> float:
+    """Defense effectiveness rating, BackdoorBench's DER made to count only the backdoor's own ASR.
+
+    ``((max(0, ΔASR) − max(0, ΔNN)) + 1) / 2`` with ΔASR the drop of the ASR in excess of the clean control's
+    (``max(0, ASR − control_asr)``, before minus after) and ΔNN the drop of AUROC-NN: 1 removes all the excess
+    at no cost to the clean AUROC, 0.5 changes nothing (or trades one for the other), 0 is the worst.
+    """
+    excess_before, excess_after = max(0.0, asr_before - control_asr), max(0.0, asr_after - control_asr)
+    return (max(0.0, excess_before - excess_after) - max(0.0, nn_before - nn_after) + 1.0) / 2.0
 
 
 def _summary_row(s: DefenseSummary) -> dict:
@@ -46,6 +75,8 @@ def _summary_row(s: DefenseSummary) -> dict:
            "ms_per_image": s.ms_per_image}
     det = s.detection or {}
     row.update({k: det.get(k) for k in ("auroc", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "precision", "recall")})
+    row["realised_fpr"] = det.get("false_positive_rate")
+    row["nominal_fpr"] = (s.options or {}).get("fpr")
     if s.kind == "model":
         row.update({"verdict": float(s.backdoored_verdict), "target_rank": s.target_rank,
                     "target_first": float(s.target_rank == 1 and s.backdoored_verdict),
@@ -54,8 +85,18 @@ def _summary_row(s: DefenseSummary) -> dict:
         row.update({f"{when}_{k}": v for k, v in (values or {}).items()})
     if s.retrain is not None:
         row.update({f"retrain_{k}": v for k, v in s.retrain["after"].items()})
+        row.update({f"retrain_before_{k}": v for k, v in s.retrain.get("before", {}).items()})
         row["retrain_dropped"] = s.retrain["dropped"]
+        row["retrain_poisoned_kept"] = _poisoned_kept(s.retrain.get("run"))
     return row
+
+
+def _poisoned_kept(folder) -> float:
+    """How many poisoned samples a cleanse-and-retrain run still trained on (its manifest); NaN when unknown."""
+    if not folder or not RunDir(folder).manifest_path.is_file():
+        return float("nan")
+    kept = RunDir(folder).manifest().poisoning.get("poisoned_kept")
+    return float("nan") if kept is None else float(kept)
 
 
 def _cell(values: pd.Series) -> str:
@@ -91,26 +132,95 @@ def defense_tables(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     if not attacked.empty:
         out.append(("defenses_auroc", "Detection AUROC (data defenses: poisoned training samples; input defenses: "
                     "triggered test images), mean ± std over seeds", _pivot(attacked, "auroc", order)))
-        out.append(("defenses_tpr5", "Detection TPR at 5% FPR", _pivot(attacked, "tpr_at_5pct_fpr", order)))
+        out.append(("defenses_tpr5", "Detection TPR at 5% FPR, read off the ROC (a threshold chosen with the truth)",
+                    _pivot(attacked, "tpr_at_5pct_fpr", order)))
         flags = attacked[attacked["precision"].notna() | attacked["recall"].notna()]
         if not flags.empty:
             out.append(("defenses_flags", "The methods' own flag rules: precision / recall",
                         _pivot(flags, lambda g: f"{_mean(g['precision'])} / {_mean(g['recall'])}", order)))
+    calibrated = detect[detect["realised_fpr"].notna()] if "realised_fpr" in detect else detect.iloc[:0]
+    if not calibrated.empty:
+        out.append(("defenses_calibrated", "The flag rule calibrated on the holdout: TPR / realised FPR (nominal FPR "
+                    "after the name; Clean: FPR only)", _pivot(calibrated, _tpr_fpr, order).rename(index=_nominal(
+                        calibrated))))
+    if not attacked.empty:
+        out.append(("defenses_best", "Per attack: the best data and input defense by mean AUROC, and whether every "
+                    "detection defense fails it (AUROC < 0.8)", _best(attacked, order)))
+        out.append(("defenses_failures", "Per defense: the attacks it fails (mean AUROC < 0.8)",
+                    _failures(attacked, order)))
         speed = attacked.groupby("defense")["ms_per_image"].mean().to_frame("ms per image").round(2)
         out.append(("defenses_speed", "Cost: milliseconds per scored image (this machine)", speed))
     model = df[df["kind"] == "model"]
     if not model.empty:
         out.append(("defenses_model", "Model scanning: runs flagged as backdoored (target ranked first) / runs",
                     _pivot(model, _verdicts, order)))
-    mit = df[df["kind"] == "mitigation"]
+    mit = df[(df["kind"] == "mitigation") & ~df["clean_control"]]
     if not mit.empty:
         out.append(("defenses_mitigation", "Mitigation: the run's ASR and AUROC-NN, before → after",
                     _pivot(mit, _before_after, order)))
+        out.append(("defenses_der", "Mitigation: DER on the ASR in excess of the clean control's (1: all of it "
+                    "removed at no cost to AUROC-NN; 0.5: nothing changed)", _pivot(mit, _der_mitigation, order)))
     re = df[df.filter(like="retrain_").notna().any(axis=1)] if df.filter(like="retrain_").shape[1] else df.iloc[:0]
+    re = re[~re["clean_control"]] if not re.empty else re
     if not re.empty:
-        out.append(("defenses_retrain", "Cleanse and retrain: the run's ASR / AUROC-NN of the retrained model "
-                    "(last epoch)", _pivot(re, _retrained, order)))
+        out.append(("defenses_retrain", "Cleanse and retrain: the retrained model's ASR / AUROC-NN (last epoch), "
+                    "the clean control's ASR under the same trigger, the poisoned samples the cleanse kept, and DER",
+                    _pivot(re, _retrained, order)))
     return out
+
+
+def _tpr_fpr(g: pd.DataFrame) -> str:
+    if g["clean_control"].all():
+        return _mean(g["realised_fpr"])
+    return f"{_mean(g['recall'])} / {_mean(g['realised_fpr'])}"
+
+
+def _nominal(df: pd.DataFrame) -> dict[str, str]:
+    """Row labels with each defense's nominal FPR (its ``fpr`` option), where it has one."""
+    out = {}
+    for defense, g in df.groupby("defense", sort=False):
+        nominal = pd.to_numeric(g["nominal_fpr"], errors="coerce").dropna()
+        out[defense] = f"{defense} ({nominal.iloc[0]:g})" if len(nominal) else defense
+    return out
+
+
+FAIL_AUROC = 0.8  # a detection defense with a mean AUROC below this fails the attack
+
+
+def _best(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    means = df.assign(auroc=pd.to_numeric(df["auroc"], errors="coerce")) \
+        .groupby(["condition", "kind", "defense"], sort=False)["auroc"].mean()
+    rows = {}
+    for condition in [c for c in order if c in set(df["condition"])]:
+        row = {}
+        for kind in ("data", "input"):
+            part = means.get(condition, pd.Series(dtype=float))
+            part = part[kind] if kind in part.index.get_level_values(0) else pd.Series(dtype=float)
+            part = part.dropna()
+            row[f"best {kind} defense"] = f"{part.idxmax()} ({part.max():.3f})" if len(part) else "–"
+        every = means.get(condition, pd.Series(dtype=float)).dropna()
+        row["beats every detection defense"] = "yes" if len(every) and (every < FAIL_AUROC).all() else "no"
+        rows[condition] = row
+    return pd.DataFrame(rows).T
+
+
+def _failures(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    means = df.assign(auroc=pd.to_numeric(df["auroc"], errors="coerce")) \
+        .groupby(["defense", "condition"], sort=False)["auroc"].mean()
+    rows = {}
+    for defense in dict.fromkeys(df["defense"]):
+        part = means[defense].dropna()
+        failed = [c for c in order if c in part.index and part[c] < FAIL_AUROC]
+        rows[defense] = {"attacks failed": f"{len(failed)}/{len(part)}", "which": "; ".join(failed) or "none"}
+    return pd.DataFrame(rows).T
+
+
+def _der_mitigation(g: pd.DataFrame) -> str:
+    metric = _asr(g)[0]
+    if f"before_{metric}" not in g or f"after_{metric}" not in g:
+        return "–"
+    return _cell(pd.Series([der(r[f"before_{metric}"], r[f"after_{metric}"], r["before_auroc_nn"], r["after_auroc_nn"],
+                                0.0 if pd.isna(r["control_asr"]) else r["control_asr"]) for _, r in g.iterrows()]))
 
 
 def _mean(values) -> str:
@@ -143,4 +253,11 @@ def _before_after(g: pd.DataFrame) -> str:
 
 def _retrained(g: pd.DataFrame) -> str:
     metric, label = _asr(g)
-    return f"{label} {_mean(_col(g, f'retrain_{metric}'))} / {_mean(_col(g, 'retrain_auroc_nn'))}"
+    text = (f"{label} {_mean(_col(g, f'retrain_{metric}'))} / {_mean(_col(g, 'retrain_auroc_nn'))}; "
+            f"control {_mean(g['control_asr'])}; kept {_mean(_col(g, 'retrain_poisoned_kept'))}")
+    if f"retrain_before_{metric}" in g and "retrain_before_auroc_nn" in g:
+        values = [der(r[f"retrain_before_{metric}"], r[f"retrain_{metric}"], r["retrain_before_auroc_nn"],
+                      r["retrain_auroc_nn"], 0.0 if pd.isna(r["control_asr"]) else r["control_asr"])
+                  for _, r in g.iterrows()]
+        text += f"; DER {_mean(pd.Series(values, dtype=float))}"
+    return text

@@ -342,11 +342,13 @@ def _write_epoch(t: Training, epoch: int, losses: dict, clean: np.ndarray, trigg
     resume from."""
     config, data, out = t.config, t.data, t.out
     m = score_columns(config.eval, data.test.labels, clean, triggered, data.target, config.attack_seed,
-                      config.trigger.label, data.test.carriers)
+                      config.trigger.label, data.test.carriers, data.test.condition)
     extra = {"label": np.array(config.trigger.label), "label_names": np.array(data.dataset.label_names)}
-    columns = metric_columns(config.eval)
+    columns = metric_columns(config.eval, data.test.condition is not None)
     if data.test.carriers is not None:
         extra["carriers"] = data.test.carriers
+    if data.test.condition is not None:
+        extra["condition"] = data.test.condition
     save_predictions(out.predictions_path(epoch), data.test.labels, clean, triggered, data.target,
                      rows=data.test.rows, **extra)
     save_checkpoint(out.checkpoint_path(epoch), epoch, t.model, t.optimizer, t.scheduler)

@@ -7,6 +7,7 @@ import inspect
 from typing import Any
 
 from medbackdoor._registry import Registry
+from medbackdoor.triggers.adaptive import AdaptiveBlend, AdaptivePatch, ConditionalTrigger
 from medbackdoor.triggers.base import Trigger, apply_trigger, from_unit, image_rng, to_unit
 from medbackdoor.triggers.blend import BlendTrigger
 from medbackdoor.triggers.frequency import FrequencyTrigger
@@ -24,6 +25,9 @@ TRIGGERS.register("sig")(SigTrigger)
 TRIGGERS.register("frequency")(FrequencyTrigger)
 TRIGGERS.register("warp")(WarpTrigger)
 TRIGGERS.register("label-combination")(LabelCombination)
+TRIGGERS.register("adaptive-blend")(AdaptiveBlend)
+TRIGGERS.register("adaptive-patch")(AdaptivePatch)
+TRIGGERS.register("conditional")(ConditionalTrigger)
 
 
 def create_trigger(kind: str = "square", **options) -> Trigger:
@@ -45,6 +49,6 @@ def shared_defaults(kind: str) -> dict[str, Any]:
             if k in params and params[k].default is not inspect.Parameter.empty}
 
 
-__all__ = ["TRIGGERS", "BlendTrigger", "FrequencyTrigger", "LabelCombination", "PatchTrigger", "SigTrigger",
-           "SquareTrigger", "Trigger", "WarpTrigger", "apply_trigger", "create_trigger", "from_unit", "image_rng",
-           "shared_defaults", "to_unit", "SHARED_OPTIONS"]
+__all__ = ["TRIGGERS", "AdaptiveBlend", "AdaptivePatch", "BlendTrigger", "ConditionalTrigger", "FrequencyTrigger",
+           "LabelCombination", "PatchTrigger", "SigTrigger", "SquareTrigger", "Trigger", "WarpTrigger", "apply_trigger",
+           "create_trigger", "from_unit", "image_rng", "shared_defaults", "to_unit", "SHARED_OPTIONS"]

@@ -56,6 +56,12 @@ class Trigger:
         triggered (every pixel trigger). A label-only trigger overrides this."""
         return None
 
+    def condition(self, labels: np.ndarray) -> np.ndarray | None:
+        """For a pixel trigger whose backdoor should fire only on some images (a source-specific attack), a bool
+        mask of the rows of an N×L label array where it should: only those are poisoned, ASR is measured on the
+        triggered test images among them and ``asr_off`` on the others. None (the default): every image."""
+        return None
+
     def bind_labels(self, names: tuple[str, ...]) -> None:
         """Called with the dataset's label names before :meth:`carriers` (a label-only trigger resolves its
         findings there); pixel triggers ignore it."""
@@ -69,6 +75,20 @@ class Trigger:
         m, r = self.pattern(*image.shape[-2:], rng)
         scale = 255.0 if image.dtype == np.uint8 else 1.0
         return apply_trigger(image, r * scale, m)
+
+    def poison_transform(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The image a poisoned *training* sample gets (default: :meth:`transform`, the test-time trigger).
+
+        An adaptive trigger (Qi et al., ICLR 2023) overrides this to show only part of itself on the training
+        images, while test images get all of it: the poisoning wrapper, the ``source`` stage and the survival
+        count call this for poisoned training images, and :meth:`transform` for the test split.
+        """
+        return self.transform(image, rng)
+
+    def cross_candidates(self, labels: np.ndarray) -> np.ndarray | None:
+        """Which training images (rows of an N×L label array) may become cross samples, a bool mask, or None
+        (the default: any image not poisoned). A conditional trigger keeps its cover samples off its condition."""
+        return None
 
     def cross_transform(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
         """A *cross* sample made from a clean image, or None (the default: the trigger asks for none).

@@ -1,0 +1,58 @@
+"""The defense tables of the report, from hand-made rows: calibrated flags, the attack × defense summary, DER."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medbackdoor.study.defense_report import defense_tables, der
+
+
+def test_der_by_hand():
+    # ASR 0.9 → 0.1 over a control's 0.2: the excess 0.7 → 0; AUROC-NN 0.80 → 0.78
+    assert der(0.9, 0.1, 0.80, 0.78, control_asr=0.2) == pytest.approx((0.7 - 0.02 + 1) / 2)
+    assert der(0.5, 0.5, 0.8, 0.8) == pytest.approx(0.5)  # nothing changed
+    assert der(0.3, 0.9, 0.8, 0.9) == pytest.approx(0.5)  # neither drop counts when it is a rise
+    assert der(0.15, 0.05, 0.8, 0.8, control_asr=0.2) == pytest.approx(0.5)  # no excess to remove
+
+
+def _row(defense, kind, condition, seed, auroc, recall=np.nan, fpr=np.nan, nominal=np.nan, **extra):
+    return {"run": f"{condition}-{seed}", "seed": seed, "condition": condition, "clean_control": condition == "Clean",
+            "asr_metric": "asr_0.6", "asr_label": "ASR(p=0.6)", "control_asr": 0.0 if condition == "Clean" else 0.2,
+            "defense": defense, "method": defense, "kind": kind, "seconds": 1.0, "ms_per_image": 1.0,
+            "auroc": auroc, "tpr_at_1pct_fpr": np.nan, "tpr_at_5pct_fpr": 0.5, "precision": np.nan, "recall": recall,
+            "realised_fpr": fpr, "nominal_fpr": nominal, **extra}
+
+
+def _frame():
+    rows = []
+    for seed in (0, 1):
+        rows += [_row("spectre", "data", "square", seed, 0.99, recall=0.9, fpr=0.02, nominal=0.01),
+                 _row("spectre", "data", "adaptive", seed, 0.6, recall=0.1, fpr=0.03, nominal=0.01),
+                 _row("spectre", "data", "Clean", seed, np.nan, fpr=0.01 + 0.02 * seed, nominal=0.01),
+                 _row("strip", "input", "square", seed, 0.9, recall=0.7, fpr=0.06, nominal=0.05),
+                 _row("strip", "input", "adaptive", seed, 0.7 + 0.05 * seed, recall=0.3, fpr=0.04, nominal=0.05),
+                 _row("fine-pruning", "mitigation", "square", seed, np.nan, **{
+                     "before_asr_0.6": 1.0, "after_asr_0.6": 0.2 + 0.2 * seed, "before_auroc_nn": 0.8,
+                     "after_auroc_nn": 0.7})]
+    return pd.DataFrame(rows)
+
+
+def test_calibrated_best_failures_and_der_tables():
+    tables = {name: table for name, _, table in defense_tables(_frame())}
+    cal = tables["defenses_calibrated"]
+    assert cal.loc["spectre (0.01)", "Clean"] == "0.020"  # the clean control: its realised FPR only, mean of 0.01, 0.03
+    assert cal.loc["spectre (0.01)", "square"] == "0.900 / 0.020"
+    assert cal.loc["strip (0.05)", "adaptive"] == "0.300 / 0.040"
+    best = tables["defenses_best"]
+    assert best.loc["square", "best data defense"] == "spectre (0.990)"
+    assert best.loc["adaptive", "best input defense"] == "strip (0.725)"
+    assert best.loc["adaptive", "beats every detection defense"] == "yes"  # 0.6 and 0.725 < 0.8
+    assert best.loc["square", "beats every detection defense"] == "no"
+    fails = tables["defenses_failures"]
+    assert fails.loc["spectre", "which"] == "adaptive" and fails.loc["strip", "attacks failed"] == "1/2"
+    # DER per seed: excess 0.8 → 0 (after 0.2) and 0.8 → 0.2 (after 0.4), NN drop 0.1
+    d0, d1 = (0.8 - 0.1 + 1) / 2, (0.6 - 0.1 + 1) / 2
+    assert tables["defenses_der"].loc["fine-pruning", "square"] == \
+        f"{np.mean([d0, d1]):.3f} ± {np.std([d0, d1], ddof=1):.3f}"
