@@ -60,6 +60,18 @@ def nih_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """A factory of tiny synthetic run configs (120 images at 32 px, 1 epoch), extra overrides appended; the image
+    cache goes under the test's tmp_path."""
+    from medbackdoor.config import load_config
+
+    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
+    base = ["dataset.options.n_images=120", "dataset.options.source_size=32", "image_size=32", "train.epochs=1",
+            "train.batch_size=16", "eval.epsilons=[0.5]"]
+    return lambda *extra: load_config(overrides=[*base, *extra])
+
+
+@pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medbackdoor.config import load_config
 from medbackdoor.errors import UserError
 from medbackdoor.experiment import build_run_data
 from medbackdoor.labels import LABELS
@@ -130,16 +129,14 @@ def test_metrics_on_and_off_the_condition_by_hand():
 
 
 @pytest.fixture
-def tiny(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
-    base = ["dataset.options.n_images=120", "dataset.options.source_size=32", "image_size=32", "train.epochs=1",
-            "train.batch_size=16", "trigger.fraction=0.1"]
-    return lambda *extra: load_config(overrides=[*base, *extra])
+def tiny10(tiny):
+    """The tiny config (conftest) at ρ = 0.1."""
+    return lambda *extra: tiny("trigger.fraction=0.1", *extra)
 
 
 @pytest.mark.parametrize("kind", ["adaptive-blend", "adaptive-patch", "conditional"])
-def test_run_data_poisons_covers_and_scores_each_adaptive_attack(tiny, kind):
-    data = build_run_data(tiny(f"trigger.kind={kind}", "trigger.mode=append"), progress=False)
+def test_run_data_poisons_covers_and_scores_each_adaptive_attack(tiny10, kind):
+    data = build_run_data(tiny10(f"trigger.kind={kind}", "trigger.mode=append"), progress=False)
     train, test = data.train, data.test
     labels = train.base.labels_array()
     assert len(train.order) > 0 and len(train.cross) == round(train.trigger.cross_ratio * len(train.order))
@@ -153,20 +150,17 @@ def test_run_data_poisons_covers_and_scores_each_adaptive_attack(tiny, kind):
     first = int(train.order[0])
     row = int(train.base.indices[first])
     clean = train.base[first]["image"]
+    seed = tiny10().attack_seed
     np.testing.assert_array_equal(train[n]["image"],
-                                  train.trigger.poison_transform(clean, image_rng(data_seed(tiny), TRAIN_STREAM, row)))
+                                  train.trigger.poison_transform(clean, image_rng(seed, TRAIN_STREAM, row)))
 
 
-def data_seed(tiny) -> int:
-    return tiny().attack_seed
-
-
-def test_conditional_run_writes_off_condition_asr(tiny, tmp_path):
+def test_conditional_run_writes_off_condition_asr(tiny10, tmp_path):
     import csv
 
     from medbackdoor.train import run
 
-    manifest = run(tiny("trigger.kind=conditional"), tmp_path / "run", progress=False)
+    manifest = run(tiny10("trigger.kind=conditional"), tmp_path / "run", progress=False)
     assert manifest.poisoning["test_condition"] > 0
     with open(tmp_path / "run" / "metrics.csv") as f:
         row = next(csv.DictReader(f))

@@ -121,14 +121,6 @@ def test_add_policy_auroc_tt_keeps_the_real_findings():
     assert roc_auc_score(added.ravel(), s.ravel()) != roc_auc_score(onehot.ravel(), s.ravel())
 
 
-@pytest.fixture
-def tiny(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
-    base = ["dataset.options.n_images=120", "dataset.options.source_size=32", "image_size=32", "train.epochs=1",
-            "train.batch_size=16", "eval.epsilons=[0.5]"]
-    return lambda *extra: load_config(overrides=[*base, *extra])
-
-
 def test_label_combination_run_end_to_end(tiny, tmp_path):
     config = tiny("trigger.kind=label-combination", "trigger.label=add", "trigger.options.findings=[Effusion]")
     data = build_run_data(config, progress=False)

@@ -39,7 +39,22 @@ def _check_ratio(value: float) -> float:
     return float(value)
 
 
-class AdaptiveBlend(Trigger):
+class _Covered(Trigger):
+    """A trigger with ``cover_ratio`` cover samples per poisoned one: clean images with the partial trigger of
+    :meth:`poison_transform`, their labels kept (Qi et al.'s regularisation samples)."""
+
+    cover_ratio: float = 0.0
+
+    @property
+    def cross_ratio(self) -> float:  # type: ignore[override]
+        return self.cover_ratio
+
+    def cross_transform(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A cover sample: the same partial trigger as a poisoned training image, on a clean image."""
+        return self.poison_transform(image, rng)
+
+
+class AdaptiveBlend(_Covered):
     """Adaptive-Blend: a blended pattern cut into ``pieces`` tiles; a poisoned or cover training image gets
     ``shown`` of them, drawn per image, at opacity ``alpha``; a test image gets the whole pattern at ``test_alpha``.
 
@@ -94,16 +109,8 @@ class AdaptiveBlend(Trigger):
         return apply_trigger(image, self._blend.blend_pattern(height, width) * scale,
                              self.partial_mask(height, width, rng))
 
-    @property
-    def cross_ratio(self) -> float:  # type: ignore[override]
-        return self.cover_ratio
 
-    def cross_transform(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """A cover sample: the same partial trigger as a poisoned training image, on a clean image."""
-        return self.poison_transform(image, rng)
-
-
-class AdaptivePatch(Trigger):
+class AdaptivePatch(_Covered):
     """Adaptive-Patch: ``patches`` small binary patches at fixed places; a poisoned or cover training image gets
     ``shown`` of them, drawn per image, at opacity ``alpha``; a test image gets all of them at ``test_alpha``.
 
@@ -177,14 +184,6 @@ class AdaptivePatch(Trigger):
         m, r = self._mask(*image.shape[-2:], which, self.alpha)
         scale = 255.0 if image.dtype == np.uint8 else 1.0
         return apply_trigger(image, r * scale, m)
-
-    @property
-    def cross_ratio(self) -> float:  # type: ignore[override]
-        return self.cover_ratio
-
-    def cross_transform(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """A cover sample: the same partial trigger as a poisoned training image, on a clean image."""
-        return self.poison_transform(image, rng)
 
 
 class ConditionalTrigger(Trigger):
