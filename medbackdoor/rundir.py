@@ -140,6 +140,16 @@ class RunDir:
         """The run folder of the cleanse-and-retrain after defense ``name``."""
         return RunDir(self.defense_dir(name) / "retrain")
 
+    def retrain_control_path(self, name: str) -> Path:
+        """The clean control retrained after dropping as many random samples as defense ``name``'s cleanse did,
+        scored on this run's trigger (a sweep's step; :func:`medbackdoor.study.controls.retrain_control`)."""
+        return self.defense_dir(name) / "retrain_control.json"
+
+    def random_drop_dir(self, count: int) -> RunDir:
+        """A clean control's retrain after dropping ``count`` random training samples (it controls a cleanse that
+        dropped as many)."""
+        return RunDir(self.defenses_dir / f"random-drop-{int(count)}" / "retrain")
+
     def defense_summary_paths(self) -> list[Path]:
         """Every ``defenses/*/summary.json``, sorted by defense name."""
         return sorted(self.defenses_dir.glob("*/summary.json"))

@@ -56,3 +56,43 @@ def test_calibrated_best_failures_and_der_tables():
     d0, d1 = (0.8 - 0.1 + 1) / 2, (0.6 - 0.1 + 1) / 2
     assert tables["defenses_der"].loc["fine-pruning", "square"] == \
         f"{np.mean([d0, d1]):.3f} ± {np.std([d0, d1], ddof=1):.3f}"
+
+
+def test_sweep_retrains_the_clean_control_without_as_many_random_samples(tmp_path, monkeypatch):
+    import json
+
+    from medbackdoor.defenses.summary import read_summary
+    from medbackdoor.rundir import RunDir
+    from medbackdoor.study.controls import random_drop_positions
+    from medbackdoor.study.report import build_report
+    from medbackdoor.study.sweep import run_sweep
+
+    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("base_config: quick\ngrid:\n  - trigger.fraction: [0.0, 0.4]\n    train.seed: [0]\n"
+                     "defenses:\n  - {method: spectral, retrain: true}\n")
+    overrides = ["dataset.options.n_images=120", "dataset.options.source_size=32", "image_size=32", "train.epochs=1",
+                 "train.batch_size=16", "eval.epsilons=[0.1]"]
+    results = run_sweep(sweep, tmp_path / "out", overrides=overrides, progress=False)
+    status = {r["name"]: r["status"] for r in results}
+    errors = {r["name"]: r.get("error") for r in results}
+    assert status["fraction-0.4_seed-0:spectral:retrain-control"] == "complete", errors
+    run, control = RunDir(tmp_path / "out" / "runs" / "fraction-0.4_seed-0"), \
+        RunDir(tmp_path / "out" / "runs" / "fraction-0.0_seed-0")
+    dropped = read_summary(run.defense_summary_path("spectral")).retrain["dropped"]
+    scored = json.loads(run.retrain_control_path("spectral").read_text())
+    assert scored["dropped"] == dropped and scored["control"] == "retrain"
+    retrained = control.random_drop_dir(dropped)
+    n = control.manifest().dataset["train_samples"]
+    assert retrained.manifest().poisoning["dropped"] == min(dropped, n)
+    assert retrained.manifest().dataset["train_samples"] == n - min(dropped, n)
+    lines = [line for line in (retrained.path.parent / "drop.txt").read_text().splitlines() if not line.startswith("#")]
+    assert [int(x) for x in lines] == random_drop_positions(n, dropped, 0).tolist()
+    assert len(set(lines)) == len(lines)
+    from medbackdoor.study.figure1 import figure1_runs
+
+    # the steps' results (controls, defenses, retrain controls) are not runs: the Figure-1 pair is found among runs
+    assert figure1_runs(results) == [run.path, control.path]
+    build_report(tmp_path / "out")
+    table = (tmp_path / "out" / "report" / "defenses_retrain.csv").read_text()
+    assert "control retrained without as many random samples" in table

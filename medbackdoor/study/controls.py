@@ -21,6 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from medbackdoor._io import write_json, write_text
@@ -161,3 +162,75 @@ def control_table(df: pd.DataFrame, labels: dict[str, str], order: list[str]) ->
                 table[head] = {c: _cell(g[col]) for c, g in df.groupby("condition", sort=False)}
     out = pd.DataFrame(table).T
     return out[[c for c in order if c in out.columns]]
+
+
+# --- the cleanse-and-retrain control: the clean control retrained after dropping as many random samples ------------
+
+def random_drop_positions(n: int, count: int, seed: int) -> np.ndarray:
+    """``count`` distinct training positions of ``range(n)``, drawn by ``default_rng([seed, count, 9])``, sorted."""
+    return np.sort(np.random.default_rng([int(seed), int(count), 9]).choice(n, size=min(int(count), n), replace=False))
+
+
+def random_drop_retrain(control: str | Path, count: int, progress: bool = False) -> Path:
+    """Train the clean ``control``'s own config again without ``count`` random training samples (resumable);
+    returns the folder (``CONTROL/defenses/random-drop-COUNT/retrain``)."""
+    from medbackdoor._io import atomic_path
+    from medbackdoor.config import load_config
+    from medbackdoor.train import run as train_run
+
+    ctrl = RunDir(control)
+    config = ctrl.config()
+    n = int(ctrl.manifest().dataset.get("train_samples", 0))
+    if n <= 0:
+        raise RuntimeError(f"{ctrl.path} records no training samples")
+    new = ctrl.random_drop_dir(count)
+    new.path.parent.mkdir(parents=True, exist_ok=True)
+    drop = new.path.parent / "drop.txt"
+    positions = random_drop_positions(n, count, config.train.seed)
+    text = f"# {len(positions)} random training samples of the clean control\n" + "".join(f"{i}\n" for i in positions)
+    if not drop.is_file() or drop.read_text() != text:
+        with atomic_path(drop, suffix=".txt") as tmp:
+            tmp.write_text(text)
+    train_run(load_config(ctrl.config_path, [f"train.drop={drop.resolve()}"]), new.path, resume=True,
+              progress=progress)
+    return new.path
+
+
+def train_random_drop(control: str, count: int, threads: int) -> dict:
+    """Sweep task: :func:`random_drop_retrain`; a status dict, never raises."""
+    import torch
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        random_drop_retrain(control, count)
+        return {"status": "complete", "error": None, "seconds": time.perf_counter() - start}
+    except Exception as exc:  # noqa: BLE001 - recorded; the sweep goes on
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - start}
+
+
+def retrain_control(run: str, control: str, name: str, threads: int) -> dict:
+    """Sweep task: for defense ``name``'s cleanse-and-retrain of ``run``, retrain the clean ``control`` without as
+    many random samples as the cleanse dropped and score it on ``run``'s trigger (``RUN/defenses/NAME/
+    retrain_control.json``); a status dict, never raises."""
+    import torch
+
+    from medbackdoor.defenses.summary import read_summary
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        summary = read_summary(RunDir(run).defense_summary_path(name))
+        if summary.retrain is None:
+            return {"status": "not applicable", "error": f"{name} has no retrain", "seconds": 0.0}
+        dropped = int(summary.retrain["dropped"])
+        folder = random_drop_retrain(control, dropped)
+        path = RunDir(run).retrain_control_path(name)
+        epoch = RunDir(folder).last_complete_epoch()
+        if path.is_file() and all(json.loads(path.read_text()).get(k) == v
+                                  for k, v in _fingerprint(Path(run), Path(folder), epoch).items()):
+            return {"status": "skipped (complete)", "error": None, "seconds": time.perf_counter() - start}
+        write_json(path, {**control_response(run, folder), "dropped": dropped})
+        return {"status": "complete", "error": None, "seconds": time.perf_counter() - start}
+    except Exception as exc:  # noqa: BLE001 - recorded; the sweep goes on
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - start}

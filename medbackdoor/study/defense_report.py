@@ -43,15 +43,19 @@ def defense_rows(records: list[RunRecord], describe, label_keys) -> pd.DataFrame
         asr = next((c for c in table_columns(eval_config_of(r.config)) if c.group == "asr"), None)
         control = _control_asr(r.folder, asr.name if asr else None)
         for path in RunDir(r.folder).defense_summary_paths():
+            summary = read_summary(path)
             rows.append({"run": r.name, "seed": r.config.get("train.seed"), "condition": label, "clean_control": clean,
                          "asr_metric": asr.name if asr else None, "asr_label": asr.label if asr else None,
-                         "control_asr": 0.0 if clean else control, **_summary_row(read_summary(path))})
+                         "control_asr": 0.0 if clean else control, **_summary_row(summary),
+                         "retrain_control_asr": _control_asr(r.folder, asr.name if asr else None,
+                                                             RunDir(r.folder).retrain_control_path(summary.name))})
     return pd.DataFrame(rows)
 
 
-def _control_asr(folder, metric: str | None) -> float:
-    """The clean control's ASR under this run's trigger (``RUN/control.json``), at ``metric``'s p; NaN without."""
-    path = RunDir(folder).control_path
+def _control_asr(folder, metric: str | None, path=None) -> float:
+    """The clean control's ASR under this run's trigger (``RUN/control.json``, or another control scoring at
+    ``path``), at ``metric``'s p; NaN without."""
+    path = RunDir(folder).control_path if path is None else path
     if metric is None or not path.is_file():
         return float("nan")
     value = json.loads(path.read_text()).get("asr", {}).get(metric.removeprefix("asr_"))
@@ -164,7 +168,8 @@ def defense_tables(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     re = re[~re["clean_control"]] if not re.empty else re
     if not re.empty:
         out.append(("defenses_retrain", "Cleanse and retrain: the retrained model's ASR / AUROC-NN (last epoch), "
-                    "the clean control's ASR under the same trigger, the poisoned samples the cleanse kept, and DER",
+                    "the clean control's ASR under the same trigger, that of the clean control retrained without as "
+                    "many random samples as the cleanse dropped, the poisoned samples the cleanse kept, and DER",
                     _pivot(re, _retrained, order)))
     return out
 
@@ -254,7 +259,8 @@ def _before_after(g: pd.DataFrame) -> str:
 def _retrained(g: pd.DataFrame) -> str:
     metric, label = _asr(g)
     text = (f"{label} {_mean(_col(g, f'retrain_{metric}'))} / {_mean(_col(g, 'retrain_auroc_nn'))}; "
-            f"control {_mean(g['control_asr'])}; kept {_mean(_col(g, 'retrain_poisoned_kept'))}")
+            f"control {_mean(g['control_asr'])}; control retrained without as many random samples "
+            f"{_mean(_col(g, 'retrain_control_asr'))}; poisoned kept {_mean(_col(g, 'retrain_poisoned_kept'))}")
     if f"retrain_before_{metric}" in g and "retrain_before_auroc_nn" in g:
         values = [der(r[f"retrain_before_{metric}"], r[f"retrain_{metric}"], r["retrain_before_auroc_nn"],
                       r["retrain_auroc_nn"], 0.0 if pd.isna(r["control_asr"]) else r["control_asr"])

@@ -37,7 +37,8 @@ def figure1_runs(results: list[dict]) -> list[Path]:
     pair = [done[n] for n in (f"{FIGURE_DIR}/trigger", f"{FIGURE_DIR}/clean") if n in done]
     if pair:
         return pair
-    grid = [f for n, f in done.items() if not n.startswith(f"{FIGURE_DIR}/")]
+    # the grid's runs: neither the figure pair nor a step on a run (``RUN:control``, ``RUN:DEFENSE``, ...)
+    grid = [f for n, f in done.items() if not n.startswith(f"{FIGURE_DIR}/") and ":" not in n]
     models = sorted((RunDir(f).config().train.seed, f.name, f) for f in grid if is_paper_trigger(f))
     if not models:
         return []

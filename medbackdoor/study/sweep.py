@@ -231,6 +231,8 @@ def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = 
         entries = defense_entries(spec)
         if entries:
             results += run_defenses(runs_done, entries, executor, progress)
+            if spec.get("controls", True) and any(e.get("retrain") for e in entries):
+                results += run_retrain_controls(runs_done, entries, executor, progress)
     finally:
         if own:
             executor.close()
@@ -293,6 +295,41 @@ def run_defenses(results: list[dict], entries: list[dict], executor: Executor, p
                 print(f"[defenses {i}/{len(done)}] {result['name']}: {result['status']} "
                       f"({result['seconds']:.0f} s)" + (f" - {result['error']}" if result.get("error") else ""),
                       flush=True)
+    out.sort(key=lambda x: x["name"])
+    return out
+
+
+def run_retrain_controls(results: list[dict], entries: list[dict], executor: Executor, progress: bool) -> list[dict]:
+    """For every cleanse-and-retrain of a poisoned run, its control: the run's clean control retrained after
+    dropping as many random training samples as the cleanse dropped, scored on the run's trigger
+    (``RUN/defenses/NAME/retrain_control.json``). One status per retrain, named ``RUN:NAME:retrain-control``."""
+    from medbackdoor.defenses.summary import read_summary
+    from medbackdoor.study.controls import match_controls, retrain_control, train_random_drop
+
+    names = {Path(r["folder"]): r["name"] for r in results if r.get("status") in ("complete", "skipped (complete)")
+             and not r["name"].startswith(f"{FIGURE_DIR}/")}
+    jobs, trainings = [], {}
+    for run, control in match_controls(list(names)):
+        for e in (e for e in entries if e.get("retrain")):
+            path = RunDir(run).defense_summary_path(e["name"])
+            summary = read_summary(path) if path.is_file() else None
+            if summary is None or summary.retrain is None:
+                continue
+            jobs.append((str(run), str(control), e["name"]))
+            trainings.setdefault((str(control), int(summary.retrain["dropped"])), None)
+    # each (control, count) is trained once, before any scoring reads it (two runs may share one)
+    for _ in executor.map(train_random_drop, list(trainings)):
+        pass
+    out = []
+    for i, (k, status) in enumerate(executor.map(retrain_control, jobs), 1):
+        run, _, name = jobs[k]
+        result = {"name": f"{names[Path(run)]}:{name}:retrain-control",
+                  "folder": str(RunDir(run).retrain_control_path(name)), **status}
+        out.append(result)
+        if progress:
+            print(f"[retrain controls {i}/{len(jobs)}] {result['name']}: {result['status']} "
+                  f"({result['seconds']:.0f} s)" + (f" - {result['error']}" if result.get("error") else ""),
+                  flush=True)
     out.sort(key=lambda x: x["name"])
     return out
 
