@@ -178,3 +178,33 @@ def test_registered_with_defaults():
     assert isinstance(create_trigger("adaptive-blend"), AdaptiveBlend)
     assert create_trigger("adaptive-patch").cross_ratio == 2.0
     assert create_trigger("conditional", base="patch").inner.location == "corner"  # the base's own default
+
+
+def test_attack_table_shows_the_off_condition_asr_of_a_conditional_trigger(tmp_path):
+    import csv
+    import json
+
+    from medbackdoor.config import dump_config, load_config
+    from medbackdoor.study.report import build_report
+
+    def fake(name, overrides, off=None):
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(dump_config(load_config(overrides=overrides)))
+        off = off or [[], []]
+        cols = ["asr_0.6", "asr_0.9", "auroc_tt", "auroc_nn", "auroc_tn"]
+        cols += ["asr_off_0.6", "asr_off_0.9"] if off[0] else []
+        rows = [[0.9, 0.8, 0.95, 0.8, 0.6] + off[0], [0.95, 0.85, 0.97, 0.81, 0.6] + off[1]]
+        (folder / "metrics.csv").write_text("epoch," + ",".join(cols) + "\n" + "".join(
+            f"{i}," + ",".join(map(str, r)) + "\n" for i, r in enumerate(rows, 1)))
+        (folder / "manifest.json").write_text(json.dumps({"status": "complete"}))
+
+    fake("conditional", ["trigger.kind=conditional"], off=[[0.30, 0.10], [0.20, 0.05]])
+    fake("square", ["trigger.kind=square"])
+    fake("clean", ["trigger.fraction=0"])
+    build_report(tmp_path)
+    with open(tmp_path / "report" / "attacks.csv") as f:
+        table = {r[""]: r for r in csv.DictReader(f)}
+    assert table["kind=conditional"]["ASR off the condition (p=0.6)"].startswith("0.300")  # max over the epochs
+    assert table["kind=conditional"]["ASR off the condition (p=0.9)"].startswith("0.100")
+    assert table["kind=square"]["ASR off the condition (p=0.6)"] == "–"

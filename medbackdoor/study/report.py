@@ -189,13 +189,18 @@ STEALTH_COLUMNS = (("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("changed_pixels", "
 def attack_table(cond: pd.DataFrame) -> pd.DataFrame | None:
     """One row per condition of a sweep over attacks (it varies ``trigger.kind`` or ``trigger.label``): the five
     backdoor metrics (maximum over epochs, like Table 1), the trigger's stealth on the test images (PSNR over the
-    changed images, SSIM, share of pixels changed) and its survival through preprocessing (training images)."""
+    changed images, SSIM, share of pixels changed) and its survival through preprocessing (training images). With a
+    source-specific trigger in the sweep, its ASR off the condition too (``asr_off_{p}``, maximum over epochs: the
+    most the backdoor fired where it should not; "–" for the other triggers)."""
     conds = _conditions(cond)
     keys = _label_keys(list(conds.values()))
     if not {"trigger.kind", "trigger.label"} & set(keys):
         return None
     clean = [cid for cid, v in conds.items() if v[FRACTION] == 0]
-    columns = (*_rows(cond), *STEALTH_COLUMNS)
+    off = sorted((m for m in set(cond["metric"]) if str(m).startswith("asr_off_")),
+                 key=lambda m: float(m.removeprefix("asr_off_")))
+    columns = (*_rows(cond), *((m, f"ASR off the condition (p={m.removeprefix('asr_off_')})") for m in off),
+               *STEALTH_COLUMNS)
     rows = {}
     for cid in _ordered(conds, keys):
         if cid in clean and len(clean) == 1:
