@@ -45,6 +45,7 @@ def test_calibrated_best_failures_and_der_tables():
     assert cal.loc["spectre (0.01)", "Clean"] == "0.020"  # the clean control: its realised FPR only, mean of 0.01, 0.03
     assert cal.loc["spectre (0.01)", "square"] == "0.900 / 0.020"
     assert cal.loc["strip (0.05)", "adaptive"] == "0.300 / 0.040"
+    assert cal.loc["strip (0.05)", "Clean"] == "–"  # no strip row on the clean control: a dash, not "nan"
     best = tables["defenses_best"]
     assert best.loc["square", "best data defense"] == "spectre (0.990)"
     assert best.loc["adaptive", "best input defense"] == "strip (0.725)"

@@ -117,7 +117,7 @@ def _pivot(df: pd.DataFrame, value, order: list[str]) -> pd.DataFrame:
     for (defense, condition), group in df.groupby(["defense", "condition"], sort=False):
         table.setdefault(defense, {})[condition] = value(group) if callable(value) else _cell(group[value])
     out = pd.DataFrame(table).T
-    return out[[c for c in order if c in out.columns]]
+    return out[[c for c in order if c in out.columns]].fillna("–")  # a defense that did not run on a condition
 
 
 def _order(df: pd.DataFrame) -> list[str]:
