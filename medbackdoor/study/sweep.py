@@ -250,6 +250,12 @@ def _settle(status: dict, folder: Path, data: dict) -> dict:
     return status
 
 
+def _print_step(what: str, i: int, n: int, result: dict) -> None:
+    """One progress line of a sweep step: ``[what i/n] NAME: status (seconds) - error``."""
+    print(f"[{what} {i}/{n}] {result['name']}: {result['status']} ({result['seconds']:.0f} s)"
+          + (f" - {result['error']}" if result.get("error") else ""), flush=True)
+
+
 def run_controls(results: list[dict], executor: Executor, progress: bool) -> list[dict]:
     """Each poisoned run's trigger scored on its clean control (``RUN/control.json``, see
     :mod:`medbackdoor.study.controls`); one status per run, named ``RUN:control``. Sweep key ``controls: false``
@@ -267,8 +273,7 @@ def run_controls(results: list[dict], executor: Executor, progress: bool) -> lis
                   **{key: v for key, v in status.items() if key != "traceback"}}
         out.append(result)
         if progress:
-            print(f"[controls {i}/{len(pairs)}] {result['name']}: {result['status']} ({result['seconds']:.0f} s)"
-                  + (f" - {result['error']}" if result.get("error") else ""), flush=True)
+            _print_step("controls", i, len(pairs), result)
     out.sort(key=lambda x: x["name"])
     return out
 
@@ -292,9 +297,7 @@ def run_defenses(results: list[dict], entries: list[dict], executor: Executor, p
                       "folder": str(RunDir(r["folder"]).defense_dir(e["name"])), **status}
             out.append(result)
             if progress:
-                print(f"[defenses {i}/{len(done)}] {result['name']}: {result['status']} "
-                      f"({result['seconds']:.0f} s)" + (f" - {result['error']}" if result.get("error") else ""),
-                      flush=True)
+                _print_step("defenses", i, len(done), result)
     out.sort(key=lambda x: x["name"])
     return out
 
@@ -327,9 +330,7 @@ def run_retrain_controls(results: list[dict], entries: list[dict], executor: Exe
                   "folder": str(RunDir(run).retrain_control_path(name)), **status}
         out.append(result)
         if progress:
-            print(f"[retrain controls {i}/{len(jobs)}] {result['name']}: {result['status']} "
-                  f"({result['seconds']:.0f} s)" + (f" - {result['error']}" if result.get("error") else ""),
-                  flush=True)
+            _print_step("retrain controls", i, len(jobs), result)
     out.sort(key=lambda x: x["name"])
     return out
 
