@@ -122,7 +122,8 @@ def test_registered_with_paper_and_changes(method):
         {"rule": "majority"}, {"rule": 3}, {"min_group": 2}, {"min_group": 10.5}, {"min_holdout": 1},
         {"fallback": "whole"}, {"nonsense": 1})],
     ("spectral", {"eps": 0.0}), ("spectral", {"eps": 0.7}), ("spectral", {"fpr": 1.0}), ("spectral", {"min_z": -1}),
-    ("spectral", {"folds": 0}), ("spectral", {"eps": True}),
+    ("spectral", {"folds": 0}), ("spectral", {"eps": True}), ("spectral", {"centre": "training"}),
+    ("spectral", {"window": 0}),
     ("activation-clustering", {"dims": 0}), ("activation-clustering", {"size": 0.6}),
     ("activation-clustering", {"silhouette": 1.5}), ("activation-clustering", {"excess": 1.0}),
     ("activation-clustering", {"significance": 0}), ("activation-clustering", {"whiten": "yes"}),
@@ -228,6 +229,29 @@ def test_clean_training_set_holdout_rule_flags_few(method):
     assert det.flagged.mean() <= 0.03
     for g in det.info["groups"]:
         assert g["reference"] == "group"
+
+
+@pytest.mark.parametrize("poison, shift", [(20, 15.0), (500, 15.0), (60, 6.0), (500, 6.0)])
+def test_anchored_centre_flags_fewer_memorised_clean_samples(poison, shift):
+    """``centre: anchored`` measures from the training mode nearest the holdout's centre: on memorised clean
+    training features it flags fewer clean samples than the holdout's own centre, and finds as many poisoned ones."""
+    d, truth = make_case(poison=poison, shift=shift)
+    base = stats(run("spectral", d), truth)
+    anchored = stats(run("spectral", d, centre="anchored"), truth)
+    assert anchored["fpr"] < base["fpr"]
+    assert anchored["recall"] >= base["recall"]
+    assert anchored["auroc"] >= base["auroc"] - 1e-9
+
+
+def test_anchored_centre_is_the_nearest_mode():
+    from medbackdoor.defenses.spectral import anchored_centre
+
+    rng = np.random.default_rng(0)
+    clean, poison = rng.normal(1.5, 1.0, 300), rng.normal(12.0, 1.0, 700)  # a poisoned majority, far away
+    both = np.r_[clean, poison]
+    assert abs(anchored_centre(both, 0.0, 2.0) - 1.5) < 0.3  # from the holdout's centre (0) to the clean mode
+    assert abs(anchored_centre(both, 11.0, 2.0) - 12.0) < 0.3
+    assert anchored_centre(both, -50.0, 2.0) == -50.0  # nothing near: the start
 
 
 def test_faithful_spectral_removes_one_and_a_half_eps_per_group():

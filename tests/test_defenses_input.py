@@ -20,7 +20,7 @@ from torch import nn
 
 from medbackdoor.defenses import sentinet as sentinet_module
 from medbackdoor.defenses import strip as strip_module
-from medbackdoor.defenses.base import DEFENSES, Defender, Images, InputDefense
+from medbackdoor.defenses.base import DEFENSES, Defender, Images, InputDefense, fpr_threshold
 from medbackdoor.defenses.saliency import Saliency
 from medbackdoor.defenses.scale_up import ScaleUp
 from medbackdoor.defenses.scoring import tpr_at_fpr
@@ -259,18 +259,48 @@ def test_calibration_reads_the_holdout_only_and_the_method_its_first_half(setup,
 
 @pytest.mark.parametrize("fpr", [0.01, 0.03, 0.05, 0.1, 0.25])
 @pytest.mark.parametrize("name", METHODS)
-def test_calibrated_threshold_keeps_the_nominal_rate_on_the_holdout(setup, name, fpr):
-    """Counted by hand on the 40 calibration images: at most ``fpr`` of them lie above the threshold, and the next
-    lower threshold (just under the threshold's own score) would flag more than ``fpr``."""
+def test_calibrated_threshold_is_the_conformal_quantile_of_both_halves(setup, name, fpr):
+    """Counted by hand on the 80 calibration scores (crossfit: the second half scored as a test input is, the first
+    with the second as the reference): at most m = ⌊81·fpr⌋ − 1 lie above the threshold and more than m at or above
+    it; with m < 0 (fpr 0.01: 80 images are too few to promise 1%) nothing is flagged."""
     model, holdout, _, _ = setup
     d = defender(model, holdout)
     defense = create(name, fpr=fpr, **FAST.get(name, {}))
     threshold = defense.calibrate(d)
-    scores = defense.score(d, holdout[40:])
-    assert len(scores) == 40 and np.isfinite(threshold)
-    assert (scores > threshold).sum() <= fpr * 40
-    assert (scores >= threshold).sum() > fpr * 40
+    scores = defense.calibration_scores(d)
+    assert len(scores) == 80
+    np.testing.assert_array_equal(scores[:40], defense.score(d, holdout[40:]))  # scored as a test input is
+    m = int(np.floor(81 * fpr + 1e-9)) - 1
+    if m < 0:
+        assert threshold == np.inf and not defense.flag(scores).any()
+        return
+    assert (scores > threshold).sum() <= m < (scores >= threshold).sum()
     np.testing.assert_array_equal(defense.flag(scores), scores > threshold)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_split_calibration_uses_the_second_half_only(setup, name):
+    model, holdout, _, _ = setup
+    d = defender(model, holdout)
+    split = create(name, fpr=0.1, calibration="split", **FAST.get(name, {}))
+    np.testing.assert_array_equal(split.calibration_scores(d), split.score(d, holdout[40:]))
+    assert split.calibrate(d) == fpr_threshold(split.score(d, holdout[40:]), 0.1)
+    assert split.options()["calibration"] == "split"
+    assert create(name, **FAST.get(name, {})).options()["calibration"] == "crossfit"
+
+
+@pytest.mark.parametrize("n, fpr", [(10, 0.05), (19, 0.05), (59, 0.05), (60, 0.05), (120, 0.05), (99, 0.01),
+                                    (40, 0.25), (7, 0.5)])
+def test_fpr_threshold_is_conformal(n, fpr):
+    """Leave-one-out over n + 1 distinct clean scores: the share of them above the threshold of the other n is the
+    expected rate of a new exchangeable clean score, exactly (m + 1)/(n + 1) ≤ fpr, and above fpr − 1/(n + 1)."""
+    values = np.random.default_rng(n).permutation(n + 1).astype(np.float64)
+    flagged = [values[i] > fpr_threshold(np.delete(values, i), fpr) for i in range(n + 1)]
+    rate = np.mean(flagged)
+    m = int(np.floor((n + 1) * fpr + 1e-9)) - 1
+    assert rate == max(m + 1, 0) / (n + 1)
+    assert fpr - 1 / (n + 1) < rate <= fpr + 1e-12
+    assert fpr_threshold(np.zeros(0), fpr) == np.inf
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -311,6 +341,7 @@ def test_seed_picks_the_references(setup):
     ("saliency", {"detector": "peak"}), ("saliency", {"layer": "features.denseblock3"}),
     ("saliency", {"target": ""}),
     ("saliency", {"colour": "red"}),
+    *[(m, {"calibration": "jackknife"}) for m in METHODS],
 ])
 def test_bad_options_fail_in_one_line(name, options):
     with pytest.raises(UserError) as err:
@@ -332,5 +363,5 @@ def test_too_few_reference_images(setup):
 
 def test_options_report_the_user_names():
     assert Strip(score="entropy").options()["score"] == "entropy"
-    assert set(Saliency().options()) == {"detector", "layer", "target", "fpr"}
+    assert set(Saliency().options()) == {"detector", "layer", "target", "fpr", "calibration"}
     assert sentinet_module.STREAM != strip_module.STREAM

@@ -53,6 +53,8 @@ class Saliency(InputDefense):
         target: ``predicted`` (the highest-scoring finding of each input, the default: the defender does not
             know the target) or one finding, by name or index, to explain on every input.
         fpr: false-positive rate on clean holdout images that sets the flag threshold.
+        calibration: ``crossfit`` (both holdout halves calibrate, each scored with the other as the
+            reference; the default) or ``split`` (the second half alone); see :class:`InputDefense`.
 
     Multi-label: the single-label "predicted class" is the finding with the highest sigmoid score.
     """
@@ -60,10 +62,12 @@ class Saliency(InputDefense):
     paper = ("Selvaraju et al. 2017, Grad-CAM (ICCV); used as a detector in 'Explainability matters: backdoor "
              "attacks on medical imaging' (Nwadike et al. 2020)")
     changes = "explains the top-scoring of the 14 sigmoid findings (or a named finding) instead of the argmax class"
+    label = "saliency"
 
     def __init__(self, detector: str = "top1pct_mass", layer: str = "last", target: str | int = "predicted",
-                 fpr: float = 0.05) -> None:
-        super().__init__(fpr)
+                 fpr: float = 0.05,
+                 calibration: str = "crossfit") -> None:
+        super().__init__(fpr, calibration)
         check_fpr("saliency", fpr)
         check_layer("saliency", layer)
         one_of("saliency", "detector", detector, DETECTORS)

@@ -54,6 +54,8 @@ class ScaleUp(InputDefense):
         threshold: the probability at which a finding counts as positive.
         min_count: reference images a finding needs for its own ``μ_c``, ``σ_c`` (else pooled over findings).
         fpr: false-positive rate on clean holdout images that sets the flag threshold.
+        calibration: ``crossfit`` (both holdout halves calibrate, each scored with the other as the
+            reference; the default) or ``split`` (the second half alone); see :class:`InputDefense`.
 
     Multi-label changes: agreement of argmaxes → how little the 14-score vector moves (``vector``), or each
     predicted-positive finding (the top one if none) staying positive, the most consistent one scoring; the
@@ -65,10 +67,12 @@ class ScaleUp(InputDefense):
     changes = ("argmax agreement → mean absolute change of the 14 sigmoid scores (default), or per predicted-"
                "positive finding (top finding if none) staying positive, the most consistent scoring; data-limited "
                "normalisation per finding on reference images")
+    label = "scale-up"
 
     def __init__(self, max_scale: int = 3, consistency: str = "vector", normalise: bool = True,
-                 threshold: float = 0.5, min_count: int = 5, fpr: float = 0.05) -> None:
-        super().__init__(fpr)
+                 threshold: float = 0.5, min_count: int = 5, fpr: float = 0.05,
+                 calibration: str = "crossfit") -> None:
+        super().__init__(fpr, calibration)
         check_fpr("scale-up", fpr)
         if max_scale < 2:
             raise UserError(f"scale-up max_scale must be at least 2, got {max_scale}")
@@ -109,7 +113,7 @@ class ScaleUp(InputDefense):
 
     def benign(self, d: Defender) -> tuple[np.ndarray, np.ndarray]:
         """Per finding, the mean and spread of its consistency on reference images that predict it (cached)."""
-        key = f"scale-up:{self.max_scale}:{self.consistency}:{self.threshold}:{self.min_count}"
+        key = f"scale-up:{self.max_scale}:{self.consistency}:{self.threshold}:{self.min_count}:{self.reference_tag()}"
 
         def compute():
             images, _ = self.reference(d)

@@ -50,6 +50,7 @@ from medbackdoor.errors import UserError
 
 RULES = ("holdout", "faithful")
 FALLBACKS = ("all", "skip")
+CENTRES = ("holdout", "anchored")
 MAD_TO_SD = 1.4826  # MAD × this = standard deviation for a normal distribution
 EXACT_SVD_MAX = 256  # exact SVD up to this min(n, D); randomized (seeded) beyond
 SMALL_GROUP = 1 << 22  # a group with at most this many feature values runs BLAS single-threaded (threads on small
@@ -279,6 +280,10 @@ class SpectralSignatures(FindingGroupDefense):
         min_group: groups with fewer training samples are skipped (default 10).
         min_holdout: holdout rule: fewer holdout samples of the finding → ``fallback`` (default 5).
         fallback: holdout rule, small holdout group: ``all`` (whole holdout as reference) or ``skip``.
+        centre: holdout rule: where a training sample's distance is measured from: ``holdout`` (the holdout's
+            median projection) or ``anchored`` (the mode of the training projections nearest it: see
+            :func:`anchored_centre`; the holdout still sets the scale and the threshold).
+        window: ``centre: anchored``: the half-width of the mode search, in holdout robust SDs.
     """
 
     paper = "Tran, Li & Madry, Spectral Signatures in Backdoor Attacks, NeurIPS 2018"
@@ -290,8 +295,13 @@ class SpectralSignatures(FindingGroupDefense):
     stream = 1000
 
     def __init__(self, rule: str = "holdout", eps: float = 0.05, fpr: float = 0.01, min_z: float = 3.0,
-                 folds: int = 2, min_group: int = 10, min_holdout: int = 5, fallback: str = "all") -> None:
+                 folds: int = 2, min_group: int = 10, min_holdout: int = 5, fallback: str = "all",
+                 centre: str = "holdout", window: float = 2.0) -> None:
         self._check_common(rule, min_group, min_holdout, fallback)
+        if centre not in CENTRES:
+            raise UserError(f"spectral centre must be holdout or anchored, got {centre!r}")
+        _check_number(self.label, "window", window, 0.0, np.inf)
+        self.centre, self.window = centre, float(window)
         _check_int(self.label, "folds", folds, 1)
         self.folds = folds
         _check_number(self.label, "eps", eps, 0.0, 2.0 / 3.0)
@@ -309,16 +319,44 @@ class SpectralSignatures(FindingGroupDefense):
             flags, cut = top_cut(z, cut_count(self.eps, len(z)))
             return GroupResult(scaled(z, cut), flags, z, {"cut_z": cut})
         z, threshold = np.zeros(len(x)), np.ones(len(x))
-        thresholds, shares = [], []
+        thresholds, shares, centres = [], [], []
         for fit, part in crossfit(len(x), self.folds, seed):
             mean = x[fit].mean(0, dtype=np.float64).astype(x.dtype)
             v = top_directions(x[fit] - mean, 1, seed)[0]
             p, ph = (x[part] - mean) @ v, (h - mean) @ v
             centre, scale = float(np.median(ph)), robust_scale(ph, p)
             zh = np.abs(ph - centre) / scale
-            z[part] = np.abs(p - centre) / scale
+            at = centre
+            if self.centre == "anchored":
+                at = anchored_centre((x[fit] - mean) @ v, centre, self.window * scale)
+                centres.append(at - centre)
+            z[part] = np.abs(p - at) / scale
             threshold[part] = max(self.min_z, float(np.quantile(zh, 1.0 - self.fpr)))
             thresholds.append(float(threshold[part][0]))
             shares.append(float(np.mean(zh > threshold[part][0])))
         info = {"threshold_z": thresholds, "holdout_flagged_share": shares}
+        if centres:
+            info["centre_shift"] = centres  # anchored centre − holdout median, per fold, in projection units
         return GroupResult(z / threshold, z > threshold, z, info)
+
+
+def anchored_centre(projections: np.ndarray, start: float, window: float, steps: int = 100) -> float:
+    """The mode of the training ``projections`` nearest the holdout's median ``start``: repeatedly the median of
+    the projections within ``window`` of the current centre, until it stops moving (``start`` if none is near).
+
+    A model has memorised its training samples and not the holdout, so its clean training samples sit off the
+    holdout's centre along the group's top direction (planted-feature fixture: the clean training set flagged at
+    5–7% against the holdout's centre at a nominal 1%); a poisoned cluster far from the holdout is a separate mode
+    and is not reached, whatever its share of the group. A weak trigger, whose cluster merges with the clean one,
+    pulls the centre part of the way towards it.
+    """
+    centre = float(start)
+    for _ in range(steps):
+        near = np.abs(projections - centre) < window
+        if not near.any():
+            break
+        new = float(np.median(projections[near]))
+        if abs(new - centre) <= 1e-9 * max(window, 1e-12):
+            break
+        centre = new
+    return centre

@@ -62,6 +62,8 @@ class Strip(InputDefense):
             ``z`` (``max_c (m_c − μ_c) / σ_c``, the default).
         baseline_images: reference images (besides the ``k`` blended ones) that estimate ``μ_c`` and ``σ_c``.
         fpr: false-positive rate on clean holdout images that sets the flag threshold.
+        calibration: ``crossfit`` (both holdout halves calibrate, each scored with the other as the
+            reference; the default) or ``split`` (the second half alone); see :class:`InputDefense`.
 
     Multi-label changes: softmax entropy → the most persistent of the 14 sigmoid findings, normalised per
     finding by clean blends (the paper's entropy is kept as ``score: entropy``); one fixed set of references for
@@ -71,10 +73,12 @@ class Strip(InputDefense):
     paper = "Gao et al. 2019, STRIP: a defence against trojan attacks on deep neural networks (ACSAC)"
     changes = ("softmax entropy of blends → the most persistent sigmoid finding under blending, relative to clean "
                "blends per finding (entropy kept as score: entropy); one fixed reference set for all inputs")
+    label = "strip"
 
     def __init__(self, alpha: float = 0.5, k: int = 8, score: str = "persistence", baseline: str = "z",
-                 baseline_images: int = 128, fpr: float = 0.05) -> None:
-        super().__init__(fpr)
+                 baseline_images: int = 128, fpr: float = 0.05,
+                 calibration: str = "crossfit") -> None:
+        super().__init__(fpr, calibration)
         check_fpr("strip", fpr)
         if not 0 < alpha < 1:
             raise UserError(f"strip alpha must be in (0, 1), got {alpha}")
@@ -108,7 +112,7 @@ class Strip(InputDefense):
         images, _ = self.reference(d)
         chosen = choose_references(d, images, self.k, STREAM, "strip")
         refs = as_float(images[chosen], d)
-        key = f"strip:{self.alpha}:{self.k}:{self.baseline_images}"
+        key = f"strip:{self.alpha}:{self.k}:{self.baseline_images}:{self.reference_tag()}"
 
         def baseline():
             rest = np.setdiff1d(np.arange(len(images)), chosen)[: self.baseline_images]

@@ -32,6 +32,8 @@ class DefenseSummary:
         detection: data and input defenses: :func:`~medbackdoor.defenses.scoring.detection_summary`.
         flagged_positions: data defenses: the training positions flagged (what a retrain drops).
         threshold: input defenses: the calibrated flag threshold.
+        calibration, calibration_images: input defenses: the calibration rule (``crossfit`` or ``split``) and
+            how many clean holdout scores set the threshold.
         backdoored_verdict ... reversed_trigger: model defenses: the scan's verdict, flags and the target's rank.
         before, after: mitigations: the metric columns before and after.
         retrain: data defenses after cleanse-and-retrain: the retrained run, how many were dropped, its metric
@@ -56,6 +58,8 @@ class DefenseSummary:
     detection: dict | None = None
     flagged_positions: list[int] | None = None
     threshold: Any = None
+    calibration: str | None = None
+    calibration_images: int | None = None
     backdoored_verdict: bool | None = None
     flagged_labels: list[str] | None = None
     target: str | None = None
