@@ -57,6 +57,20 @@ def test_defend_after_resume_defends_the_new_last_checkpoint(one_epoch, capsys):
     assert defend(one_epoch, "label-audit", epoch=1, holdout=8).epoch == 1  # an explicit epoch still works
 
 
+def test_a_changed_default_is_computed_again(one_epoch):
+    """The request holds the options as resolved by the code that ran: a summary written under other defaults
+    (an older version) does not answer for this one."""
+    first = defend(one_epoch, "label-audit", holdout=8)
+    assert first.request["resolved"] == first.options
+    path = one_epoch / "defenses" / "label-audit" / "summary.json"
+    data = json.loads(path.read_text())
+    data["request"]["resolved"]["alpha"] = 0.5  # as if an older version's default had been 0.5
+    data["seconds"] = -1.0
+    path.write_text(json.dumps(data))
+    again = defend(one_epoch, "label-audit", holdout=8)
+    assert again.seconds >= 0 and again.request == first.request
+
+
 def test_force_clears_defenses_and_control_scorings(one_epoch):
     defend(one_epoch, "label-audit", holdout=8)
     status = score_control(str(one_epoch), str(one_epoch), threads=1)  # the run as its own control: a scoring

@@ -129,7 +129,7 @@ def test_all_registered_as_input_defenses():
 
 @pytest.mark.parametrize("name, options", [
     ("strip", {"k": 4}), ("strip", {"k": 4, "baseline": "mean"}),
-    ("scale-up", {}), ("scale-up", {"consistency": "probability"}),
+    ("scale-up", {"consistency": "vector"}), ("scale-up", {"consistency": "probability"}),
     ("sentinet", {"k": 4}), ("sentinet", {"k": 4, "measure": "confidence"}),
     ("sentinet", {"k": 4, "layer": "last", "measure": "fooled"}),
     ("saliency", {}), ("saliency", {"detector": "concentration"}), ("saliency", {"layer": "middle"}),
@@ -257,20 +257,21 @@ def test_calibration_reads_the_holdout_only_and_the_method_its_first_half(setup,
     assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("calibration, n", [("split", 40), ("crossfit", 80)])
 @pytest.mark.parametrize("fpr", [0.01, 0.03, 0.05, 0.1, 0.25])
 @pytest.mark.parametrize("name", METHODS)
-def test_calibrated_threshold_is_the_conformal_quantile_of_both_halves(setup, name, fpr):
-    """Counted by hand on the 80 calibration scores (crossfit: the second half scored as a test input is, the first
-    with the second as the reference): at most m = ⌊81·fpr⌋ − 1 lie above the threshold and more than m at or above
-    it; with m < 0 (fpr 0.01: 80 images are too few to promise 1%) nothing is flagged."""
+def test_calibrated_threshold_is_the_conformal_quantile(setup, name, fpr, calibration, n):
+    """Counted by hand on the n calibration scores (the second half scored as a test input is; under crossfit the
+    first half too, with the second as the reference): at most m = ⌊(n+1)·fpr⌋ − 1 lie above the threshold and
+    more than m at or above it; with m < 0 (too few images to promise fpr) nothing is flagged."""
     model, holdout, _, _ = setup
     d = defender(model, holdout)
-    defense = create(name, fpr=fpr, **FAST.get(name, {}))
+    defense = create(name, fpr=fpr, calibration=calibration, **FAST.get(name, {}))
     threshold = defense.calibrate(d)
     scores = defense.calibration_scores(d)
-    assert len(scores) == 80
+    assert len(scores) == n == defense.calibrated_on
     np.testing.assert_array_equal(scores[:40], defense.score(d, holdout[40:]))  # scored as a test input is
-    m = int(np.floor(81 * fpr + 1e-9)) - 1
+    m = int(np.floor((n + 1) * fpr + 1e-9)) - 1
     if m < 0:
         assert threshold == np.inf and not defense.flag(scores).any()
         return
@@ -286,7 +287,7 @@ def test_split_calibration_uses_the_second_half_only(setup, name):
     np.testing.assert_array_equal(split.calibration_scores(d), split.score(d, holdout[40:]))
     assert split.calibrate(d) == fpr_threshold(split.score(d, holdout[40:]), 0.1)
     assert split.options()["calibration"] == "split"
-    assert create(name, **FAST.get(name, {})).options()["calibration"] == "crossfit"
+    assert create(name, **FAST.get(name, {})).options()["calibration"] == "split"
 
 
 @pytest.mark.parametrize("n, fpr", [(10, 0.05), (19, 0.05), (59, 0.05), (60, 0.05), (120, 0.05), (99, 0.01),

@@ -220,7 +220,7 @@ class DataDefense(Defense):
         raise NotImplementedError
 
 
-CALIBRATIONS = ("crossfit", "split")
+CALIBRATIONS = ("split", "crossfit")
 
 
 class InputDefense(Defense):
@@ -230,20 +230,20 @@ class InputDefense(Defense):
     it scores a test input (images to blend with, to paste onto, benign statistics). The threshold is a conformal
     quantile (:func:`fpr_threshold`) of clean holdout scores that no test image touches:
 
-    * ``calibration: crossfit`` (the default): both halves calibrate. The second half is scored with the first
-      half as the method's reference (exactly as a test input is), and the first half with the second half as
-      the reference; the threshold is set on all of them. Twice the calibration images of ``split``: with a
-      ~120-image holdout the realised rate of a nominal 5% varies with a standard deviation of about 2.0% instead
-      of 2.9% (the rate of a conformal threshold on n scores is Beta-distributed); the price is one more scoring
-      pass over half the holdout.
-    * ``calibration: split``: the second half alone calibrates (split conformal: exactly valid, noisier).
+    * ``calibration: split`` (the default): the second half alone calibrates, scored exactly as a test input is
+      (split conformal: the realised rate on new clean inputs is at most ``fpr`` in expectation).
+    * ``calibration: crossfit``: both halves calibrate, the first scored with the second half as the reference.
+      Twice the calibration images, so half the variance of the realised rate, but only where a score does not
+      depend on its reference: on the tuning grid (seed 100, 3×3 square ρ 0.05) SCALE-UP's normalised scores
+      of the first half against the second half's benign statistics had a 95th percentile of 0.92 against 0.54
+      for the test images, and the cross-fitted threshold flagged none of 259 clean test images at a nominal 5%
+      (split: 3.5%). Kept as an option for reference-free scores such as ``saliency``'s.
     """
 
     kind = "input"
-
     label = ""  # the registered name, for messages
 
-    def __init__(self, fpr: float = 0.05, calibration: str = "crossfit") -> None:
+    def __init__(self, fpr: float = 0.05, calibration: str = "split") -> None:
         one_of(self.label or type(self).__name__.lower(), "calibration", calibration, CALIBRATIONS)
         self.fpr = fpr
         self.calibration_rule = calibration

@@ -53,8 +53,8 @@ class Saliency(InputDefense):
         target: ``predicted`` (the highest-scoring finding of each input, the default: the defender does not
             know the target) or one finding, by name or index, to explain on every input.
         fpr: false-positive rate on clean holdout images that sets the flag threshold.
-        calibration: ``crossfit`` (both holdout halves calibrate, each scored with the other as the
-            reference; the default) or ``split`` (the second half alone); see :class:`InputDefense`.
+        calibration: ``split`` (the holdout's second half calibrates; the default) or ``crossfit`` (both
+            halves, each scored with the other as the reference); see :class:`InputDefense`.
 
     Multi-label: the single-label "predicted class" is the finding with the highest sigmoid score.
     """
@@ -66,7 +66,7 @@ class Saliency(InputDefense):
 
     def __init__(self, detector: str = "top1pct_mass", layer: str = "last", target: str | int = "predicted",
                  fpr: float = 0.05,
-                 calibration: str = "crossfit") -> None:
+                 calibration: str = "split") -> None:
         super().__init__(fpr, calibration)
         check_fpr("saliency", fpr)
         check_layer("saliency", layer)

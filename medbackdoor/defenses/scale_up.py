@@ -7,13 +7,14 @@ the share of scales whose argmax class equals the original one.
 
 A multi-label prediction is a vector of 14 scores, and there are two ways to ask whether it is kept:
 
-* ``consistency: vector`` (the default): the whole vector. The score is minus the mean absolute change of the 14
+* ``consistency: vector``: the whole vector. The score is minus the mean absolute change of the 14
   sigmoid outputs between the input and its amplified copies. On the quick run (one-hot Atelectasis attack),
   amplification alone made *every* clean image Atelectasis-positive, so a clean image whose top finding was
   Atelectasis kept that finding as well as a triggered one did (per-finding SPC: AUROC 0.96 but TPR 0 at 5% FPR);
   its other scores moved and the triggered image's did not (vector: AUROC 0.999, TPR 1.0).
 * per finding: the findings predicted positive (``p ≥ threshold``; the top finding when none is) each get the
-  share of scales on which they stay positive (``indicator``, the paper's SPC) or their mean probability over
+  share of scales on which they stay positive (``indicator``, the paper's SPC and the default: chosen on the
+  tuning grid ``defenses-tune``, seed 100, see docs/defenses.md) or their mean probability over
   the scales (``probability``); the input scores its most consistent predicted finding. Suits an attack that
   adds the target and leaves the rest of the prediction to the image, and full-image blend triggers, which
   amplification partly washes out (the vector score inverted on one: AUROC 0.2).
@@ -45,8 +46,8 @@ class ScaleUp(InputDefense):
         max_scale: the scales are ``2, 3, …, max_scale`` (≥ 2). Default 3: beyond ×3 nearly every pixel of a
             chest X-ray is saturated, and each scale costs one forward pass per input (5 gave the same AUROC on
             the quick run at 1.7× the time).
-        consistency: ``vector`` (minus the mean absolute change of all 14 scores; the default), ``indicator``
-            (share of scales on which a predicted finding stays positive, the paper's SPC) or ``probability``
+        consistency: ``indicator`` (share of scales on which a predicted finding stays positive, the paper's SPC;
+            the default), ``vector`` (minus the mean absolute change of all 14 scores) or ``probability``
             (mean probability of a predicted finding over the scales: graded, fewer ties).
         normalise: the paper's data-limited variant: ``(cons_c − μ_c) / σ_c`` with ``μ_c``, ``σ_c`` the
             consistency on clean reference images whose prediction includes ``c`` (``vector``: whose top
@@ -54,24 +55,24 @@ class ScaleUp(InputDefense):
         threshold: the probability at which a finding counts as positive.
         min_count: reference images a finding needs for its own ``μ_c``, ``σ_c`` (else pooled over findings).
         fpr: false-positive rate on clean holdout images that sets the flag threshold.
-        calibration: ``crossfit`` (both holdout halves calibrate, each scored with the other as the
-            reference; the default) or ``split`` (the second half alone); see :class:`InputDefense`.
+        calibration: ``split`` (the holdout's second half calibrates; the default) or ``crossfit`` (both
+            halves, each scored with the other as the reference); see :class:`InputDefense`.
 
-    Multi-label changes: agreement of argmaxes → how little the 14-score vector moves (``vector``), or each
-    predicted-positive finding (the top one if none) staying positive, the most consistent one scoring; the
+    Multi-label changes: agreement of argmaxes → each predicted-positive finding (the top one if none) staying
+    positive, the most consistent one scoring (default), or how little the 14-score vector moves (``vector``); the
     benign normalisation is per finding instead of per class.
     """
 
     paper = "Guo et al. 2023, SCALE-UP: an efficient black-box input-level backdoor detection via analyzing " \
             "scaled prediction consistency (ICLR)"
-    changes = ("argmax agreement → mean absolute change of the 14 sigmoid scores (default), or per predicted-"
-               "positive finding (top finding if none) staying positive, the most consistent scoring; data-limited "
-               "normalisation per finding on reference images")
+    changes = ("argmax agreement → each predicted-positive finding (top finding if none) staying positive, the "
+               "most consistent scoring (default), or the mean absolute change of the 14 sigmoid scores; "
+               "data-limited normalisation per finding on reference images")
     label = "scale-up"
 
-    def __init__(self, max_scale: int = 3, consistency: str = "vector", normalise: bool = True,
+    def __init__(self, max_scale: int = 3, consistency: str = "indicator", normalise: bool = True,
                  threshold: float = 0.5, min_count: int = 5, fpr: float = 0.05,
-                 calibration: str = "crossfit") -> None:
+                 calibration: str = "split") -> None:
         super().__init__(fpr, calibration)
         check_fpr("scale-up", fpr)
         if max_scale < 2:

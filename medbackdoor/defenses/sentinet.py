@@ -48,8 +48,8 @@ class SentiNet(InputDefense):
         neutral: the inert fill: ``mean`` (each reference's mean intensity) or ``noise`` (uniform, seeded).
         threshold: the probability at which a reference counts as positive (fooled).
         fpr: false-positive rate on clean holdout images that sets the flag threshold.
-        calibration: ``crossfit`` (both holdout halves calibrate, each scored with the other as the
-            reference; the default) or ``split`` (the second half alone); see :class:`InputDefense`.
+        calibration: ``split`` (the holdout's second half calibrates; the default) or ``crossfit`` (both
+            halves, each scored with the other as the reference); see :class:`InputDefense`.
 
     Multi-label changes: the predicted class → the top-scoring finding, tested only when it is positive (else the
     score is −1); "fooled" (classified as that class) → that finding's probability reaching ``threshold`` on the
@@ -67,7 +67,7 @@ class SentiNet(InputDefense):
 
     def __init__(self, fraction: float = 0.05, k: int = 8, layer: str = "middle", measure: str = "excess",
                  neutral: str = "mean", threshold: float = 0.5, fpr: float = 0.05,
-                 calibration: str = "crossfit") -> None:
+                 calibration: str = "split") -> None:
         super().__init__(fpr, calibration)
         check_fpr("sentinet", fpr)
         check_layer("sentinet", layer)

@@ -62,8 +62,8 @@ class Strip(InputDefense):
             ``z`` (``max_c (m_c − μ_c) / σ_c``, the default).
         baseline_images: reference images (besides the ``k`` blended ones) that estimate ``μ_c`` and ``σ_c``.
         fpr: false-positive rate on clean holdout images that sets the flag threshold.
-        calibration: ``crossfit`` (both holdout halves calibrate, each scored with the other as the
-            reference; the default) or ``split`` (the second half alone); see :class:`InputDefense`.
+        calibration: ``split`` (the holdout's second half calibrates; the default) or ``crossfit`` (both
+            halves, each scored with the other as the reference); see :class:`InputDefense`.
 
     Multi-label changes: softmax entropy → the most persistent of the 14 sigmoid findings, normalised per
     finding by clean blends (the paper's entropy is kept as ``score: entropy``); one fixed set of references for
@@ -77,7 +77,7 @@ class Strip(InputDefense):
 
     def __init__(self, alpha: float = 0.5, k: int = 8, score: str = "persistence", baseline: str = "z",
                  baseline_images: int = 128, fpr: float = 0.05,
-                 calibration: str = "crossfit") -> None:
+                 calibration: str = "split") -> None:
         super().__init__(fpr, calibration)
         check_fpr("strip", fpr)
         if not 0 < alpha < 1:
