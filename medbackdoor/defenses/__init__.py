@@ -7,8 +7,12 @@ Every defense is registered by name in :data:`DEFENSES` and subclasses one base 
 
 from medbackdoor.defenses import (  # noqa: F401 - registers
     activation_clustering,
+    anp,
     februus,
     fine_pruning,
+    ft_sam,
+    i_bau,
+    ibd_psc,
     label_audit,
     neural_cleanse,
     saliency,

@@ -33,9 +33,12 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from medbackdoor.defenses._holdout import as_input as _input
+from medbackdoor.defenses._holdout import halves
+from medbackdoor.defenses._holdout import micro_auroc_or_none as _auroc
+from medbackdoor.defenses._holdout import model_scores as _scores
 from medbackdoor.defenses.base import DEFENSES, Defender, Mitigation
 from medbackdoor.errors import UserError
 from medbackdoor.explain.cam import LAYER_ALIASES
@@ -95,14 +98,8 @@ class FinePruning(Mitigation):
         return {k: v for k, v in super().options().items() if k != "info"}
 
     def repair(self, d: Defender) -> nn.Module:
-        n = len(d.holdout_images)
-        if n < 4:
-            raise UserError(f"fine-pruning needs at least 4 holdout images, got {n}")
-        half = n // 2
-        tune_x, tune_y = np.asarray(d.holdout_images[0:half]), d.holdout_labels[:half]
-        judge_x, judge_y = np.asarray(d.holdout_images[half:n]), d.holdout_labels[half:n]
-        if _auroc(judge_y, np.zeros_like(judge_y)) is None:
-            raise UserError("fine-pruning needs positive and negative findings in the second half of the holdout")
+        tune_x, tune_y, judge_x, judge_y = halves(d, "fine-pruning")
+        n, half = len(d.holdout_images), len(tune_x)
         model = copy.deepcopy(d.model).eval()
         name = LAYER_ALIASES.get(self.layer, self.layer)
         modules = dict(model.named_modules())
@@ -221,27 +218,6 @@ class FinePruning(Mitigation):
                     opt.step()
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
-
-
-def _input(images: np.ndarray, d: Defender) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    return (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).to(d.device).unsqueeze(1)
-
-
-def _scores(model: nn.Module, images: np.ndarray, d: Defender) -> np.ndarray:
-    out = [torch.sigmoid(model(_input(images[lo : lo + d.batch_size], d)).float()).cpu().numpy()
-           for lo in range(0, len(images), d.batch_size)]
-    return np.concatenate(out)
-
-
-def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Micro AUROC over every known (label, score) pair; None when only one class is present."""
-    y, s = np.asarray(labels, np.float64).ravel(), np.asarray(scores, np.float64).ravel()
-    known = ~np.isnan(y)
-    y, s = y[known] > 0.5, s[known]
-    if y.all() or not y.any():
-        return None
-    return float(roc_auc_score(y, s))
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -1,0 +1,103 @@
+"""What the repair defenses share: the two halves of the clean holdout, scoring a model on them, its micro AUROC,
+and the model's BatchNorm layers.
+
+Every repair that learns from the holdout (fine-pruning, ANP, I-BAU, FT-SAM) splits it the same way: the first
+half is what the method learns from (it ranks, masks or fine-tunes on it); the second half judges (its micro
+AUROC over every finding is what a budget limits, and the before/after numbers in ``info``), so no budget is
+judged on the images that were used to choose or to fine-tune.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from medbackdoor.defenses.base import Defender
+from medbackdoor.errors import UserError
+
+
+def halves(d: Defender, who: str, minimum: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(learn images, learn labels, judge images, judge labels): the holdout's first and second half.
+
+    One line (``UserError``) when the holdout is smaller than ``minimum`` or the judging half has no positive
+    and negative finding to compute an AUROC on.
+    """
+    n = len(d.holdout_images)
+    if n < minimum:
+        raise UserError(f"{who} needs at least {minimum} holdout images, got {n}")
+    half = n // 2
+    learn_x, learn_y = np.asarray(d.holdout_images[0:half]), d.holdout_labels[:half]
+    judge_x, judge_y = np.asarray(d.holdout_images[half:n]), d.holdout_labels[half:n]
+    if micro_auroc_or_none(judge_y, np.zeros_like(judge_y)) is None:
+        raise UserError(f"{who} needs positive and negative findings in the second half of the holdout")
+    return learn_x, learn_y, judge_x, judge_y
+
+
+def as_input(images: np.ndarray, d: Defender) -> torch.Tensor:
+    """N×H×W uint8 (or float in [0, 1]) images → N×1×H×W float on the defender's device."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    return (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).to(d.device).unsqueeze(1)
+
+
+def model_scores(model: nn.Module, images: np.ndarray, d: Defender) -> np.ndarray:
+    """Sigmoid scores N×C of ``model`` (as it is: eval or train mode is the caller's) on ``images``."""
+    with torch.no_grad():
+        out = [torch.sigmoid(model(as_input(images[lo : lo + d.batch_size], d)).float()).cpu().numpy()
+               for lo in range(0, len(images), d.batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, len(d.label_names)), np.float32)
+
+
+def micro_auroc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Micro AUROC over every known (label, score) pair; None when only one class is present."""
+    y, s = np.asarray(labels, np.float64).ravel(), np.asarray(scores, np.float64).ravel()
+    known = ~np.isnan(y)
+    y, s = y[known] > 0.5, s[known]
+    if y.all() or not y.any():
+        return None
+    return float(roc_auc_score(y, s))
+
+
+def label_tensor(labels: np.ndarray, d: Defender) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(labels, np.float32)).to(d.device)
+
+
+def bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean BCE over the known findings (NaN labels left out)."""
+    known = ~torch.isnan(y)
+    return F.binary_cross_entropy_with_logits(logits.float()[known], y[known])
+
+
+def label_nll(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per image, the BCE *summed* over its known findings, averaged over the images: the negative log-likelihood
+    of the label vector (findings independent given the image), as cross-entropy is of the class. Methods whose
+    step sizes were set for cross-entropy (ANP's mask lr, I-BAU's perturbation lr, FT-SAM's SGD) keep their
+    scale with it; the mean over findings would divide every gradient by the number of findings."""
+    known = ~torch.isnan(y)
+    per = F.binary_cross_entropy_with_logits(logits.float(), torch.where(known, y, torch.zeros_like(y)),
+                                             reduction="none")
+    return (per * known).sum() / max(len(y), 1)
+
+
+def batchnorm_layers(model: nn.Module, who: str) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    """The model's affine BatchNorm layers, by name, in forward-definition order; one line when it has none."""
+    layers = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    if not layers:
+        raise UserError(f"{who} works on BatchNorm layers and this model has none ({type(model).__name__}); "
+                        "choose a defense that does not need them (fine-pruning, ft-sam, i-bau)")
+    return layers
+
+
+def seeded(d: Defender, stream: int) -> torch.Generator:
+    """A CPU generator for the defense's random choices, from the defender's seed and a stream number."""
+    return torch.Generator().manual_seed(int(d.rng(stream).integers(2**62)))
+
+
+def minibatches(n: int, batch_size: int, gen: torch.Generator):
+    """One epoch of sorted index batches in a random order drawn from ``gen``."""
+    order = torch.randperm(n, generator=gen).numpy()
+    for lo in range(0, n, batch_size):
+        yield np.sort(order[lo : lo + batch_size])
