@@ -62,6 +62,19 @@ class TriggerConfig:
 
 
 @dataclass
+class AblConfig:
+    """``train.abl``: train with Anti-Backdoor Learning's stages (Li et al., NeurIPS 2021); see
+    :mod:`medbackdoor.defenses.abl`. Off by default."""
+
+    enabled: bool = False
+    gamma: float = 0.5
+    isolation_ratio: float = 0.01
+    isolation_epochs: int = 1
+    unlearn_epochs: int = 5
+    unlearn_lr: float = 5e-4
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 5
     batch_size: int = 32
@@ -84,6 +97,7 @@ class TrainConfig:
     backend: str = "auto"
     log: list[str] = field(default_factory=list)
     drop: str | None = None
+    abl: AblConfig = field(default_factory=AblConfig)
 
 
 @dataclass
@@ -264,6 +278,19 @@ def validate(config: RunConfig) -> None:
     for key in ("epochs", "batch_size"):
         if getattr(config.train, key) < 1:
             raise UserError(f"train.{key} must be at least 1")
+    abl = config.train.abl
+    if abl.enabled:
+        if not 0 < abl.isolation_ratio < 1:
+            raise UserError(f"train.abl.isolation_ratio must be in (0, 1), got {abl.isolation_ratio}")
+        if abl.gamma < 0 or abl.unlearn_lr <= 0:
+            raise UserError("train.abl.gamma must be 0 or more and train.abl.unlearn_lr positive")
+        if abl.isolation_epochs < 1 or abl.unlearn_epochs < 0:
+            raise UserError("train.abl.isolation_epochs must be at least 1 and train.abl.unlearn_epochs 0 or more")
+        if abl.isolation_epochs + abl.unlearn_epochs >= config.train.epochs:
+            raise UserError(f"train.abl: {abl.isolation_epochs} isolation and {abl.unlearn_epochs} unlearning epochs "
+                            f"leave no training epoch of train.epochs={config.train.epochs}")
+        if config.train.cuda_graph:
+            raise UserError("train.abl changes the loss between epochs; drop train.cuda_graph")
     if config.train.backend not in ("auto", "nccl", "gloo"):
         raise UserError(f"train.backend must be one of auto, nccl, gloo, got {config.train.backend!r}")
     from medbackdoor.train.loggers import LOGGERS

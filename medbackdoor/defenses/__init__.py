@@ -6,6 +6,7 @@ Every defense is registered by name in :data:`DEFENSES` and subclasses one base 
 """
 
 from medbackdoor.defenses import (  # noqa: F401 - registers
+    abl,
     activation_clustering,
     anp,
     februus,

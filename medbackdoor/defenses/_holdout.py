@@ -17,6 +17,7 @@ from torch import nn
 
 from medbackdoor.defenses.base import Defender
 from medbackdoor.errors import UserError
+from medbackdoor.losses import label_nll  # noqa: F401 - the repairs' loss (shared with ABL's training)
 
 
 def halves(d: Defender, who: str, minimum: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -68,17 +69,6 @@ def bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean BCE over the known findings (NaN labels left out)."""
     known = ~torch.isnan(y)
     return F.binary_cross_entropy_with_logits(logits.float()[known], y[known])
-
-
-def label_nll(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per image, the BCE *summed* over its known findings, averaged over the images: the negative log-likelihood
-    of the label vector (findings independent given the image), as cross-entropy is of the class. Methods whose
-    step sizes were set for cross-entropy (ANP's mask lr, I-BAU's perturbation lr, FT-SAM's SGD) keep their
-    scale with it; the mean over findings would divide every gradient by the number of findings."""
-    known = ~torch.isnan(y)
-    per = F.binary_cross_entropy_with_logits(logits.float(), torch.where(known, y, torch.zeros_like(y)),
-                                             reduction="none")
-    return (per * known).sum() / max(len(y), 1)
 
 
 def batchnorm_layers(model: nn.Module, who: str) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:

@@ -148,7 +148,7 @@ def defend(run_dir: str | Path, method: str, epoch: int | None = None, holdout: 
     if done is not None:
         return done
     defender, truth, data, used_epoch = load_defender(run, used_epoch, holdout, device)
-    shutil.rmtree(out, ignore_errors=True)  # scores, figures, a retrain of another request: all stale
+    _clear(out, keep=TRAINED if getattr(defense, "trains", False) else None)  # stale: another request's outputs
     config = run.config()
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -164,6 +164,20 @@ def defend(run_dir: str | Path, method: str, epoch: int | None = None, holdout: 
     write_rows(run.defense_scores_path(name), rows)
     write_summary(run.defense_summary_path(name), summary)
     return summary
+
+
+TRAINED = "run"  # the run folder a training-time defense (abl) trains, under RUN/defenses/NAME/
+
+
+def _clear(out: Path, keep: str | None = None) -> None:
+    """Empty a defense folder (scores, figures, a retrain of another request), except ``keep``: a training-time
+    defense's run, which resumes where a stopped call left it (and is trained anew if its config changed)."""
+    if keep is None or not out.is_dir():
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for child in out.iterdir():
+        if child.name != keep:
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def _epoch_to_defend(run: RunDir, epoch: int | None) -> int:
@@ -277,6 +291,8 @@ def _model(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfi
 
 
 def _mitigation(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfig):
+    if getattr(defense, "trains", False):
+        return _training(defense, d, truth, data, out, config)
     before = _metrics(d.model, d, data, lambda x: x, config)
     repaired = defense.repair(d)
     model = repaired if repaired is not None else d.model
@@ -284,6 +300,39 @@ def _mitigation(defense, d: Defender, truth: Truth, data, out: Path, config: Run
     rows = [{"when": when, **{k: v for k, v in m.items()}} for when, m in (("before", before), ("after", after))]
     return rows, {"before": before, "after": after, "images_scored": 2 * len(data.test),
                   "info": getattr(defense, "info", {})}
+
+
+def _training(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfig):
+    """A training-time defense (``abl``): train the run's config with the defense's overrides into
+    ``out/run`` (resumed if it is there with the same config), then score its last epoch against the run's
+    checkpoint and its isolation against the truth."""
+    from medbackdoor.config import config_diff, config_from_data
+    from medbackdoor.experiment import read_positions
+    from medbackdoor.train import run as train_run
+    from medbackdoor.train.abl import ISOLATED, LOSSES
+
+    new_config = config_from_data(config.to_dict(), defense.overrides(config.train.epochs))
+    new = RunDir(out / TRAINED)
+    if new.exists() and config_diff(new.config(), new_config) is not None:
+        shutil.rmtree(new.path)
+    train_run(new_config, new.path, resume=True, progress=False)
+    last = new.checkpoint_epochs()[-1]
+    model = new.load_model(last, d.device, new_config)
+    before = _metrics(d.model, d, data, lambda x: x, config)
+    after = _metrics(model, d, data, lambda x: x, config)
+    losses = np.load(new.path / LOSSES, allow_pickle=False)
+    isolated = read_positions(str(new.path / ISOLATED))
+    if len(losses) != len(truth.poisoned):
+        raise RuntimeError(f"{defense.kind} defense isolated among {len(losses)} samples, the run has "
+                           f"{len(truth.poisoned)}")
+    flagged = np.zeros(len(losses), bool)
+    flagged[isolated] = True
+    rows = [{"when": when, **m} for when, m in (("before", before), ("after", after))]
+    info = {"run": str(new.path), "epochs": new_config.train.epochs, "isolated": int(flagged.sum()),
+            "poisoned_isolated": int((flagged & truth.poisoned).sum())}
+    return rows, {"before": before, "after": after, "images_scored": 2 * len(data.test) + len(losses),
+                  "detection": detection_summary(truth.poisoned, -losses, flagged),
+                  "flagged_positions": isolated.tolist(), "info": info}
 
 
 def _metrics(model, d: Defender, data, transform, config: RunConfig) -> dict:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from medbackdoor.losses import label_nll  # noqa: F401 - ABL's stages take it from here
 from medbackdoor.train.dist import SINGLE, Dist, pick_device  # noqa: F401 - pick_device is used from here too
 
 
@@ -226,12 +227,15 @@ def make_loader(dataset, batch_size: int, sampler, device: torch.device, workers
 
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer, device, *, epoch: int, amp: bool = True,
                 weights=None, do_augment: bool = False, progress=None, channels_last: bool | None = None,
-                dist: Dist = SINGLE, graph: GraphedStep | None = None, heartbeat: Heartbeat | None = None) -> float:
+                dist: Dist = SINGLE, graph: GraphedStep | None = None, heartbeat: Heartbeat | None = None,
+                loss_fn=None) -> float:
     """Train one epoch; the sample order and augmentation depend only on (seed, epoch, rank).
 
     ``loader`` comes from :func:`make_loader`. Returns the mean loss over every image of every rank. With
     ``graph`` (a :class:`GraphedStep` over the same model and optimizer) each step is a CUDA-graph replay and the
     loss is summed on the device, so no step waits for the GPU. ``heartbeat`` is called after every batch.
+    ``loss_fn(logits, targets, weights)``: the step's loss instead of :func:`bce_loss` (e.g. ABL's stages); the
+    epoch's mean loss is then of what it returns.
     """
     sampler = loader.sampler
     sampler.set_epoch(epoch)
@@ -255,7 +259,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer, device, *, epoc
             continue
         with autocast(device, amp):
             logits = model(x)
-        loss = bce_loss(logits.float(), y, weights)
+        loss = (loss_fn or bce_loss)(logits.float(), y, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

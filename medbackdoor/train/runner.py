@@ -256,6 +256,10 @@ def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: 
                      loader, weights, graph, val_images, val_labels, rows, loggers)
     try:
         for epoch in range(start, tc.epochs + 1):
+            if tc.abl.enabled:
+                from medbackdoor.train.abl import prepare_epoch
+
+                prepare_epoch(state, epoch)
             _epoch(state, epoch)
     finally:
         for logger in loggers:
@@ -302,6 +306,7 @@ class Training:
     val_labels: np.ndarray
     rows: list[dict] = field(default_factory=list)
     loggers: list = field(default_factory=list)
+    loss_fn: object = None  # the step's loss when not the run's BCE (train.abl's stages)
 
 
 def _epoch(t: Training, epoch: int) -> None:
@@ -313,7 +318,7 @@ def _epoch(t: Training, epoch: int) -> None:
               disable=None if t.progress else True) as bar:
         train_loss = train_epoch(t.step_model, t.loader, t.optimizer, t.device, epoch=epoch, amp=tc.amp,
                                  weights=t.weights, do_augment=tc.augment, progress=bar, dist=dist, graph=t.graph,
-                                 heartbeat=beat)
+                                 heartbeat=beat, loss_fn=t.loss_fn)
     train_seconds = time.perf_counter() - t0
     dist.sync_buffers(t.model)  # one set of BatchNorm statistics (rank 0's) for scoring on every rank
     val_scores, clean, triggered = _score(t, beat)

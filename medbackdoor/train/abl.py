@@ -1,0 +1,113 @@
+"""``train.abl``: Anti-Backdoor Learning's three stages inside an ordinary run (Li et al., NeurIPS 2021).
+
+Epochs ``1 … isolation_epochs`` train on the whole training set (as trained) with the local gradient ascent
+(LGA) loss ``sign(L − γ)·L``: a batch whose loss has fallen below ``γ`` is pushed back up, so the samples that
+are learned fastest (a backdoor is) stand out. Before the next epoch the run scores every training sample and
+isolates the ``isolation_ratio`` share with the lowest loss (written to ``RUN/abl_isolated.txt``, so a resumed
+run isolates exactly what an unstopped one did). The middle epochs train normally on the rest; the last
+``unlearn_epochs`` epochs ascend the loss on the isolated samples alone at ``unlearn_lr``.
+
+Multi-label: a sample's loss, for isolation and for comparing a batch with ``γ``, is the BCE *summed* over its
+known findings: the negative log-likelihood of its label vector, as cross-entropy is of a class, so ``γ = 0.5``
+(the paper's) keeps its meaning, a label vector predicted with likelihood about e^−0.5 ≈ 0.61. The step itself
+follows the run's own loss (mean BCE, class weights if the run uses them) times that sign, so Adam's steps are
+those of the run's training. As in the authors' code, the sign is taken per batch (the batch's mean loss against
+``γ``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import Subset
+
+from medbackdoor._io import atomic_path
+from medbackdoor.config import AblConfig
+from medbackdoor.losses import label_nll
+from medbackdoor.train.loop import bce_loss, make_loader, predict
+
+ISOLATED = "abl_isolated.txt"
+LOSSES = "abl_losses.npy"  # every training sample's summed BCE when the isolation was made
+
+
+def stage(epoch: int, abl: AblConfig, epochs: int) -> str:
+    """``isolate``, ``train`` or ``unlearn``: what epoch ``epoch`` of ``epochs`` does."""
+    if epoch <= abl.isolation_epochs:
+        return "isolate"
+    return "unlearn" if epoch > epochs - abl.unlearn_epochs else "train"
+
+
+def lga_loss(gamma: float):
+    """The LGA loss: the run's loss times ``sign(batch NLL − γ)``."""
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor, weights=None) -> torch.Tensor:
+        base = bce_loss(logits, targets, weights)
+        return torch.sign(label_nll(logits, targets).detach() - gamma) * base
+
+    return loss
+
+
+def ascent_loss(logits: torch.Tensor, targets: torch.Tensor, weights=None) -> torch.Tensor:
+    """Unlearning: minus the run's loss."""
+    return -bce_loss(logits, targets, weights)
+
+
+def sample_nll(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per sample, the BCE summed over its known findings, from sigmoid scores."""
+    p = np.clip(np.asarray(scores, np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(labels, np.float64)
+    known = ~np.isnan(y)
+    y = np.where(known, y, 0.0)
+    per = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    return (per * known).sum(1)
+
+
+def isolate(losses: np.ndarray, ratio: float) -> np.ndarray:
+    """The positions of the ``ceil(ratio·N)`` lowest losses (ties by position), sorted."""
+    k = max(1, math.ceil(ratio * len(losses)))
+    return np.sort(np.argsort(losses, kind="stable")[:k])
+
+
+def isolated_positions(t, abl: AblConfig) -> np.ndarray:
+    """The isolated positions of run ``t`` (a :class:`~medbackdoor.train.runner.Training`): read from the run
+    folder, or computed now from the model (after the isolation epochs) and written there."""
+    from medbackdoor.data.views import SampleImages
+    from medbackdoor.experiment import read_positions
+
+    path = t.out.path / ISOLATED
+    if not path.is_file():
+        scores = predict(t.model, SampleImages(t.data.train), t.device, t.config.eval.batch_size, t.dist)
+        losses = sample_nll(scores, t.data.train.labels_array())
+        chosen = isolate(losses, abl.isolation_ratio)
+        if t.dist.is_main:
+            text = (f"# {len(chosen)} of {len(losses)} training samples isolated by ABL (lowest summed BCE after "
+                    f"{abl.isolation_epochs} LGA epochs, gamma {abl.gamma})\n" + "".join(f"{i}\n" for i in chosen))
+            with atomic_path(t.out.path / LOSSES, suffix=".npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, losses.astype(np.float64))
+            with atomic_path(path, suffix=".txt") as tmp:
+                tmp.write_text(text)
+        t.dist.barrier()
+    return read_positions(str(path))
+
+
+def prepare_epoch(t, epoch: int) -> str:
+    """Set run ``t``'s loader, loss and (unlearning) learning rate for ``epoch``; returns the stage."""
+    from medbackdoor.train.dist import EpochSampler
+
+    abl, tc = t.config.train.abl, t.config.train
+    what = stage(epoch, abl, tc.epochs)
+    if what == "isolate":
+        t.loss_fn = lga_loss(abl.gamma)
+        return what
+    isolated = isolated_positions(t, abl)
+    keep = isolated if what == "unlearn" else np.setdiff1d(np.arange(len(t.data.train)), isolated)
+    subset = Subset(t.data.train, keep.tolist())
+    sampler = EpochSampler(len(subset), tc.seed, t.dist)
+    t.loader = make_loader(subset, tc.batch_size // t.dist.world, sampler, t.device, tc.workers)
+    t.loss_fn = ascent_loss if what == "unlearn" else None
+    if what == "unlearn":
+        for group in t.optimizer.param_groups:
+            group["lr"] = abl.unlearn_lr
+    return what
