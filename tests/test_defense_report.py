@@ -57,6 +57,19 @@ def test_calibrated_best_failures_and_der_tables():
     d0, d1 = (0.8 - 0.1 + 1) / 2, (0.6 - 0.1 + 1) / 2
     assert tables["defenses_der"].loc["fine-pruning", "square"] == \
         f"{np.mean([d0, d1]):.3f} ± {np.std([d0, d1], ddof=1):.3f}"
+    # repaired: mean excess after (0.0 and 0.2 → 0.1) at most 0.10, but the NN drop 0.1 is over 0.02
+    assert tables["defenses_repaired"].loc["fine-pruning", "square"] == "no (0.100, +0.100)"
+
+
+def test_the_repair_target_counts_the_excess_asr_and_the_auroc_drop():
+    rows = [_row("anp", "mitigation", "square", seed, np.nan, **{
+        "before_asr_0.6": 1.0, "after_asr_0.6": after, "before_auroc_nn": 0.8, "after_auroc_nn": 0.8 - drop})
+        for seed, after, drop in ((0, 0.25, 0.01), (1, 0.35, 0.03))]  # control 0.2: excess 0.05 and 0.15
+    table = {name: t for name, _, t in defense_tables(pd.DataFrame(rows))}["defenses_repaired"]
+    assert table.loc["anp", "square"] == "yes (0.100, +0.020)"
+    rows[1]["after_auroc_nn"] = 0.8 - 0.04
+    table = {name: t for name, _, t in defense_tables(pd.DataFrame(rows))}["defenses_repaired"]
+    assert table.loc["anp", "square"].startswith("no")
 
 
 def test_sweep_retrains_the_clean_control_without_as_many_random_samples(tmp_path, monkeypatch):

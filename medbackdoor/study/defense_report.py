@@ -9,8 +9,9 @@ One tidy table (``report/defenses.csv``: one row per run and defense) and, from 
   (AUROC < 0.8), and per defense the attacks it fails;
 * model scanning: how many backdoored runs are flagged and have their target ranked first, and how many clean
   controls are flagged;
-* mitigation: ASR and AUROC-NN before → after, and a defense effectiveness rating in the manner of BackdoorBench's
-  DER (:func:`der`) on the ASR in excess of the clean control's;
+* mitigation: ASR and AUROC-NN before → after, a defense effectiveness rating in the manner of BackdoorBench's
+  DER (:func:`der`) on the ASR in excess of the clean control's, and whether the repair meets the study's target
+  (:data:`REPAIRED_ASR`, :data:`REPAIRED_NN`);
 * cleanse-and-retrain: ASR and AUROC-NN of the retrained run beside the clean control's ASR for the same trigger
   and the poisoned samples the cleanse kept, and its DER.
 
@@ -164,6 +165,9 @@ def defense_tables(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
                     _pivot(mit, _before_after, order)))
         out.append(("defenses_der", "Mitigation: DER on the ASR in excess of the clean control's (1: all of it "
                     "removed at no cost to AUROC-NN; 0.5: nothing changed)", _pivot(mit, _der_mitigation, order)))
+        out.append(("defenses_repaired", f"Mitigation: repaired, i.e. the ASR in excess of the clean control's at "
+                    f"most {REPAIRED_ASR} after, at an AUROC-NN drop of at most {REPAIRED_NN} (means over seeds): "
+                    "yes / no, with the excess ASR and the drop", _pivot(mit, _repaired, order)))
     re = df[df.filter(like="retrain_").notna().any(axis=1)] if df.filter(like="retrain_").shape[1] else df.iloc[:0]
     re = re[~re["clean_control"]] if not re.empty else re
     if not re.empty:
@@ -226,6 +230,25 @@ def _der_mitigation(g: pd.DataFrame) -> str:
         return "–"
     return _cell(pd.Series([der(r[f"before_{metric}"], r[f"after_{metric}"], r["before_auroc_nn"], r["after_auroc_nn"],
                                 0.0 if pd.isna(r["control_asr"]) else r["control_asr"]) for _, r in g.iterrows()]))
+
+
+REPAIRED_ASR, REPAIRED_NN = 0.10, 0.02  # the repair target of the defense study (issue 19)
+
+
+def _repaired(g: pd.DataFrame) -> str:
+    """Whether a repair meets the study's target on a condition: the mean ASR in excess of the clean control's at
+    most :data:`REPAIRED_ASR` after, at a mean AUROC-NN drop of at most :data:`REPAIRED_NN`."""
+    metric = _asr(g)[0]
+    if f"after_{metric}" not in g:
+        return "–"
+    control = pd.to_numeric(g["control_asr"], errors="coerce").fillna(0.0)
+    excess = (pd.to_numeric(g[f"after_{metric}"], errors="coerce") - control).clip(lower=0).mean()
+    drop = (pd.to_numeric(g["before_auroc_nn"], errors="coerce") - pd.to_numeric(g["after_auroc_nn"],
+                                                                                 errors="coerce")).mean()
+    if np.isnan(excess) or np.isnan(drop):
+        return "–"
+    ok = excess <= REPAIRED_ASR + 1e-12 and drop <= REPAIRED_NN + 1e-12
+    return f"{'yes' if ok else 'no'} ({excess:.3f}, {drop:+.3f})"
 
 
 def _mean(values) -> str:
