@@ -268,7 +268,8 @@ def _input(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfi
         det["survived_only"] = detection_summary(y[keep], s[keep], flagged[keep])
     _roc_figure(out / "roc.png", y, s, f"{defense.kind} defense: triggered test images")
     return rows, {"detection": det, "threshold": threshold, "calibration": defense.calibration_rule,
-                  "calibration_images": defense.calibrated_on, "images_scored": len(s)}
+                  "calibration_images": defense.calibrated_on, "images_scored": len(s),
+                  "info": getattr(defense, "info", None) or None}
 
 
 def _model(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfig):
