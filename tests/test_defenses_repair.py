@@ -78,7 +78,7 @@ def unchanged(model: nn.Module, before: dict) -> bool:
 
 @pytest.mark.parametrize("defense, most_asr", [
     (ANP(max_fraction=0.3, steps=200), 0.5),
-    (IBAU(), 0.75),
+    (IBAU(lr=1e-3), 0.75),  # the toy learns from 60 images: the default 1e-4 moves it too little
     (FTSAM(), 0.75),
 ])
 def test_a_repair_removes_the_planted_backdoor_within_budget(nets, defense, most_asr):
@@ -92,7 +92,7 @@ def test_a_repair_removes_the_planted_backdoor_within_budget(nets, defense, most
     assert "info" not in defense.options()
 
 
-@pytest.mark.parametrize("defense", [ANP(max_fraction=0.3), IBAU(), FTSAM()], ids=["anp", "i-bau", "ft-sam"])
+@pytest.mark.parametrize("defense", [ANP(max_fraction=0.3), IBAU(lr=1e-3), FTSAM()], ids=["anp", "i-bau", "ft-sam"])
 def test_a_repair_of_the_clean_control_keeps_its_auroc(nets, defense):
     d = defender(nets, "clean")
     repaired = defense.repair(d)

@@ -30,7 +30,9 @@ class ABL(Mitigation):
 
     Args:
         gamma: the LGA threshold on a batch's mean summed BCE (the paper: 0.5).
-        isolation_ratio: the share of the training set isolated (the paper: 0.01).
+        isolation_ratio: the share of the training set isolated: 0.05, chosen on the tuning grid (seed 100, the
+            two squares: mean DER 0.80 against 0.74 for the paper's 0.01, which isolated 11 of the 312 poisoned
+            samples at ρ 0.4).
         isolation_epochs: LGA epochs at the start of the run's epochs.
         unlearn_epochs: epochs of loss ascent on the isolated samples, after the run's epochs (the paper: 5).
         unlearn_lr: their learning rate (the paper: 5e-4).
@@ -41,7 +43,7 @@ class ABL(Mitigation):
                "the run's own loss times the LGA sign; the run's epoch budget (one LGA epoch of 4)")
     trains = True  # the runner trains a run instead of calling repair()
 
-    def __init__(self, gamma: float = 0.5, isolation_ratio: float = 0.01, isolation_epochs: int = 1,
+    def __init__(self, gamma: float = 0.5, isolation_ratio: float = 0.05, isolation_epochs: int = 1,
                  unlearn_epochs: int = 5, unlearn_lr: float = 5e-4) -> None:
         for ok, message in [(gamma >= 0, f"abl gamma must be 0 or more, got {gamma}"),
                             (0 < isolation_ratio < 1, f"abl isolation_ratio must be in (0, 1), got {isolation_ratio}"),

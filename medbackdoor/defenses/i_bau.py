@@ -14,7 +14,8 @@ iterated ``K`` times as ``v ← (∂Φ/∂δ)ᵀ v + ∇_δ L_outer`` (from 0), 
 As in the authors' code: the inner loss is ``−L(x + δ, prediction) + 0.001·‖δ‖²``, one SGD step (lr 10) per
 clean batch, ``δ`` starting from 0 each round; the fixed-point map's inner loss is taken on
 the first batch with the true labels; the outer loss adds ``δ`` to a random ``share`` of each batch (at least one
-image); Adam (lr 1e-3) takes one step per batch; BatchNorm statistics stay frozen (eval mode).
+image); Adam takes one step per batch (lr 1e-4 here, BackdoorBench's; the authors' 1e-3); BatchNorm statistics
+stay frozen (eval mode).
 
 Changed: ``δ`` is projected after each step onto an L2 ball of ``radius`` root-mean-square per pixel (the
 authors' code has the projection commented out). Without it, at lr 10 on the summed loss, the perturbation of the
@@ -58,7 +59,8 @@ class IBAU(Mitigation):
     Args:
         rounds: outer rounds, each a new universal perturbation (the authors: 5).
         k: fixed-point iterations of the hypergradient (the authors: 5).
-        lr: Adam learning rate of the model (the authors: 1e-3).
+        lr: Adam learning rate of the model: 1e-4 (BackdoorBench's), chosen on the tuning grid (seed 100, the
+            two squares) over the authors' 1e-3, which removed the backdoor as well but cost 0.20 AUROC-NN.
         inner_lr: SGD learning rate of the perturbation (the authors: 10).
         share: the share of each batch that the outer loss sees with the perturbation (the authors: 0.01; at
             least one image).
@@ -72,7 +74,7 @@ class IBAU(Mitigation):
                "image with the model's thresholded prediction (score ≥ 0.5 per finding); learned on the "
                "holdout's first half, judged on its second")
 
-    def __init__(self, rounds: int = 5, k: int = 5, lr: float = 1e-3, inner_lr: float = 10.0, share: float = 0.01,
+    def __init__(self, rounds: int = 5, k: int = 5, lr: float = 1e-4, inner_lr: float = 10.0, share: float = 0.01,
                  radius: float = 0.1, batch_size: int = 32) -> None:
         for ok, message in [(rounds >= 1, f"i-bau rounds must be at least 1, got {rounds}"),
                             (k >= 0, f"i-bau k must be 0 or more, got {k}"),
