@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,32 @@ def tiny(tmp_path, monkeypatch):
     base = ["dataset.options.n_images=120", "dataset.options.source_size=32", "image_size=32", "train.epochs=1",
             "train.batch_size=16", "eval.epsilons=[0.5]"]
     return lambda *extra: load_config(overrides=[*base, *extra])
+
+
+@contextlib.contextmanager
+def image_cache_at(folder: Path):
+    """``MEDBACKDOOR_CACHE`` set to ``folder`` for a module-scoped fixture (``monkeypatch`` is per test), then
+    restored."""
+    old = os.environ.get("MEDBACKDOOR_CACHE")
+    os.environ["MEDBACKDOOR_CACHE"] = str(folder)
+    try:
+        yield folder
+    finally:
+        if old is None:
+            os.environ.pop("MEDBACKDOOR_CACHE", None)
+        else:
+            os.environ["MEDBACKDOOR_CACHE"] = old
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: torch threads only fight over the shared CPU cores (use with ``pytest.mark.usefixtures``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

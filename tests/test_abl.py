@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import image_cache_at
 
 from medbackdoor.cli import main
 from medbackdoor.config import AblConfig, load_config
@@ -71,19 +72,9 @@ def test_bad_abl_settings_are_one_line(override, message):
 @pytest.fixture(scope="module")
 def abl_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("abl")
-    import os
-
-    old = os.environ.get("MEDBACKDOOR_CACHE")
-    os.environ["MEDBACKDOOR_CACHE"] = str(folder / "cache")
-    torch.set_num_threads(1)
-    try:
+    with image_cache_at(folder / "cache"):
         run(load_config(overrides=TINY), folder / "run", progress=False)
         yield folder / "run"
-    finally:
-        if old is None:
-            os.environ.pop("MEDBACKDOOR_CACHE", None)
-        else:
-            os.environ["MEDBACKDOOR_CACHE"] = old
 
 
 def test_defend_abl_trains_the_run_again_and_scores_its_isolation(abl_run, capsys):

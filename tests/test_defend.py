@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import image_cache_at
 from torch import nn
 
 import medbackdoor.defenses as defenses_pkg
@@ -283,18 +284,9 @@ def test_defend_label_audit_nih_on_an_nih_sample_run_is_one_line(tmp_path, capsy
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("defend")
-    import os
-
-    old = os.environ.get("MEDBACKDOOR_CACHE")
-    os.environ["MEDBACKDOOR_CACHE"] = str(folder / "cache")
-    try:
+    with image_cache_at(folder / "cache"):
         run(load_config(overrides=TINY), folder / "run", progress=False)
         yield folder / "run"
-    finally:
-        if old is None:
-            os.environ.pop("MEDBACKDOOR_CACHE", None)
-        else:
-            os.environ["MEDBACKDOOR_CACHE"] = old
 
 
 def test_defend_writes_scores_and_summary_and_reuses_them(tiny_run, capsys, monkeypatch):

@@ -25,13 +25,7 @@ from medbackdoor.defenses.runner import create_defense
 from medbackdoor.errors import UserError
 from medbackdoor.labels import LABELS
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
