@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medbackdoor.defenses._holdout import as_input as _input
-from medbackdoor.defenses._holdout import halves
+from medbackdoor.defenses._holdout import halves, minibatches, seeded
 from medbackdoor.defenses._holdout import micro_auroc_or_none as _auroc
 from medbackdoor.defenses._holdout import model_scores as _scores
 from medbackdoor.defenses.base import DEFENSES, Defender, Mitigation
@@ -201,14 +201,12 @@ class FinePruning(Mitigation):
         for p in params:
             p.requires_grad_(True)
         opt = torch.optim.Adam(params, lr=self.lr)
-        gen = torch.Generator().manual_seed(int(d.rng(3001).integers(2**62)))
+        gen = seeded(d, 3001)
         y_all = torch.from_numpy(np.asarray(labels, np.float32))
         model.eval()
         with torch.enable_grad():
             for _ in range(self.epochs):
-                order = torch.randperm(len(images), generator=gen).numpy()
-                for lo in range(0, len(order), self.batch_size):
-                    idx = np.sort(order[lo : lo + self.batch_size])
+                for idx in minibatches(len(images), self.batch_size, gen):
                     y = y_all[idx].to(d.device)
                     known = ~torch.isnan(y)
                     logits = model(_input(images[idx], d)).float()

@@ -67,13 +67,12 @@ class IBDPSC(InputDefense):
 
     def _amplifier(self, d: Defender):
         """A copy of the model and a function k → set its last k BatchNorm layers amplified (the rest as trained)."""
-        key = "ibd-psc:model"
-        if key not in d._cache:
+        def copy_model():
             model = copy.deepcopy(d.model).eval()
             layers = [bn for _, bn in batchnorm_layers(model, "ibd-psc")]
-            originals = [(bn.weight.detach().clone(), bn.bias.detach().clone()) for bn in layers]
-            d._cache[key] = (model, layers, originals)
-        model, layers, originals = d._cache[key]
+            return model, layers, [(bn.weight.detach().clone(), bn.bias.detach().clone()) for bn in layers]
+
+        model, layers, originals = d.cached("ibd-psc:model", copy_model)
 
         @torch.no_grad()
         def amplify(k: int) -> torch.nn.Module:
