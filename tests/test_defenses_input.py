@@ -20,7 +20,7 @@ from torch import nn
 
 from medbackdoor.defenses import sentinet as sentinet_module
 from medbackdoor.defenses import strip as strip_module
-from medbackdoor.defenses.base import DEFENSES, Defender, Images, InputDefense, fpr_threshold
+from medbackdoor.defenses.base import DEFENSES, Defender, Images, InputDefense, fpr_threshold, smoothed_pvalues
 from medbackdoor.defenses.saliency import Saliency
 from medbackdoor.defenses.scale_up import ScaleUp
 from medbackdoor.defenses.scoring import tpr_at_fpr
@@ -304,6 +304,55 @@ def test_fpr_threshold_is_conformal(n, fpr):
     assert fpr_threshold(np.zeros(0), fpr) == np.inf
 
 
+class FixedDraw:
+    """A stand-in generator whose every draw is ``u``: integrates a randomised rule over U on a grid."""
+
+    def __init__(self, u: float) -> None:
+        self.u = u
+
+    def random(self, n: int) -> np.ndarray:
+        return np.full(n, self.u)
+
+
+@pytest.mark.parametrize("n, fpr", [(40, 0.05), (59, 0.05), (19, 0.05), (99, 0.01), (12, 0.25)])
+@pytest.mark.parametrize("values", ["distinct", "tied"])
+def test_smoothed_pvalue_keeps_the_rate_exactly_even_with_ties(n, fpr, values):
+    """Leave-one-out over n + 1 exchangeable clean scores, U integrated on a fine grid: the smoothed conformal
+    p-value flags a share fpr of them (exactly, up to the grid), where the conservative threshold of a tied set
+    flags far fewer: 80% of the scores share the top value."""
+    rng = np.random.default_rng(n)
+    if values == "tied":
+        scores = np.where(rng.random(n + 1) < 0.8, 2.0, rng.integers(0, 2, n + 1).astype(np.float64))
+    else:
+        scores = rng.permutation(n + 1).astype(np.float64)
+    grid = (np.arange(2000) + 0.5) / 2000
+    rate = np.mean([[smoothed_pvalues(np.delete(scores, i), scores[i:i + 1], FixedDraw(u))[0] <= fpr
+                     for i in range(n + 1)] for u in grid])
+    assert abs(rate - fpr) < 1e-3
+    conservative = np.mean([scores[i] > fpr_threshold(np.delete(scores, i), fpr) for i in range(n + 1)])
+    assert conservative <= fpr + 1e-12
+    if values == "tied":
+        assert conservative < fpr / 2  # the failure ``ties: random`` exists for
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_random_ties_flag_whatever_the_conservative_rule_flags_and_are_seeded(setup, name):
+    """Every score above the conservative threshold is flagged under ``ties: random`` too (its p-value is at most
+    (m + 1)/(n + 1) whatever U); the draws come from the defender's seed, so a rerun flags the same images."""
+    model, holdout, clean, triggered = setup
+    scores = np.concatenate([create(name, **FAST.get(name, {})).score(defender(model, holdout), clean[:30]),
+                             create(name, **FAST.get(name, {})).score(defender(model, holdout), triggered[:30])])
+    flags = []
+    for _ in range(2):
+        defense = create(name, fpr=0.1, ties="random", **FAST.get(name, {}))
+        threshold = defense.calibrate(defender(model, holdout))
+        flags.append(defense.flag(scores))
+        assert defense.options()["ties"] == "random"
+    np.testing.assert_array_equal(flags[0], flags[1])
+    assert flags[0][scores > threshold].all()
+    assert create(name, **FAST.get(name, {})).options()["ties"] == "conservative"
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_deterministic_and_independent_of_batching(setup, name):
     model, holdout, clean, triggered = setup
@@ -343,6 +392,7 @@ def test_seed_picks_the_references(setup):
     ("saliency", {"target": ""}),
     ("saliency", {"colour": "red"}),
     *[(m, {"calibration": "jackknife"}) for m in METHODS],
+    *[(m, {"ties": "up"}) for m in METHODS],
 ])
 def test_bad_options_fail_in_one_line(name, options):
     with pytest.raises(UserError) as err:

@@ -221,6 +221,8 @@ class DataDefense(Defense):
 
 
 CALIBRATIONS = ("split", "crossfit")
+TIES = ("conservative", "random")
+TIE_STREAM = 7919  # the Defender stream the ``ties: random`` draws come from
 
 
 class InputDefense(Defense):
@@ -243,11 +245,14 @@ class InputDefense(Defense):
     kind = "input"
     label = ""  # the registered name, for messages
 
-    def __init__(self, fpr: float = 0.05, calibration: str = "split") -> None:
+    def __init__(self, fpr: float = 0.05, calibration: str = "split", ties: str = "conservative") -> None:
         one_of(self.label or type(self).__name__.lower(), "calibration", calibration, CALIBRATIONS)
+        one_of(self.label or type(self).__name__.lower(), "ties", ties, TIES)
         self.fpr = fpr
-        self.calibration_rule = calibration
+        self.calibration_rule, self.ties = calibration, ties
         self._threshold = None
+        self._clean = np.zeros(0)  # the sorted calibration scores, for ``ties: random``
+        self._draws = None
         self._swapped = False  # True while the first half is scored with the second as the reference
 
     def options(self) -> dict:
@@ -292,6 +297,8 @@ class InputDefense(Defense):
         clean holdout's scores (:meth:`calibration_scores`)."""
         scores = self.calibration_scores(d)
         self._threshold, self._calibrated_on = fpr_threshold(scores, self.fpr), len(scores)
+        self._clean = np.sort(np.asarray(scores, np.float64))
+        self._draws = d.rng(TIE_STREAM)  # ``ties: random``: drawn in the order ``flag`` is called
         return self._threshold
 
     @property
@@ -300,8 +307,11 @@ class InputDefense(Defense):
         return getattr(self, "_calibrated_on", 0)
 
     def flag(self, scores: np.ndarray) -> np.ndarray:
+        """Flag scores against the calibration (see ``ties`` in the class docstring)."""
         if self._threshold is None:
             raise RuntimeError("calibrate() first")
+        if self.ties == "random":
+            return smoothed_pvalues(self._clean, scores, self._draws) <= self.fpr
         return scores > self._threshold
 
 
@@ -321,6 +331,17 @@ def fpr_threshold(clean: np.ndarray, fpr: float) -> float:
     if not len(s) or m < 0:
         return float("inf")
     return float(s[len(s) - m - 1]) if m < len(s) else float("-inf")
+
+
+def smoothed_pvalues(clean: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Randomised conformal p-values of ``scores`` against the ``clean`` calibration scores:
+    ``(#{clean > s} + U·(#{clean = s} + 1)) / (n + 1)``, ``U`` uniform on [0, 1) drawn from ``rng``, one per score.
+    For a clean score exchangeable with the n clean ones, P(p ≤ α) = α exactly, whatever the ties."""
+    c = np.sort(np.asarray(clean, np.float64))
+    s = np.asarray(scores, np.float64)
+    above = len(c) - np.searchsorted(c, s, side="right")
+    equal = np.searchsorted(c, s, side="right") - np.searchsorted(c, s, side="left")
+    return (above + rng.random(len(s)) * (equal + 1)) / (len(c) + 1)
 
 
 class ModelDefense(Defense):

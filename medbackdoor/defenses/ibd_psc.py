@@ -43,7 +43,7 @@ class IBDPSC(InputDefense):
         xi: the share of reference images whose top finding must change for a depth ``k`` to start the
             amplified models (the paper: 0.6).
         fpr: false-positive rate on clean holdout images that sets the flag threshold.
-        calibration: ``split`` or ``crossfit``; see :class:`InputDefense`.
+        calibration: ``split`` or ``crossfit``; ties: ``conservative`` or ``random``; see :class:`InputDefense`.
     """
 
     paper = "Hou et al. 2024, IBD-PSC: Input-level Backdoor Detection via Parameter-oriented Scaling Consistency"
@@ -53,8 +53,8 @@ class IBDPSC(InputDefense):
     label = "ibd-psc"
 
     def __init__(self, omega: float = 1.5, n: int = 5, xi: float = 0.6, fpr: float = 0.05,
-                 calibration: str = "split") -> None:
-        super().__init__(fpr, calibration)
+                 calibration: str = "split", ties: str = "conservative") -> None:
+        super().__init__(fpr, calibration, ties)
         check_fpr("ibd-psc", fpr)
         if not omega > 0 or omega == 1:
             raise UserError(f"ibd-psc omega must be positive and not 1, got {omega}")

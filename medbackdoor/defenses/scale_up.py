@@ -57,6 +57,8 @@ class ScaleUp(InputDefense):
         fpr: false-positive rate on clean holdout images that sets the flag threshold.
         calibration: ``split`` (the holdout's second half calibrates; the default) or ``crossfit`` (both
             halves, each scored with the other as the reference); see :class:`InputDefense`.
+        ties: ``conservative`` (a score tied with the threshold is not flagged) or ``random`` (smoothed conformal
+            p-value); see :class:`InputDefense`.
 
     Multi-label changes: agreement of argmaxes → each predicted-positive finding (the top one if none) staying
     positive, the most consistent one scoring (default), or how little the 14-score vector moves (``vector``); the
@@ -72,8 +74,8 @@ class ScaleUp(InputDefense):
 
     def __init__(self, max_scale: int = 3, consistency: str = "indicator", normalise: bool = True,
                  threshold: float = 0.5, min_count: int = 5, fpr: float = 0.05,
-                 calibration: str = "split") -> None:
-        super().__init__(fpr, calibration)
+                 calibration: str = "split", ties: str = "conservative") -> None:
+        super().__init__(fpr, calibration, ties)
         check_fpr("scale-up", fpr)
         if max_scale < 2:
             raise UserError(f"scale-up max_scale must be at least 2, got {max_scale}")

@@ -45,12 +45,13 @@ import numpy as np
 from sklearn.utils.extmath import randomized_svd
 from threadpoolctl import threadpool_limits
 
-from medbackdoor.defenses.base import DEFENSES, DataDefense, Defender, Detection
+from medbackdoor.defenses.base import DEFENSES, DataDefense, Defender, Detection, fpr_threshold
 from medbackdoor.errors import UserError
 
 RULES = ("holdout", "faithful")
 FALLBACKS = ("all", "skip")
 CENTRES = ("holdout", "anchored")
+CALIBRATIONS = ("group", "sample")
 MAD_TO_SD = 1.4826  # MAD × this = standard deviation for a normal distribution
 EXACT_SVD_MAX = 256  # exact SVD up to this min(n, D); randomized (seeded) beyond
 SMALL_GROUP = 1 << 22  # a group with at most this many feature values runs BLAS single-threaded (threads on small
@@ -78,6 +79,8 @@ class GroupResult:
     flagged: np.ndarray  # bool
     raw: np.ndarray  # the method's own score before standardisation
     info: dict = field(default_factory=dict)  # JSON-serialisable diagnostics
+    holdout_rows: np.ndarray | None = None  # holdout rule: the holdout samples with the finding (row indices) …
+    holdout_raw: np.ndarray | None = None  # … and their raw scores, each by one fold as a training sample is
 
 
 class FindingGroupDefense(DataDefense):
@@ -153,7 +156,70 @@ class FindingGroupDefense(DataDefense):
 
     def suspicion(self, d: Defender) -> Detection:
         results, skipped = self.group_results(d)
+        if self.rule == "holdout" and getattr(self, "calibration", "group") == "sample":
+            return combine_per_sample(len(d.train_labels), len(d.holdout_labels), d.label_names, results, skipped,
+                                      self.raw_column, self.fpr, self.floor)
         return combine(len(d.train_labels), d.label_names, results, skipped, self.raw_column, self.rule)
+
+    def _check_calibration(self, calibration: str) -> None:
+        if calibration not in CALIBRATIONS:
+            raise UserError(f"{self.label} calibration must be group or sample, got {calibration!r}")
+        self.calibration = calibration
+
+
+def holdout_members(d: Defender, group: Group) -> np.ndarray:
+    """Positions in ``group.holdout`` of the holdout samples that have the finding (all of them unless the group
+    fell back on the whole holdout): the holdout's counterparts of the group's training members."""
+    return np.flatnonzero(np.asarray(d.holdout_labels)[group.holdout, group.finding] > 0.5)
+
+
+def one_fold_each(per_fold: list[np.ndarray], positions: np.ndarray) -> np.ndarray:
+    """Each holdout member's score from one fold (member ``j`` from fold ``j mod folds``), as each training sample
+    is scored by the one fold it is not fit on."""
+    stacked = np.stack(per_fold)
+    return stacked[np.arange(len(positions)) % len(per_fold), positions]
+
+
+def combine_per_sample(n: int, n_holdout: int, names: list[str], results: list[tuple[Group, GroupResult]],
+                       skipped: list[dict], raw_column: str, fpr: float, floor: float) -> Detection:
+    """``calibration: sample``: one threshold for every training sample's max raw score over its groups.
+
+    The holdout samples get the same statistic (max over the groups of their own findings, each scored as a
+    training member is; a sample with no scored finding, training or holdout, gets −inf and is never flagged), and
+    the threshold is ``max(floor, fpr_threshold(holdout maxima, fpr))``: the conformal threshold, so a clean
+    training sample exchangeable with the holdout is flagged with probability at most ``fpr``: the rate is per
+    *sample*, where ``calibration: group`` spends ``fpr`` in every group, on 5–40 holdout samples each.
+    """
+    train = np.full(n, -np.inf)
+    hold = np.full(n_holdout, -np.inf)
+    best = np.full(n, -1)
+    count = np.zeros(n, np.int64)
+    per_group = []
+    for g, r in results:
+        s = np.asarray(r.raw, np.float64)
+        count[g.train] += 1
+        better = s > train[g.train]
+        train[g.train[better]], best[g.train[better]] = s[better], g.finding
+        if r.holdout_rows is not None and len(r.holdout_rows):
+            hold[r.holdout_rows] = np.maximum(hold[r.holdout_rows], np.asarray(r.holdout_raw, np.float64))
+        per_group.append({"finding": g.name, "train": int(len(g.train)),
+                          "holdout": None if g.holdout is None else int(len(g.holdout)), "reference": g.reference,
+                          "holdout_members": 0 if r.holdout_rows is None else int(len(r.holdout_rows)), **r.info})
+    threshold = max(float(floor), fpr_threshold(hold, fpr))
+    flagged = train > threshold
+    scored = count > 0
+    scores = train.copy()
+    scores[~scored] = scores[scored].min() if scored.any() else 0.0
+    group = np.array(list(names) + [""], dtype=object)[best].astype(str)
+    for g, _ in results:
+        per_group[[p["finding"] for p in per_group].index(g.name)]["flagged"] = int(flagged[g.train].sum())
+    info = {"rule": "holdout", "calibration": "sample", "threshold": threshold, "floor": float(floor),
+            "holdout_samples": int(n_holdout), "holdout_scored": int(np.isfinite(hold).sum()),
+            "holdout_above": int((hold > threshold).sum()), "scored_samples": int(scored.sum()),
+            "flagged": int(flagged.sum()), "groups": per_group, "skipped": skipped}
+    raw = np.where(scored, train, np.nan)
+    return Detection(scores=scores, flagged=flagged, columns={"group": group, "groups": count, raw_column: raw},
+                     info=info)
 
 
 def combine(n: int, names: list[str], results: list[tuple[Group, GroupResult]], skipped: list[dict],
@@ -275,6 +341,9 @@ class SpectralSignatures(FindingGroupDefense):
             every group is removed (default 0.05, one of the paper's settings, i.e. 7.5%).
         fpr: holdout rule: the threshold is at least the holdout's own (1 − fpr) quantile of z (default 0.01).
         min_z: holdout rule: the threshold is at least this robust z (default 3).
+        calibration: holdout rule: ``group`` (each group's threshold from its own holdout samples, at ``fpr`` per
+            group) or ``sample`` (one conformal threshold at ``fpr`` per training sample, on the max of each
+            holdout sample's groups: :func:`combine_per_sample`).
         folds: holdout rule: cross-fitting folds (default 2: the direction that scores a half of the group is fit
             on the other half; 1 = in-sample, as the paper).
         min_group: groups with fewer training samples are skipped (default 10).
@@ -296,8 +365,9 @@ class SpectralSignatures(FindingGroupDefense):
 
     def __init__(self, rule: str = "holdout", eps: float = 0.05, fpr: float = 0.01, min_z: float = 3.0,
                  folds: int = 2, min_group: int = 10, min_holdout: int = 5, fallback: str = "all",
-                 centre: str = "holdout", window: float = 2.0) -> None:
+                 centre: str = "holdout", window: float = 2.0, calibration: str = "group") -> None:
         self._check_common(rule, min_group, min_holdout, fallback)
+        self._check_calibration(calibration)
         if centre not in CENTRES:
             raise UserError(f"spectral centre must be holdout or anchored, got {centre!r}")
         _check_number(self.label, "window", window, 0.0, np.inf)
@@ -319,13 +389,14 @@ class SpectralSignatures(FindingGroupDefense):
             flags, cut = top_cut(z, cut_count(self.eps, len(z)))
             return GroupResult(scaled(z, cut), flags, z, {"cut_z": cut})
         z, threshold = np.zeros(len(x)), np.ones(len(x))
-        thresholds, shares, centres = [], [], []
+        thresholds, shares, centres, zh_folds = [], [], [], []
         for fit, part in crossfit(len(x), self.folds, seed):
             mean = x[fit].mean(0, dtype=np.float64).astype(x.dtype)
             v = top_directions(x[fit] - mean, 1, seed)[0]
             p, ph = (x[part] - mean) @ v, (h - mean) @ v
             centre, scale = float(np.median(ph)), robust_scale(ph, p)
             zh = np.abs(ph - centre) / scale
+            zh_folds.append(zh)
             at = centre
             if self.centre == "anchored":
                 at = anchored_centre((x[fit] - mean) @ v, centre, self.window * scale)
@@ -337,7 +408,13 @@ class SpectralSignatures(FindingGroupDefense):
         info = {"threshold_z": thresholds, "holdout_flagged_share": shares}
         if centres:
             info["centre_shift"] = centres  # anchored centre − holdout median, per fold, in projection units
-        return GroupResult(z / threshold, z > threshold, z, info)
+        members = holdout_members(d, group)
+        return GroupResult(z / threshold, z > threshold, z, info, group.holdout[members],
+                           one_fold_each(zh_folds, members))
+
+    @property
+    def floor(self) -> float:
+        return self.min_z
 
 
 def anchored_centre(projections: np.ndarray, start: float, window: float, steps: int = 100) -> float:

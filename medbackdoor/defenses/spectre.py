@@ -51,6 +51,8 @@ from medbackdoor.defenses.spectral import (
     _check_number,
     crossfit,
     cut_count,
+    holdout_members,
+    one_fold_each,
     scaled,
     top_cut,
     top_directions,
@@ -146,6 +148,8 @@ class Spectre(FindingGroupDefense):
         fpr: holdout rule: the threshold is at least the holdout's own (1 − fpr) quantile of τ (default 0.01).
         min_que: holdout rule: the threshold is at least this τ (default 9: three standard deviations along a
             single dominant direction).
+        calibration: holdout rule: ``group`` (per group, as above) or ``sample`` (one conformal threshold per
+            training sample: see :func:`medbackdoor.defenses.spectral.combine_per_sample`).
         folds: holdout rule: cross-fitting folds (default 2: the directions, estimate and Q that score a half of
             the group are fit on the other half; 1 = in-sample, as the paper).
         min_group, min_holdout, fallback: as for ``spectral`` (defaults 10, 5, all).
@@ -162,8 +166,9 @@ class Spectre(FindingGroupDefense):
 
     def __init__(self, rule: str = "holdout", dims: int = 32, alpha: float = 4.0, eps: float = 0.05,
                  keep: float = 0.9, fpr: float = 0.01, min_que: float = 9.0, folds: int = 2, min_group: int = 10,
-                 min_holdout: int = 5, fallback: str = "all") -> None:
+                 min_holdout: int = 5, fallback: str = "all", calibration: str = "group") -> None:
         self._check_common(rule, min_group, min_holdout, fallback)
+        self._check_calibration(calibration)
         _check_int(self.label, "folds", folds, 1)
         self.folds = folds
         _check_int(self.label, "dims", dims, 1)
@@ -189,7 +194,7 @@ class Spectre(FindingGroupDefense):
             flags, cut = top_cut(tau, cut_count(self.eps, n))
             info.update({"dims": int(k), "top_eigenvalue": top, "cut_que": cut})
             return GroupResult(scaled(tau, cut), flags, tau, info)
-        tau, threshold, folds = np.zeros(n), np.ones(n), []
+        tau, threshold, folds, tau_folds = np.zeros(n), np.ones(n), [], []
         for fit, part in crossfit(n, self.folds, seed):
             z, (zp, zh) = self._reduce(x[fit], (x[part], h), seed)
             k = z.shape[1]
@@ -198,10 +203,17 @@ class Spectre(FindingGroupDefense):
             vecs, weights, top = que_weights((z - mu) @ white, self.alpha)
             tau[part] = que_scores((zp - mu) @ white, vecs, weights)
             tau_h = que_scores((zh - mu) @ white, vecs, weights)
+            tau_folds.append(tau_h)
             threshold[part] = cut = max(self.min_que, float(np.quantile(tau_h, 1.0 - self.fpr)))
             folds.append({**info, "dims": int(k), "top_eigenvalue": top, "threshold_que": cut,
                           "holdout_flagged_share": float(np.mean(tau_h > cut))})
-        return GroupResult(tau / threshold, tau > threshold, tau, {"folds": folds})
+        members = holdout_members(d, group)
+        return GroupResult(tau / threshold, tau > threshold, tau, {"folds": folds}, group.holdout[members],
+                           one_fold_each(tau_folds, members))
+
+    @property
+    def floor(self) -> float:
+        return self.min_que
 
     def _reduce(self, fit: np.ndarray, others, seed: int):
         """Centre on ``fit``'s mean, project ``fit`` and ``others`` on ``fit``'s top-k right singular vectors."""
