@@ -308,7 +308,8 @@ def test_faithful_spectral_removes_one_and_a_half_eps_per_group():
 @pytest.mark.parametrize("method", METHODS)
 def test_multilabel_membership_max_and_union(method):
     d, truth = make_case(poison=20, poison_labels=(0, 1))  # poisoned samples are in groups A and B
-    defense = DEFENSES.create_checked(method, {})
+    per_group_rule = {} if method == "activation-clustering" else {"calibration": "group"}  # sample: see below
+    defense = DEFENSES.create_checked(method, per_group_rule)
     det = defense.suspicion(d)
     assert (det.columns["groups"][truth] == 2).all()
     assert set(det.columns["group"][truth]) <= {"A", "B"}

@@ -245,7 +245,7 @@ class InputDefense(Defense):
     kind = "input"
     label = ""  # the registered name, for messages
 
-    def __init__(self, fpr: float = 0.05, calibration: str = "split", ties: str = "conservative") -> None:
+    def __init__(self, fpr: float = 0.05, calibration: str = "split", ties: str = "random") -> None:
         one_of(self.label or type(self).__name__.lower(), "calibration", calibration, CALIBRATIONS)
         one_of(self.label or type(self).__name__.lower(), "ties", ties, TIES)
         self.fpr = fpr

@@ -53,7 +53,7 @@ class IBDPSC(InputDefense):
     label = "ibd-psc"
 
     def __init__(self, omega: float = 1.5, n: int = 5, xi: float = 0.6, fpr: float = 0.05,
-                 calibration: str = "split", ties: str = "conservative") -> None:
+                 calibration: str = "split", ties: str = "random") -> None:
         super().__init__(fpr, calibration, ties)
         check_fpr("ibd-psc", fpr)
         if not omega > 0 or omega == 1:

@@ -55,8 +55,8 @@ class Saliency(InputDefense):
         fpr: false-positive rate on clean holdout images that sets the flag threshold.
         calibration: ``split`` (the holdout's second half calibrates; the default) or ``crossfit`` (both
             halves, each scored with the other as the reference); see :class:`InputDefense`.
-        ties: ``conservative`` (a score tied with the threshold is not flagged) or ``random`` (smoothed conformal
-            p-value); see :class:`InputDefense`.
+        ties: ``random`` (smoothed conformal p-value; the default) or ``conservative`` (a score tied with the
+            threshold is not flagged); see :class:`InputDefense`.
 
     Multi-label: the single-label "predicted class" is the finding with the highest sigmoid score.
     """
@@ -68,7 +68,7 @@ class Saliency(InputDefense):
 
     def __init__(self, detector: str = "top1pct_mass", layer: str = "last", target: str | int = "predicted",
                  fpr: float = 0.05,
-                 calibration: str = "split", ties: str = "conservative") -> None:
+                 calibration: str = "split", ties: str = "random") -> None:
         super().__init__(fpr, calibration, ties)
         check_fpr("saliency", fpr)
         check_layer("saliency", layer)

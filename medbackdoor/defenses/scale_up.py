@@ -13,9 +13,10 @@ A multi-label prediction is a vector of 14 scores, and there are two ways to ask
   Atelectasis kept that finding as well as a triggered one did (per-finding SPC: AUROC 0.96 but TPR 0 at 5% FPR);
   its other scores moved and the triggered image's did not (vector: AUROC 0.999, TPR 1.0).
 * per finding: the findings predicted positive (``p ≥ threshold``; the top finding when none is) each get the
-  share of scales on which they stay positive (``indicator``, the paper's SPC and the default: chosen on the
-  tuning grid ``defenses-tune``, seed 100, see docs/defenses.md) or their mean probability over
-  the scales (``probability``); the input scores its most consistent predicted finding. Suits an attack that
+  share of scales on which they stay positive (``indicator``, the paper's SPC) or their mean probability over
+  the scales (``probability``, the default since issue 18's second tuning pass: detection AUROC 1.000 on all three
+  attacks of the tuning grid ``defenses-tune``, seed 100, against 0.51–0.99 for ``indicator``, whose few values tie
+  and starve a calibrated threshold; see docs/defenses.md); the input scores its most consistent predicted finding. Suits an attack that
   adds the target and leaves the rest of the prediction to the image, and full-image blend triggers, which
   amplification partly washes out (the vector score inverted on one: AUROC 0.2).
 
@@ -46,9 +47,9 @@ class ScaleUp(InputDefense):
         max_scale: the scales are ``2, 3, …, max_scale`` (≥ 2). Default 3: beyond ×3 nearly every pixel of a
             chest X-ray is saturated, and each scale costs one forward pass per input (5 gave the same AUROC on
             the quick run at 1.7× the time).
-        consistency: ``indicator`` (share of scales on which a predicted finding stays positive, the paper's SPC;
-            the default), ``vector`` (minus the mean absolute change of all 14 scores) or ``probability``
-            (mean probability of a predicted finding over the scales: graded, fewer ties).
+        consistency: ``probability`` (mean probability of a predicted finding over the scales: graded, fewer ties;
+            the default), ``indicator`` (share of scales on which a predicted finding stays positive, the paper's
+            SPC) or ``vector`` (minus the mean absolute change of all 14 scores).
         normalise: the paper's data-limited variant: ``(cons_c − μ_c) / σ_c`` with ``μ_c``, ``σ_c`` the
             consistency on clean reference images whose prediction includes ``c`` (``vector``: whose top
             finding is ``c``).
@@ -57,8 +58,8 @@ class ScaleUp(InputDefense):
         fpr: false-positive rate on clean holdout images that sets the flag threshold.
         calibration: ``split`` (the holdout's second half calibrates; the default) or ``crossfit`` (both
             halves, each scored with the other as the reference); see :class:`InputDefense`.
-        ties: ``conservative`` (a score tied with the threshold is not flagged) or ``random`` (smoothed conformal
-            p-value); see :class:`InputDefense`.
+        ties: ``random`` (smoothed conformal p-value; the default) or ``conservative`` (a score tied with the
+            threshold is not flagged); see :class:`InputDefense`.
 
     Multi-label changes: agreement of argmaxes → each predicted-positive finding (the top one if none) staying
     positive, the most consistent one scoring (default), or how little the 14-score vector moves (``vector``); the
@@ -72,9 +73,9 @@ class ScaleUp(InputDefense):
                "data-limited normalisation per finding on reference images")
     label = "scale-up"
 
-    def __init__(self, max_scale: int = 3, consistency: str = "indicator", normalise: bool = True,
+    def __init__(self, max_scale: int = 3, consistency: str = "probability", normalise: bool = True,
                  threshold: float = 0.5, min_count: int = 5, fpr: float = 0.05,
-                 calibration: str = "split", ties: str = "conservative") -> None:
+                 calibration: str = "split", ties: str = "random") -> None:
         super().__init__(fpr, calibration, ties)
         check_fpr("scale-up", fpr)
         if max_scale < 2:

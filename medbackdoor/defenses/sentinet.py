@@ -50,8 +50,8 @@ class SentiNet(InputDefense):
         fpr: false-positive rate on clean holdout images that sets the flag threshold.
         calibration: ``split`` (the holdout's second half calibrates; the default) or ``crossfit`` (both
             halves, each scored with the other as the reference); see :class:`InputDefense`.
-        ties: ``conservative`` (a score tied with the threshold is not flagged) or ``random`` (smoothed conformal
-            p-value); see :class:`InputDefense`.
+        ties: ``random`` (smoothed conformal p-value; the default) or ``conservative`` (a score tied with the
+            threshold is not flagged); see :class:`InputDefense`.
 
     Multi-label changes: the predicted class → the top-scoring finding, tested only when it is positive (else the
     score is −1); "fooled" (classified as that class) → that finding's probability reaching ``threshold`` on the
@@ -69,7 +69,7 @@ class SentiNet(InputDefense):
 
     def __init__(self, fraction: float = 0.05, k: int = 8, layer: str = "middle", measure: str = "excess",
                  neutral: str = "mean", threshold: float = 0.5, fpr: float = 0.05,
-                 calibration: str = "split", ties: str = "conservative") -> None:
+                 calibration: str = "split", ties: str = "random") -> None:
         super().__init__(fpr, calibration, ties)
         check_fpr("sentinet", fpr)
         check_layer("sentinet", layer)

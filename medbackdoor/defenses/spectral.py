@@ -341,9 +341,9 @@ class SpectralSignatures(FindingGroupDefense):
             every group is removed (default 0.05, one of the paper's settings, i.e. 7.5%).
         fpr: holdout rule: the threshold is at least the holdout's own (1 − fpr) quantile of z (default 0.01).
         min_z: holdout rule: the threshold is at least this robust z (default 3).
-        calibration: holdout rule: ``group`` (each group's threshold from its own holdout samples, at ``fpr`` per
-            group) or ``sample`` (one conformal threshold at ``fpr`` per training sample, on the max of each
-            holdout sample's groups: :func:`combine_per_sample`).
+        calibration: holdout rule: ``sample`` (the default: one conformal threshold at ``fpr`` per training
+            sample, on the max of each holdout sample's groups: :func:`combine_per_sample`) or ``group`` (each
+            group's threshold from its own holdout samples, at ``fpr`` per group).
         folds: holdout rule: cross-fitting folds (default 2: the direction that scores a half of the group is fit
             on the other half; 1 = in-sample, as the paper).
         min_group: groups with fewer training samples are skipped (default 10).
@@ -365,7 +365,7 @@ class SpectralSignatures(FindingGroupDefense):
 
     def __init__(self, rule: str = "holdout", eps: float = 0.05, fpr: float = 0.01, min_z: float = 3.0,
                  folds: int = 2, min_group: int = 10, min_holdout: int = 5, fallback: str = "all",
-                 centre: str = "holdout", window: float = 2.0, calibration: str = "group") -> None:
+                 centre: str = "holdout", window: float = 2.0, calibration: str = "sample") -> None:
         self._check_common(rule, min_group, min_holdout, fallback)
         self._check_calibration(calibration)
         if centre not in CENTRES:

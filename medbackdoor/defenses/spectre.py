@@ -148,8 +148,8 @@ class Spectre(FindingGroupDefense):
         fpr: holdout rule: the threshold is at least the holdout's own (1 − fpr) quantile of τ (default 0.01).
         min_que: holdout rule: the threshold is at least this τ (default 9: three standard deviations along a
             single dominant direction).
-        calibration: holdout rule: ``group`` (per group, as above) or ``sample`` (one conformal threshold per
-            training sample: see :func:`medbackdoor.defenses.spectral.combine_per_sample`).
+        calibration: holdout rule: ``sample`` (the default: one conformal threshold per training sample, see
+            :func:`medbackdoor.defenses.spectral.combine_per_sample`) or ``group`` (per group, as above).
         folds: holdout rule: cross-fitting folds (default 2: the directions, estimate and Q that score a half of
             the group are fit on the other half; 1 = in-sample, as the paper).
         min_group, min_holdout, fallback: as for ``spectral`` (defaults 10, 5, all).
@@ -166,7 +166,7 @@ class Spectre(FindingGroupDefense):
 
     def __init__(self, rule: str = "holdout", dims: int = 32, alpha: float = 4.0, eps: float = 0.05,
                  keep: float = 0.9, fpr: float = 0.01, min_que: float = 9.0, folds: int = 2, min_group: int = 10,
-                 min_holdout: int = 5, fallback: str = "all", calibration: str = "group") -> None:
+                 min_holdout: int = 5, fallback: str = "all", calibration: str = "sample") -> None:
         self._check_common(rule, min_group, min_holdout, fallback)
         self._check_calibration(calibration)
         _check_int(self.label, "folds", folds, 1)

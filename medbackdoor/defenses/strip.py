@@ -64,8 +64,8 @@ class Strip(InputDefense):
         fpr: false-positive rate on clean holdout images that sets the flag threshold.
         calibration: ``split`` (the holdout's second half calibrates; the default) or ``crossfit`` (both
             halves, each scored with the other as the reference); see :class:`InputDefense`.
-        ties: ``conservative`` (a score tied with the threshold is not flagged) or ``random`` (smoothed conformal
-            p-value); see :class:`InputDefense`.
+        ties: ``random`` (smoothed conformal p-value; the default) or ``conservative`` (a score tied with the
+            threshold is not flagged); see :class:`InputDefense`.
 
     Multi-label changes: softmax entropy → the most persistent of the 14 sigmoid findings, normalised per
     finding by clean blends (the paper's entropy is kept as ``score: entropy``); one fixed set of references for
@@ -79,7 +79,7 @@ class Strip(InputDefense):
 
     def __init__(self, alpha: float = 0.5, k: int = 8, score: str = "persistence", baseline: str = "z",
                  baseline_images: int = 128, fpr: float = 0.05,
-                 calibration: str = "split", ties: str = "conservative") -> None:
+                 calibration: str = "split", ties: str = "random") -> None:
         super().__init__(fpr, calibration, ties)
         check_fpr("strip", fpr)
         if not 0 < alpha < 1:
