@@ -128,3 +128,30 @@ def test_an_abl_run_resumed_after_a_crash_equals_one_never_stopped(abl_run, tmp_
     assert (tmp_path / "whole" / ISOLATED).read_text() == (tmp_path / "stopped" / ISOLATED).read_text()
     for k, v in a.load_state(3)["model"].items():
         assert torch.equal(v, b.load_state(3)["model"][k]), k
+
+
+def test_abl_isolation_does_not_read_the_truth(abl_run, tmp_path):
+    """The run's attack record (which samples were poisoned) scores ABL and nothing else: with its ``poisoned``
+    flags permuted, ABL isolates the same samples and trains the same model; only the scored precision moves."""
+    import shutil
+
+    scrambled = tmp_path / "run"
+    shutil.copytree(abl_run, scrambled, ignore=shutil.ignore_patterns("defenses"))
+    with np.load(scrambled / "attack.npz", allow_pickle=False) as f:
+        record = {k: f[k] for k in f.files}
+    truth = record["poisoned"].astype(bool)
+    record["poisoned"] = np.roll(truth, 7)
+    assert (record["poisoned"] != truth).any()
+    np.savez(scrambled / "attack.npz", **record)
+    args = ["--method", "abl", "--set", "unlearn_epochs=1", "--set", "isolation_ratio=0.1"]
+    with image_cache_at(abl_run.parent / "cache"):
+        assert main(["defend", str(abl_run), *args]) == 0
+        assert main(["defend", str(scrambled), *args]) == 0
+    a, b = abl_run / "defenses" / "abl", scrambled / "defenses" / "abl"
+    assert (a / "run" / ISOLATED).read_text() == (b / "run" / ISOLATED).read_text()
+    assert np.array_equal(np.load(a / "run" / LOSSES), np.load(b / "run" / LOSSES))
+    last = RunDir(a / "run").checkpoint_epochs()[-1]
+    for k, v in RunDir(a / "run").load_state(last)["model"].items():
+        assert torch.equal(v, RunDir(b / "run").load_state(last)["model"][k]), k
+    sa, sb = (json.loads((x / "summary.json").read_text())["detection"] for x in (a, b))
+    assert sa["flagged"] == sb["flagged"] and sa != sb

@@ -157,9 +157,11 @@ class Spectre(FindingGroupDefense):
 
     paper = ("Hayase, Kong, Somani & Oh, SPECTRE: Defending Against Backdoor Attacks Using Robust Statistics, "
              "ICML 2021")
-    changes = ("one-vs-rest finding groups (max of standardised scores, union of flags); default rule anchors the "
-               "robust estimate on the clean holdout and calibrates the threshold on holdout QUE scores instead of "
-               "removing each group's top 1.5·eps·n; compact: fixed k, trimmed estimate instead of the DKK17 filter")
+    changes = ("one-vs-rest finding groups, a sample scored by the max over its groups; default rule anchors the "
+               "robust estimate on the clean holdout and flags above one conformal threshold per sample, set on "
+               "the holdout samples' max QUE score over their own groups (per-group thresholds: calibration "
+               "group), instead of removing each group's top 1.5·eps·n; compact: fixed k, trimmed estimate "
+               "instead of the DKK17 filter")
     label = "spectre"
     raw_column = "que"
     stream = 3000
