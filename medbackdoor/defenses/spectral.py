@@ -39,7 +39,8 @@ sample is flagged by the union. With 5–40 holdout samples in a group that quan
 maximum, which a new clean sample exceeds with probability about 1/(n + 1), far above 1%: on the tuning grid
 (seed 100) the group rule flagged 1.8–3.3% of the clean training samples, the sample rule 0.1–1.7%.
 
-Standardised score (what is maxed over groups under ``calibration: group``; the sample rule maxes the raw ``z``): ``z`` divided by the group's cut (the holdout threshold, or under
+Standardised score (what is maxed over groups under ``calibration: group``; the sample rule maxes the raw
+``z``): ``z`` divided by the group's cut (the holdout threshold, or under
 the faithful rule the ``z`` of the last removed sample), so a group flags exactly its members scoring above 1
 (holdout rule) or at least 1 (faithful rule, ties aside).
 The ``z`` column holds the unscaled ``z`` of the group that gave the max.
@@ -219,8 +220,8 @@ def combine_per_sample(n: int, n_holdout: int, names: list[str], results: list[t
     scores = train.copy()
     scores[~scored] = scores[scored].min() if scored.any() else 0.0
     group = np.array(list(names) + [""], dtype=object)[best].astype(str)
-    for g, _ in results:
-        per_group[[p["finding"] for p in per_group].index(g.name)]["flagged"] = int(flagged[g.train].sum())
+    for entry, (g, _) in zip(per_group, results):
+        entry["flagged"] = int(flagged[g.train].sum())
     info = {"rule": "holdout", "calibration": "sample", "threshold": threshold, "floor": float(floor),
             "holdout_samples": int(n_holdout), "holdout_scored": int(np.isfinite(hold).sum()),
             "holdout_above": int((hold > threshold).sum()), "scored_samples": int(scored.sum()),
