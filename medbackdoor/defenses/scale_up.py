@@ -17,8 +17,8 @@ A multi-label prediction is a vector of 14 scores, and there are two ways to ask
   the scales (``probability``, the default since issue 18's second tuning pass: detection AUROC 1.000 on all three
   attacks of the tuning grid ``defenses-tune``, seed 100, against 0.51–0.99 for ``indicator``, whose few values tie
   and starve a calibrated threshold; see docs/defenses.md); the input scores its most consistent predicted
-  finding. Suits an attack that adds the target and leaves the rest of the prediction to the image, and full-image blend triggers, which
-  amplification partly washes out (the vector score inverted on one: AUROC 0.2).
+  finding. Suits an attack that adds the target and leaves the rest of the prediction to the image, and
+  full-image blend triggers, which amplification partly washes out (the vector score inverted on one: AUROC 0.2).
 
 The paper's data-limited variant (``normalise``) standardises SPC by the mean and spread of benign SPC of the
 predicted class. Here: per finding, from the consistency of that finding on reference images that predict it
