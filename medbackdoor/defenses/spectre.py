@@ -27,9 +27,9 @@ and project them on their top ``k = min(dims, D, (n − 1)//2)`` right singular 
   out-of-sample for the estimate, as a scored training sample is. Scored under the estimate anchored on itself, a
   holdout sample sits closer than any new one: the estimate of a 21–23-sample holdout group in 32 dimensions often
   stays the holdout's own, and exchangeable clean training samples were flagged at 2.3% (400 holdout samples) and
-  8.4% (120) at a nominal 1% (until 2026-12-04). Cross-fitted (``folds``, default 2, as in ``spectral``): the directions, the estimate and Q that score
-  one part of the group are fit on the other part(s), so clean training samples and holdout samples are alike to
-  them and the holdout-calibrated threshold means the same for both. Small holdout groups: ``fallback`` as for
+  8.4% (120) at a nominal 1% (until 2026-12-04). Cross-fitted (``folds``, default 2, as in ``spectral``): the
+  directions, the estimate and Q that score one part of the group are fit on the other part(s), so clean training
+  samples and holdout samples are alike to them and the holdout-calibrated threshold means the same for both. Small holdout groups: ``fallback`` as for
   ``spectral``.
 
 Standardised score (maxed over groups): τ divided by the group's cut (the threshold, or under the faithful rule the
@@ -164,9 +164,9 @@ class Spectre(FindingGroupDefense):
              "ICML 2021")
     changes = ("one-vs-rest finding groups, a sample scored by the max over its groups; default rule anchors the "
                "robust estimate on the clean holdout and flags above one conformal threshold per sample, set on "
-               "the holdout samples' max QUE score over their own groups, each holdout sample scored under the estimate "
-               "anchored on the others (jackknife; per-group thresholds: calibration group), instead of removing each group's top 1.5·eps·n; compact: fixed k, trimmed estimate "
-               "instead of the DKK17 filter")
+               "the holdout samples' max QUE score over their own groups, each holdout sample scored under the "
+               "estimate anchored on the others (jackknife; per-group thresholds: calibration group), instead of "
+               "removing each group's top 1.5·eps·n; compact: fixed k, trimmed estimate instead of the DKK17 filter")
     label = "spectre"
     raw_column = "que"
     stream = 3000
