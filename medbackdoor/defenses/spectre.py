@@ -29,8 +29,8 @@ and project them on their top ``k = min(dims, D, (n − 1)//2)`` right singular 
   stays the holdout's own, and exchangeable clean training samples were flagged at 2.3% (400 holdout samples) and
   8.4% (120) at a nominal 1% (until 2026-12-04). Cross-fitted (``folds``, default 2, as in ``spectral``): the
   directions, the estimate and Q that score one part of the group are fit on the other part(s), so clean training
-  samples and holdout samples are alike to them and the holdout-calibrated threshold means the same for both. Small holdout groups:
-  ``fallback`` as for ``spectral``.
+  samples and holdout samples are alike to them and the holdout-calibrated threshold means the same for both.
+  Small holdout groups: ``fallback`` as for ``spectral``.
 
 Standardised score (maxed over groups): τ divided by the group's cut (the threshold, or under the faithful rule the
 τ of the last removed sample); the ``que`` column holds τ.
