@@ -199,62 +199,67 @@ def combine_per_sample(n: int, n_holdout: int, names: list[str], results: list[t
     training sample exchangeable with the holdout is flagged with probability at most ``fpr``: the rate is per
     *sample*, where ``calibration: group`` spends ``fpr`` in every group, on 5–40 holdout samples each.
     """
-    train = np.full(n, -np.inf)
+    train, best, count = _max_over_groups(n, results, [np.asarray(r.raw, np.float64) for _, r in results])
     hold = np.full(n_holdout, -np.inf)
-    best = np.full(n, -1)
-    count = np.zeros(n, np.int64)
-    per_group = []
-    for g, r in results:
-        s = np.asarray(r.raw, np.float64)
-        count[g.train] += 1
-        better = s > train[g.train]
-        train[g.train[better]], best[g.train[better]] = s[better], g.finding
+    for _, r in results:
         if r.holdout_rows is not None and len(r.holdout_rows):
             hold[r.holdout_rows] = np.maximum(hold[r.holdout_rows], np.asarray(r.holdout_raw, np.float64))
-        per_group.append({"finding": g.name, "train": int(len(g.train)),
-                          "holdout": None if g.holdout is None else int(len(g.holdout)), "reference": g.reference,
-                          "holdout_members": 0 if r.holdout_rows is None else int(len(r.holdout_rows)), **r.info})
     threshold = max(float(floor), fpr_threshold(hold, fpr))
     flagged = train > threshold
-    scored = count > 0
-    scores = train.copy()
-    scores[~scored] = scores[scored].min() if scored.any() else 0.0
-    group = np.array(list(names) + [""], dtype=object)[best].astype(str)
-    for entry, (g, _) in zip(per_group, results):
-        entry["flagged"] = int(flagged[g.train].sum())
+    per_group = [_group_entry(g, r, flagged[g.train].sum(),
+                              holdout_members=0 if r.holdout_rows is None else int(len(r.holdout_rows)))
+                 for g, r in results]
     info = {"rule": "holdout", "calibration": "sample", "threshold": threshold, "floor": float(floor),
             "holdout_samples": int(n_holdout), "holdout_scored": int(np.isfinite(hold).sum()),
-            "holdout_above": int((hold > threshold).sum()), "scored_samples": int(scored.sum()),
+            "holdout_above": int((hold > threshold).sum()), "scored_samples": int((count > 0).sum()),
             "flagged": int(flagged.sum()), "groups": per_group, "skipped": skipped}
-    raw = np.where(scored, train, np.nan)
-    return Detection(scores=scores, flagged=flagged, columns={"group": group, "groups": count, raw_column: raw},
-                     info=info)
+    raw = np.where(count > 0, train, np.nan)
+    return _detection(train, flagged, best, count, names, raw_column, raw, info)
 
 
 def combine(n: int, names: list[str], results: list[tuple[Group, GroupResult]], skipped: list[dict],
             raw_column: str, rule: str) -> Detection:
     """Per sample: max of its groups' standardised scores (the lowest score if in none); flags: union."""
-    scores = np.full(n, -np.inf)
-    best = np.full(n, -1)
-    raw = np.full(n, np.nan)
-    count = np.zeros(n, np.int64)
+    scores, best, count = _max_over_groups(
+        n, results, [np.nan_to_num(np.asarray(r.scores, np.float64), nan=0.0) for _, r in results])
     flagged = np.zeros(n, bool)
-    per_group = []
+    raw = np.full(n, np.nan)
     for g, r in results:
-        s = np.nan_to_num(np.asarray(r.scores, np.float64), nan=0.0)
-        count[g.train] += 1
         flagged[g.train] |= np.asarray(r.flagged, bool)
-        better = s > scores[g.train]
-        rows = g.train[better]
-        scores[rows], best[rows], raw[rows] = s[better], g.finding, np.asarray(r.raw, np.float64)[better]
-        per_group.append({"finding": g.name, "train": int(len(g.train)),
-                          "holdout": None if g.holdout is None else int(len(g.holdout)), "reference": g.reference,
-                          "flagged": int(np.sum(r.flagged)), **r.info})
+        mine = best[g.train] == g.finding  # the raw score of the group that gave the max
+        raw[g.train[mine]] = np.asarray(r.raw, np.float64)[mine]
+    per_group = [_group_entry(g, r, np.sum(r.flagged)) for g, r in results]
+    info = {"rule": rule, "scored_samples": int((count > 0).sum()), "flagged": int(flagged.sum()),
+            "groups": per_group, "skipped": skipped}
+    return _detection(scores, flagged, best, count, names, raw_column, raw, info)
+
+
+def _max_over_groups(n: int, results: list[tuple[Group, GroupResult]], values: list[np.ndarray]):
+    """Per training sample: the max of ``values`` over its groups (−inf in none), the finding of the group that
+    gave it (−1 in none; the first such group on a tie) and the number of its groups."""
+    top = np.full(n, -np.inf)
+    best = np.full(n, -1)
+    count = np.zeros(n, np.int64)
+    for (g, _), s in zip(results, values):
+        count[g.train] += 1
+        better = s > top[g.train]
+        top[g.train[better]], best[g.train[better]] = s[better], g.finding
+    return top, best, count
+
+
+def _group_entry(g: Group, r: GroupResult, flagged, **extra) -> dict:
+    """One group's line of ``info["groups"]``."""
+    holdout = None if g.holdout is None else int(len(g.holdout))
+    return {"finding": g.name, "train": int(len(g.train)), "holdout": holdout, "reference": g.reference, **extra,
+            **r.info, "flagged": int(flagged)}
+
+
+def _detection(scores, flagged, best, count, names, raw_column, raw, info) -> Detection:
+    """The combined detection; a sample in no group gets the lowest score of those in one."""
     scored = count > 0
+    scores = scores.copy()
     scores[~scored] = scores[scored].min() if scored.any() else 0.0
     group = np.array(list(names) + [""], dtype=object)[best].astype(str)
-    info = {"rule": rule, "scored_samples": int(scored.sum()), "flagged": int(flagged.sum()),
-            "groups": per_group, "skipped": skipped}
     return Detection(scores=scores, flagged=flagged, columns={"group": group, "groups": count, raw_column: raw},
                      info=info)
 
