@@ -127,3 +127,15 @@ def test_control_scoring_is_redone_for_a_replaced_checkpoint_of_the_same_size_an
     second = json.loads((run / "control.json").read_text())
     assert second["control_checkpoint"] != first["control_checkpoint"]
     assert _sha256(ckpt).startswith(second["control_checkpoint"])
+
+
+def test_a_summary_of_another_revision_is_computed_again(one_epoch, monkeypatch):
+    """A defense whose algorithm changed (its ``revision`` raised) does not reuse the summaries of the old one."""
+    from medbackdoor.defenses.label_audit import LabelAudit
+
+    first = defend(one_epoch, "label-audit", holdout=8)
+    assert first.request["revision"] == LabelAudit.revision
+    monkeypatch.setattr(LabelAudit, "revision", LabelAudit.revision + 1)
+    again = defend(one_epoch, "label-audit", holdout=8)
+    assert again.request["revision"] == first.request["revision"] + 1
+    assert again.request != first.request

@@ -207,6 +207,9 @@ class Defense:
     kind = ""
     paper = ""  # the paper it follows
     changes = ""  # what was changed to make it multi-label
+    # Raised whenever a change to the algorithm changes its answer for the same options: a summary on disk answers
+    # only for the revision that wrote it (the request key holds it), so a resumed sweep computes it again.
+    revision = 1
 
     def options(self) -> dict:
         """The options it was built with (public attributes; ``info``, the diagnostics of a run, left out)."""

@@ -128,8 +128,9 @@ def defend(run_dir: str | Path, method: str, epoch: int | None = None, holdout: 
 
     ``require_data``: refuse any defense that is not a data defense (``--retrain`` needs flags per sample).
     ``name``: the output folder under ``RUN/defenses/`` (default: the method), e.g. to keep two option sets.
-    A summary on disk is reused when it answers the same request: method, options (as given and as resolved with
-    the defaults of the code that runs now, so a changed default is computed again), holdout, and the checkpoint
+    A summary on disk is reused when it answers the same request: method and its ``revision`` (raised when the
+    algorithm's answer changes), options (as given and as resolved with the defaults of the code that runs now, so a
+    changed default is computed again), holdout, and the checkpoint
     (its epoch and file digest, :meth:`RunDir.checkpoint_fingerprint`). Anything else empties the folder first.
     """
     run = RunDir(run_dir)
@@ -142,8 +143,9 @@ def defend(run_dir: str | Path, method: str, epoch: int | None = None, holdout: 
     name = name or method
     out = run.defense_dir(name)
     used_epoch = _epoch_to_defend(run, epoch)
-    key = {"method": method, "options": options, "resolved": json.loads(json.dumps(defense.options(), default=str)),
-           "epoch": used_epoch, "checkpoint": run.checkpoint_fingerprint(used_epoch), "holdout": holdout}
+    key = {"method": method, "revision": defense.revision, "options": options,
+           "resolved": json.loads(json.dumps(defense.options(), default=str)), "epoch": used_epoch,
+           "checkpoint": run.checkpoint_fingerprint(used_epoch), "holdout": holdout}
     done = _reusable(run, name, key) if not force else None
     if done is not None:
         return done

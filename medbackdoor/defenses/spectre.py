@@ -169,6 +169,7 @@ class Spectre(FindingGroupDefense):
                "removing each group's top 1.5·eps·n; compact: fixed k, trimmed estimate instead of the DKK17 filter")
     label = "spectre"
     raw_column = "que"
+    revision = 2  # 2026-12-04: the holdout's QUE scores jackknifed
     stream = 3000
 
     def __init__(self, rule: str = "holdout", dims: int = 32, alpha: float = 4.0, eps: float = 0.05,
