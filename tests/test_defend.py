@@ -355,12 +355,16 @@ def test_sweep_runs_listed_defenses_and_the_report_tables_them(tmp_path, monkeyp
     sweep.write_text(
         "base_config: quick\nbase:\n" + "".join(f"  {k}: {v}\n" for k, v in ()) +
         "grid:\n  - trigger.fraction: [0.0, 0.4]\n    train.seed: [0]\n"
-        "defenses:\n  - label-audit\n  - {method: label-audit, name: audit-nih, options: {reference: nih}}\n")
+        "defenses:\n  - label-audit\n  - {method: label-audit, name: audit-nih, options: {reference: nih}}\n"
+        "  - {method: label-audit, name: audit-clean, where: {trigger.fraction: [0.0], trigger.kind: [square]}}\n")
     overrides = [f"{k}={v}" for k, v in base.items()] + ["train.epochs=1"]
     results = run_sweep(sweep, tmp_path / "out", overrides=overrides, progress=False)
     statuses = {r["name"]: r["status"] for r in results}
     assert statuses["fraction-0.4_seed-0:audit-nih"] == "complete"
-    assert len([n for n in statuses if ":" in n and not n.endswith(":control")]) == 4
+    assert statuses["fraction-0.0_seed-0:audit-clean"] == "complete"  # `where` selects the clean run alone
+    assert "fraction-0.4_seed-0:audit-clean" not in statuses
+    assert not (tmp_path / "out" / "runs" / "fraction-0.4_seed-0" / "defenses" / "audit-clean").exists()
+    assert len([n for n in statuses if ":" in n and not n.endswith(":control")]) == 5
     assert statuses["fraction-0.4_seed-0:control"] == "complete"
     report = build_report(tmp_path / "out").read_text()
     assert "## Defenses" in report and "audit-nih" in report
@@ -370,6 +374,12 @@ def test_sweep_runs_listed_defenses_and_the_report_tables_them(tmp_path, monkeyp
     bad.write_text("base_config: quick\ngrid:\n  - train.seed: [0]\ndefenses:\n  - {method: label-audit, x: 1}\n")
     with pytest.raises(UserError, match="bad defenses entry"):
         run_sweep(bad, tmp_path / "o2", dry_run=True)
+    for where, message in (("{trigger.knd: [square]}", "where key trigger.knd is not a run setting"),
+                           ("{trigger.kind: square}", "where must map")):
+        bad.write_text("base_config: quick\ngrid:\n  - train.seed: [0]\n"
+                       f"defenses:\n  - {{method: label-audit, where: {where}}}\n")
+        with pytest.raises(UserError, match=message):
+            run_sweep(bad, tmp_path / "o2", dry_run=True)
 
 
 def test_defender_features_are_the_pooled_penultimate_layer():

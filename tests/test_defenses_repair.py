@@ -150,6 +150,24 @@ def test_models_without_batchnorm_get_one_line(nets):
     IBAU(rounds=1).repair(d)
 
 
+def test_i_bau_inner_steps_count_the_perturbation_steps(nets):
+    """One pass by default (60 learning images at batch 32: 2 steps a round); ``inner_steps`` cycles the half."""
+    for inner_steps, expected in ((None, 2), (5, 5), (1, 1)):
+        defense = IBAU(rounds=1, k=0, inner_steps=inner_steps)
+        counted = []
+
+        def counting(m, x_all, gen, original=defense.perturbation, counted=counted):
+            hook = m.register_forward_hook(lambda *_: counted.append(1))
+            try:
+                return original(m, x_all, gen)
+            finally:
+                hook.remove()
+
+        defense.perturbation = counting
+        defense.repair(defender(nets, "backdoored"))
+        assert len(counted) == expected + 1, (inner_steps, len(counted))  # + the forward labelling the images
+
+
 def test_tiny_or_one_class_holdout(nets):
     model, x, y = nets["backdoored"]
     for defense in (ANP(steps=1), IBAU(rounds=1), FTSAM(epochs=1)):
@@ -242,7 +260,7 @@ def test_registered_with_kinds_and_papers():
     ("anp", {"eps": -0.1}), ("anp", {"alpha": 1.5}), ("anp", {"steps": 0}), ("anp", {"lr": 0}),
     ("anp", {"budget": 1}), ("anp", {"max_fraction": 1}), ("anp", {"levels": 0}), ("anp", {"statistics": "x"}),
     ("i-bau", {"rounds": 0}), ("i-bau", {"k": -1}), ("i-bau", {"share": 2}), ("i-bau", {"radius": 0}),
-    ("i-bau", {"inner_lr": 0}),
+    ("i-bau", {"inner_lr": 0}), ("i-bau", {"inner_steps": 0}),
     ("ft-sam", {"rho": 0}), ("ft-sam", {"epochs": 0}), ("ft-sam", {"statistics": "none"}),
     ("ibd-psc", {"omega": 1}), ("ibd-psc", {"n": 0}), ("ibd-psc", {"xi": 1}), ("ibd-psc", {"fpr": 0}),
     ("ibd-psc", {"calibration": "both"}), ("anp", {"steps": "many"}),

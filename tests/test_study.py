@@ -122,6 +122,13 @@ def test_builtin_protocols_expand():
     assert len(paper) == 24 and paper[0].data["dataset"]["root"] == "/data/nih"
 
 
+@pytest.mark.parametrize("protocol", ["quick", "attacks", "defenses", "defenses-tune"])
+def test_shipped_sweeps_load_and_every_defense_entry_constructs(protocol):
+    """A typo in a candidate's options fails here, not hours into a sweep."""
+    spec, runs = load_sweep(protocol)
+    assert runs and spec["defenses"] if protocol.startswith("defenses") else runs
+
+
 def test_bad_sweep_files(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"grid": {"trigger.size": 3}}))

@@ -67,6 +67,10 @@ class IBAU(Mitigation):
         radius: bound on the perturbation's root-mean-square per pixel (pixel values in [0, 1]): its L2 norm is
             at most ``radius·√pixels``. The authors' code leaves the bound out (the ‖δ‖² penalty alone).
         batch_size: images per step.
+        inner_steps: perturbation steps per round, the learning half cycled in fresh random orders; ``None`` (the
+            default) for one pass over it, as the authors' code makes one pass over its clean set. Their clean
+            set of thousands of images gives the perturbation tens of steps a round; a 60-image half at batch 32
+            gives it 2.
     """
 
     paper = "Zeng et al. 2022, Adversarial Unlearning of Backdoors via Implicit Hypergradient"
@@ -75,18 +79,20 @@ class IBAU(Mitigation):
                "holdout's first half, judged on its second")
 
     def __init__(self, rounds: int = 5, k: int = 5, lr: float = 1e-4, inner_lr: float = 10.0, share: float = 0.01,
-                 radius: float = 0.1, batch_size: int = 32) -> None:
+                 radius: float = 0.1, batch_size: int = 32, inner_steps: int | None = None) -> None:
         for ok, message in [(rounds >= 1, f"i-bau rounds must be at least 1, got {rounds}"),
                             (k >= 0, f"i-bau k must be 0 or more, got {k}"),
                             (lr > 0, f"i-bau lr must be positive, got {lr}"),
                             (inner_lr > 0, f"i-bau inner_lr must be positive, got {inner_lr}"),
                             (0 <= share <= 1, f"i-bau share must be in [0, 1], got {share}"),
                             (radius > 0, f"i-bau radius must be positive, got {radius}"),
-                            (batch_size >= 1, f"i-bau batch_size must be at least 1, got {batch_size}")]:
+                            (batch_size >= 1, f"i-bau batch_size must be at least 1, got {batch_size}"),
+                            (inner_steps is None or inner_steps >= 1,
+                             f"i-bau inner_steps must be at least 1 (or null for one pass), got {inner_steps}")]:
             if not ok:
                 raise UserError(message)
         self.rounds, self.k, self.lr, self.inner_lr = rounds, k, lr, inner_lr
-        self.share, self.radius, self.batch_size = share, radius, batch_size
+        self.share, self.radius, self.batch_size, self.inner_steps = share, radius, batch_size, inner_steps
         self.info: dict = {}
 
     def repair(self, d: Defender) -> nn.Module:
@@ -124,7 +130,7 @@ class IBAU(Mitigation):
             predicted = (torch.sigmoid(model(x_all).float()) >= 0.5).float()
         delta = torch.zeros((1,) + tuple(x_all.shape[1:]), device=x_all.device, requires_grad=True)
         opt = torch.optim.SGD([delta], lr=self.inner_lr)
-        for idx in minibatches(len(x_all), self.batch_size, gen):
+        for idx in self._inner_batches(len(x_all), gen):
             loss = -label_nll(model(x_all[idx] + delta), predicted[idx]) + PENALTY * delta.pow(2).sum()
             opt.zero_grad(set_to_none=True)
             grad, = torch.autograd.grad(loss, delta)
@@ -136,6 +142,19 @@ class IBAU(Mitigation):
                 if norm > bound:
                     delta.mul_(bound / norm)
         return delta.detach()
+
+    def _inner_batches(self, n: int, gen: torch.Generator):
+        """The perturbation's batches: one pass over ``n`` images, or ``inner_steps`` batches over fresh passes."""
+        if self.inner_steps is None:
+            yield from minibatches(n, self.batch_size, gen)
+            return
+        done = 0
+        while True:
+            for idx in minibatches(n, self.batch_size, gen):
+                yield idx
+                done += 1
+                if done == self.inner_steps:
+                    return
 
     def unlearn_step(self, model: nn.Module, params, opt, delta: torch.Tensor, x0, y0, x, y,
                      gen: torch.Generator) -> float:

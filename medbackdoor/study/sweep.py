@@ -27,7 +27,7 @@ from medbackdoor.study.executors import Executor, LocalExecutor
 
 BUILTIN_SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
 SWEEP_KEYS = {"name", "description", "base_config", "base", "grid", "cuts", "figure1", "defenses", "controls"}
-DEFENSE_KEYS = {"method", "name", "options", "holdout", "epoch", "retrain"}
+DEFENSE_KEYS = {"method", "name", "options", "holdout", "epoch", "retrain", "where"}
 FIGURE_DIR = "figure1"  # OUT/figure1/{trigger,clean}: the pair trained for Figure 1 when a sweep asks for one
 
 
@@ -66,7 +66,11 @@ def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list
     runs += figure_runs(spec, base)
     for r in runs:
         config_from_data(r.data)  # validate every point before running any
-    defense_entries(spec)  # and every defense
+    entries = defense_entries(spec)  # and every defense
+    for e in entries:  # a `where` key must name a setting of the runs' config
+        for key in e.get("where", {}):
+            if runs and _lookup(config_from_data(runs[0].data).to_dict(), key) is _MISSING:
+                raise UserError(f"defenses entry {e['name']}: where key {key} is not a run setting")
     return spec, runs
 
 
@@ -75,7 +79,8 @@ def defense_entries(spec: dict) -> list[dict]:
 
     An entry is a method name, or a mapping with ``method`` and optionally ``name`` (the folder under
     ``RUN/defenses/``, needed when one method appears twice), ``options``, ``holdout``, ``epoch`` and
-    ``retrain`` (data defenses: cleanse and retrain). Checked here, before anything runs.
+    ``retrain`` (data defenses: cleanse and retrain) and ``where`` (the runs it applies to: dotted run settings,
+    each with a list of values, as a grid block; absent: every run). Checked here, before anything runs.
     """
     from medbackdoor.defenses.runner import create_defense
 
@@ -90,11 +95,32 @@ def defense_entries(spec: dict) -> list[dict]:
         defense = create_defense(entry["method"], entry["options"])
         if entry.get("retrain") and defense.kind != "data":
             raise UserError(f"defenses entry {entry['name']}: retrain needs a data defense")
+        where = entry.get("where", {})
+        if not isinstance(where, dict) or not all(isinstance(v, list) and v for v in where.values()):
+            raise UserError(f"defenses entry {entry['name']}: where must map dotted run settings to non-empty "
+                            f"lists of values, got {where!r}")
         entries.append(entry)
     names = [e["name"] for e in entries]
     if len(set(names)) != len(names):
         raise UserError("the sweep lists two defenses with the same name; give each a name")
     return entries
+
+
+_MISSING = object()
+
+
+def _lookup(data: dict, key: str):
+    """The value at dotted ``key`` of a nested config dict, or ``_MISSING``."""
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return _MISSING
+        data = data[part]
+    return data
+
+
+def applies(entry: dict, config: dict) -> bool:
+    """Whether a defenses entry's ``where`` selects a run of this (full, nested) config."""
+    return all(_lookup(config, key) in values for key, values in entry.get("where", {}).items())
 
 
 def _base(spec: dict, path: Path, overrides) -> dict:
@@ -279,20 +305,24 @@ def run_controls(results: list[dict], executor: Executor, progress: bool) -> lis
 
 
 def run_defenses(results: list[dict], entries: list[dict], executor: Executor, progress: bool) -> list[dict]:
-    """Every defense on every complete run (each run's defenses in one task; a failure is recorded, never raised).
+    """Every defense on every complete run its ``where`` selects (each run's defenses in one task; a failure is
+    recorded, never raised).
 
     Returns one status dict per (run, defense), named ``RUN:DEFENSE``; ``status`` is ``complete``, ``skipped``
-    (done before), ``not applicable`` (e.g. an input defense on a label-only attack) or ``failed``.
+    (done before), ``not applicable`` (e.g. an input defense on a label-only attack) or ``failed``. A run that no
+    entry selects gets no task.
     """
     done = [r for r in results if r.get("status") in ("complete", "skipped (complete)")]
+    chosen = [[e for e in entries if applies(e, RunDir(r["folder"]).config().to_dict())] for r in done]
+    done, chosen = [r for r, c in zip(done, chosen) if c], [c for c in chosen if c]
     out = []
     # one task per run, its defenses in order: the run's data, model and features are loaded once
-    tasks = [(r["folder"], entries) for r in done]
+    tasks = [(r["folder"], c) for r, c in zip(done, chosen)]
     for i, (k, statuses) in enumerate(executor.map(_defend_run, tasks), 1):
-        r = done[k]
+        r, run_entries = done[k], chosen[k]
         if isinstance(statuses, dict):  # the worker died: every defense of this run failed
-            statuses = [{key: v for key, v in statuses.items() if key != "traceback"}] * len(entries)
-        for e, status in zip(entries, statuses):
+            statuses = [{key: v for key, v in statuses.items() if key != "traceback"}] * len(run_entries)
+        for e, status in zip(run_entries, statuses):
             result = {"name": f"{r['name']}:{e['name']}",
                       "folder": str(RunDir(r["folder"]).defense_dir(e["name"])), **status}
             out.append(result)
