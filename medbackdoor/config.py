@@ -264,8 +264,12 @@ def validate(config: RunConfig) -> None:
     for p in config.eval.thresholds:
         if not 0.0 <= p <= 1.0:
             raise UserError(f"eval.thresholds must be in [0, 1], got {p}")
-    if config.image_size < 32:
-        raise UserError(f"image_size must be at least 32 (DenseNet-121), got {config.image_size}")
+    from medbackdoor.models import MODELS
+
+    info = getattr(MODELS.get(config.model.arch), "info", None)  # an unknown arch: one line naming the known ones
+    least = info.min_size if info is not None else 1
+    if config.image_size < least:
+        raise UserError(f"image_size must be at least {least} ({config.model.arch}), got {config.image_size}")
     pretrained = str(config.model.pretrained)
     if pretrained.startswith("xrv:"):  # a name must be known now; a path is checked when the model is built
         from medbackdoor.models.xrv import XRV_WEIGHTS

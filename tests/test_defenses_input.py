@@ -28,6 +28,7 @@ from medbackdoor.defenses.sentinet import SentiNet, top_region
 from medbackdoor.defenses.strip import Strip
 from medbackdoor.errors import UserError
 from medbackdoor.labels import LABELS
+from medbackdoor.models.info import ModelInfo
 
 SIZE = 32
 METHODS = ("strip", "scale-up", "sentinet", "saliency")
@@ -36,9 +37,11 @@ METHODS = ("strip", "scale-up", "sentinet", "saliency")
 class PlantedNet(nn.Module):
     """Finding 0 = a dark spot (the trigger); findings 1–13 = smooth content.
 
-    The feature map goes through two ReLUs named like DenseNet-121's Grad-CAM layers (``middle`` =
-    ``features.transition3.relu``, ``last`` = ``relu``), so both layer options work and give the same map.
+    The feature map goes through two ReLUs, declared as its ``middle`` (``features.transition3.relu``) and ``last``
+    (``relu``) Grad-CAM layers, so both layer options work and give the same map.
     """
+
+    info = ModelInfo(layers={"last": "relu", "middle": "features.transition3.relu", "prune": "relu"})
 
     def __init__(self, size: int = SIZE, seed: int = 0) -> None:
         super().__init__()

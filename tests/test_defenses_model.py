@@ -23,6 +23,7 @@ from medbackdoor.defenses.neural_cleanse import NeuralCleanse, anomaly_index
 from medbackdoor.defenses.runner import create_defense
 from medbackdoor.errors import UserError
 from medbackdoor.labels import LABELS
+from medbackdoor.models.info import ModelInfo
 from medbackdoor.train.loop import predict
 from medbackdoor.triggers import Trigger, create_trigger
 
@@ -36,6 +37,8 @@ def band_length(c: int) -> int:
 
 class Toy(nn.Module):
     """Features: 14 band channels, the trigger channel (index 14), ``extra`` dead channels; head: mean + linear."""
+
+    info = ModelInfo(layers={"last": "relu", "prune": "relu"})
 
     def __init__(self, trigger: str | None = "active", extra: int = 2) -> None:
         super().__init__()
@@ -240,6 +243,8 @@ def test_fine_pruning_stops_within_budget_and_is_deterministic():
 
 def test_fine_pruning_without_forward_head_uses_full_passes():
     class Plain(nn.Module):  # the same network without forward_head: every level runs the whole model
+        info = ModelInfo(layers={"prune": "relu"})
+
         def __init__(self):
             super().__init__()
             self.inner = Toy("dormant")

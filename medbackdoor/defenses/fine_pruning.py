@@ -4,10 +4,11 @@ Liu, Dolan-Gavitt and Garg, "Fine-Pruning: Defending Against Backdooring Attacks
 RAID 2018.
 
 A backdoor often runs through channels that clean inputs hardly use. The defense records the mean activation of
-each channel of the final feature map (module ``layer``, default ``relu``: DenseNet-121's norm5 after its ReLU,
-1,024 channels) on clean images, prunes channels in increasing order of activation while the clean holdout's
-micro AUROC (all findings pooled) stays within ``budget`` of the unpruned model's, keeps the last pruning level
-within budget, and then fine-tunes the pruned model with BCE on clean images.
+each channel of the final feature map (module ``layer``, default ``prune``: the layer the model's ``info`` names
+for pruning; DenseNet-121's norm5 after its ReLU, 1,024 channels) on clean images, prunes channels in increasing
+order of activation while the clean holdout's micro AUROC (all findings pooled) stays within ``budget`` of the
+unpruned model's, keeps the last pruning level within budget, and then fine-tunes the pruned model with BCE on
+clean images.
 
 Pruning zeroes a channel with a fixed mask: the module ``layer`` of a copy of the model is replaced by
 ``Sequential(layer, ChannelMask)``, so the repaired model is an ordinary ``nn.Module`` of the same class (its
@@ -20,7 +21,7 @@ budget limits) and gives the before/after AUROC in ``info``, so the budget is no
 used to choose or to fine-tune.
 
 When the model has ``forward_head`` and ``forward_head(layer output)`` reproduces its logits (DenseNet-121 with
-``layer: relu``), the layer's output on the deciding half is computed once and every pruning level is scored
+its ``prune`` layer), the layer's output on the deciding half is computed once and every pruning level is scored
 through the head only, one channel at a time; otherwise each level runs the whole model and levels advance by
 1/64 of the channels.
 """
@@ -41,7 +42,7 @@ from medbackdoor.defenses._holdout import micro_auroc_or_none as _auroc
 from medbackdoor.defenses._holdout import model_scores as _scores
 from medbackdoor.defenses.base import DEFENSES, Defender, Mitigation
 from medbackdoor.errors import UserError
-from medbackdoor.explain.cam import LAYER_ALIASES
+from medbackdoor.models.info import layer_name
 
 SLOW_LEVELS = 64  # pruning levels tried when every level needs a full forward pass
 
@@ -71,8 +72,9 @@ class FinePruning(Mitigation):
         epochs: fine-tuning epochs over the first half of the holdout (0: prune only).
         lr: Adam learning rate of the fine-tuning.
         batch_size: images per fine-tuning step.
-        layer: the module whose output channels are pruned (``relu``: the final feature map; ``last`` is
-            accepted as an alias).
+        layer: the module whose output channels are pruned: ``prune`` (the default), ``last`` or ``middle``
+            for the layers the model's ``info`` declares (DenseNet-121: ``prune`` and ``last`` are both ``relu``,
+            the final feature map), or a module name.
     """
 
     paper = "Liu et al. 2018, Fine-Pruning: Defending Against Backdooring Attacks on Deep Neural Networks"
@@ -80,7 +82,7 @@ class FinePruning(Mitigation):
                "fine-tuning with per-finding BCE; channels of the final feature map (norm5 after ReLU)")
 
     def __init__(self, budget: float = 0.01, epochs: int = 1, lr: float = 1e-4, batch_size: int = 32,
-                 layer: str = "relu") -> None:
+                 layer: str = "prune") -> None:
         if not 0 <= budget < 1:
             raise UserError(f"fine-pruning budget must be in [0, 1), got {budget}")
         if epochs < 0:
@@ -90,7 +92,7 @@ class FinePruning(Mitigation):
         if batch_size < 1:
             raise UserError(f"fine-pruning batch_size must be at least 1, got {batch_size}")
         if not layer.strip():
-            raise UserError("fine-pruning layer must name a module, such as relu")
+            raise UserError("fine-pruning layer must be prune, last, middle or a module name")
         self.budget, self.epochs, self.lr, self.batch_size, self.layer = budget, epochs, lr, batch_size, layer
         self.info: dict = {}
 
@@ -101,10 +103,10 @@ class FinePruning(Mitigation):
         tune_x, tune_y, judge_x, judge_y = halves(d, "fine-pruning")
         n, half = len(d.holdout_images), len(tune_x)
         model = copy.deepcopy(d.model).eval()
-        name = LAYER_ALIASES.get(self.layer, self.layer)
+        name = layer_name(model, self.layer)
         modules = dict(model.named_modules())
         if not name or name not in modules:
-            raise UserError(f"fine-pruning: the model has no layer {self.layer!r}; name a module such as relu")
+            raise UserError(f"fine-pruning: the model has no layer {self.layer!r}; name one of its modules")
         layer = modules[name]
 
         with torch.no_grad():

@@ -1,5 +1,5 @@
 """Explainability: saliency maps and what they reveal about triggers."""
 
-from medbackdoor.explain.cam import CAMS, LAYER_ALIASES, BaseCAM, GradCAM, GradCAMPlusPlus, grad_cam, resolve_layer
+from medbackdoor.explain.cam import CAMS, BaseCAM, GradCAM, GradCAMPlusPlus, grad_cam, resolve_layer
 
-__all__ = ["CAMS", "LAYER_ALIASES", "BaseCAM", "GradCAM", "GradCAMPlusPlus", "grad_cam", "resolve_layer"]
+__all__ = ["CAMS", "BaseCAM", "GradCAM", "GradCAMPlusPlus", "grad_cam", "resolve_layer"]

@@ -17,27 +17,19 @@ from torch import nn
 from medbackdoor._registry import Registry
 from medbackdoor.errors import UserError
 from medbackdoor.labels import label_index
+from medbackdoor.models.info import layer_name
 
-LAYER_ALIASES = {
-    # the final feature map after its ReLU (Keras DenseNet121 layer "relu"); 7×7 at 224 px
-    "last": "relu",
-    # the ReLU inside the third transition block, i.e. the output of dense block 3 after BN and ReLU (Keras
-    # "pool4_relu", the layer the paper's code hooks); 14×14 at 224 px. The paper calls it "layer 207" by
-    # counting Keras layers and chose it because its feature maps have the same depth as the last layer's
-    # (1,024 channels); they are twice as large spatially.
-    "middle": "features.transition3.relu",
-}
 SCORES = ("logit", "probability")
 CAMS: Registry[type] = Registry("saliency method")
 
 
 def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
-    """The module named ``layer`` (or the alias ``last`` / ``middle``) inside ``model``."""
-    name = LAYER_ALIASES.get(layer, layer)
+    """The module named ``layer``, or the one the model's :class:`~medbackdoor.models.info.ModelInfo` gives the
+    role ``last`` / ``middle`` (DenseNet-121: the paper's two layers)."""
+    name = layer_name(model, layer)
     modules = dict(model.named_modules())
     if name not in modules:
-        raise UserError(f"model has no layer {layer!r}; use last, middle or a module name such as "
-                        f"features.denseblock3")
+        raise UserError(f"model has no layer {layer!r}; use last, middle or one of its module names")
     return modules[name]
 
 
@@ -72,7 +64,7 @@ class BaseCAM:
 
     Args:
         model: a classifier returning logits.
-        layer: a module name, or ``last`` / ``middle`` for the DenseNet-121 layers of the paper.
+        layer: a module name, or ``last`` / ``middle``: the layers the model's ``info`` declares.
         score: ``logit`` (default) or ``probability``: what the gradients are taken of.
     """
 

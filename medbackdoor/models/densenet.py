@@ -7,6 +7,7 @@ import torchvision
 from torch import nn
 
 from medbackdoor.errors import UserError
+from medbackdoor.models.info import ModelInfo
 from medbackdoor.models.registry import MODELS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,6 +39,22 @@ class DenseNet121(nn.Module):
         num_classes: outputs (logits; apply a sigmoid for probabilities).
         imagenet: start from torchvision's ImageNet weights (downloaded once by torchvision).
     """
+
+    info = ModelInfo(
+        layers={
+            # the final feature map after its ReLU (Keras DenseNet121 layer "relu"); 7×7 at 224 px
+            "last": "relu",
+            # the ReLU inside the third transition block, i.e. the output of dense block 3 after BN and ReLU (Keras
+            # "pool4_relu", the layer the paper's code hooks); 14×14 at 224 px. The paper calls it "layer 207" by
+            # counting Keras layers and chose it because its feature maps have the same depth as the last layer's
+            # (1,024 channels); they are twice as large spatially.
+            "middle": "features.transition3.relu",
+            # fine-pruning's layer: the channels of the final feature map (norm5 after its ReLU)
+            "prune": "relu",
+        },
+        min_size=32,  # five halvings leave a 1×1 map at 32 px
+        input="gray replicated to 3 channels, normalised with the ImageNet mean and std",
+    )
 
     def __init__(self, num_classes: int = 14, imagenet: bool = False) -> None:
         super().__init__()
