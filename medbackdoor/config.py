@@ -38,8 +38,13 @@ class PreprocessConfig:
 
 @dataclass
 class ModelConfig:
+    """The network: ``arch`` a registered model (``densenet121``, ``resnet50``, ``vit_b_16``) or ``timm:<name>``
+    (the ``timm`` extra); ``options`` reach its constructor (``vit_b_16``: ``patch_size``; timm: any
+    ``timm.create_model`` keyword)."""
+
     arch: str = "densenet121"
     pretrained: str = "none"
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -264,12 +269,18 @@ def validate(config: RunConfig) -> None:
     for p in config.eval.thresholds:
         if not 0.0 <= p <= 1.0:
             raise UserError(f"eval.thresholds must be in [0, 1], got {p}")
-    from medbackdoor.models import MODELS
+    from medbackdoor.models import MODELS, arch_info
 
-    info = getattr(MODELS.get(config.model.arch), "info", None)  # an unknown arch: one line naming the known ones
-    least = info.min_size if info is not None else 1
-    if config.image_size < least:
-        raise UserError(f"image_size must be at least {least} ({config.model.arch}), got {config.image_size}")
+    arch = config.model.arch
+    info = arch_info(arch, config.model.options)  # an unknown arch, or timm missing: one line
+    if not arch.startswith("timm:"):
+        known = set(MODELS.options(arch)) - {"num_classes", "imagenet", "image_size"}
+        unknown = sorted(set(config.model.options) - known)
+        if unknown:
+            raise UserError(f"model.options: {arch} has no option {unknown[0]!r}; its options: "
+                            f"{', '.join(sorted(known)) or 'none'}")
+    if info is not None:
+        info.check_size(config.image_size, arch)
     pretrained = str(config.model.pretrained)
     if pretrained.startswith("xrv:"):  # a name must be known now; a path is checked when the model is built
         from medbackdoor.models.xrv import XRV_WEIGHTS

@@ -259,7 +259,8 @@ class RunDir:
         from medbackdoor.train.loop import set_layout
 
         config = config or self.config()
-        model = create_model(config.model.arch, "none", len(self.label_names()))
+        model = create_model(config.model.arch, "none", len(self.label_names()), image_size=config.image_size,
+                             options=config.model.options)
         model.load_state_dict(self.load_state(epoch)["model"])
         return set_layout(model.to(device), config.train.channels_last).eval()
 

@@ -143,11 +143,32 @@ def test_models_without_batchnorm_get_one_line(nets):
     model = planted.TinyNet(batchnorm=False).eval()
     d = Defender(model, Images.of(hx), hy, Images.of(hx), hy, list(LABELS))
     for defense in (ANP(steps=1), IBDPSC()):
-        with pytest.raises(UserError, match="BatchNorm") as err:
+        with pytest.raises(UserError, match="normalisation layers") as err:
             defense.repair(d) if isinstance(defense, ANP) else defense.calibrate(d)
         assert "\n" not in str(err.value)
     FTSAM(epochs=1).repair(d)  # fine-tuning and unlearning need no BatchNorm
     IBAU(rounds=1).repair(d)
+
+
+@pytest.mark.parametrize("norm", [nn.BatchNorm2d(6), nn.LayerNorm(6), nn.GroupNorm(3, 6)])
+def test_anp_perturbed_norm_is_the_layer_itself_when_unperturbed(norm):
+    """ANP's wrapper of a BatchNorm, LayerNorm or GroupNorm layer (a CNN's or a transformer's neurons) gives the
+    layer's own output at mask 1 and no perturbation, and a masked neuron loses its scale (its shift stays)."""
+    from medbackdoor.defenses.anp import PerturbedNorm
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    norm.eval()
+    x = torch.randn(4, 3, 5, 6) if isinstance(norm, nn.LayerNorm) else torch.randn(4, 6, 5, 5)
+    wrapped = PerturbedNorm(norm)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), norm(x))
+        wrapped.mask[2] = 0
+        out = wrapped(x)
+    channel = (lambda t: t[..., 2]) if isinstance(norm, nn.LayerNorm) else (lambda t: t[:, 2])
+    torch.testing.assert_close(channel(out), torch.full_like(channel(out), norm.bias[2].item()))
 
 
 def test_i_bau_inner_steps_count_the_perturbation_steps(nets):

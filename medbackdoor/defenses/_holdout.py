@@ -71,14 +71,11 @@ def bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float()[known], y[known])
 
 
-def batchnorm_layers(model: nn.Module, who: str) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
-    """The model's affine BatchNorm layers, by name, in forward-definition order; one line when it has none."""
-    layers = [(n, m) for n, m in model.named_modules()
-              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
-    if not layers:
-        raise UserError(f"{who} works on BatchNorm layers and this model has none ({type(model).__name__}); "
-                        "choose a defense that does not need them (fine-pruning, ft-sam, i-bau)")
-    return layers
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` in place of the submodule ``name`` of ``model``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
 
 
 def seeded(d: Defender, stream: int) -> torch.Generator:

@@ -32,27 +32,29 @@ from torch import nn
 
 from medbackdoor.defenses._holdout import (
     as_input,
-    batchnorm_layers,
     halves,
     label_nll,
     label_tensor,
     micro_auroc_or_none,
     minibatches,
     model_scores,
+    replace_module,
     seeded,
 )
 from medbackdoor.defenses.base import DEFENSES, Defender, Mitigation, one_of
 from medbackdoor.errors import UserError
+from medbackdoor.models.info import norm_layers
 
 
-class PerturbedBatchNorm(nn.Module):
-    """A BatchNorm layer (its parameters and running statistics shared, in eval mode) with a neuron mask and
-    multiplicative perturbations of its scale and shift: ``γ·(mask + δ)·x̂ + β·(1 + ξ)``."""
+class PerturbedNorm(nn.Module):
+    """A normalisation layer (BatchNorm, its running statistics shared, in eval mode; or LayerNorm / GroupNorm)
+    with a neuron mask and multiplicative perturbations of its scale and shift: ``γ·(mask + δ)·x̂ + β·(1 + ξ)``.
+    A neuron is one entry of the layer's ``weight``: a BatchNorm or GroupNorm channel, a LayerNorm feature."""
 
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    def __init__(self, bn: nn.Module) -> None:
         super().__init__()
         self.bn = bn
-        c = bn.num_features
+        c = bn.weight.numel()
         device = bn.weight.device
         self.mask = nn.Parameter(torch.ones(c, device=device))
         self.noise_weight = nn.Parameter(torch.zeros(c, device=device))
@@ -65,9 +67,14 @@ class PerturbedBatchNorm(nn.Module):
         scale, shift = self.mask, torch.ones_like(self.mask)
         if self.perturbed:
             scale, shift = scale + self.noise_weight, shift + self.noise_bias
+        weight, bias = bn.weight * scale.view_as(bn.weight), bn.bias * shift.view_as(bn.bias)
+        if isinstance(bn, nn.LayerNorm):
+            return F.layer_norm(x, bn.normalized_shape, weight, bias, bn.eps)
+        if isinstance(bn, nn.GroupNorm):
+            return F.group_norm(x, bn.num_groups, weight, bias, bn.eps)
         if self.batch_statistics:  # the paper's code: normalise by the batch, running statistics untouched
-            return F.batch_norm(x, None, None, bn.weight * scale, bn.bias * shift, True, 0.0, bn.eps)
-        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight * scale, bn.bias * shift, False, 0.0,
+            return F.batch_norm(x, None, None, weight, bias, True, 0.0, bn.eps)
+        return F.batch_norm(x, bn.running_mean, bn.running_var, weight, bias, False, 0.0,
                             bn.eps)
 
 
@@ -123,7 +130,7 @@ class ANP(Mitigation):
     def repair(self, d: Defender) -> nn.Module:
         learn_x, learn_y, judge_x, judge_y = halves(d, "anp")
         model = copy.deepcopy(d.model).eval()
-        layers = batchnorm_layers(model, "anp")
+        layers = norm_layers(model, "anp")
         masks = self.learn_masks(model, layers, learn_x, learn_y, d)
         values = torch.cat([m.detach().cpu() for m in masks]).numpy()
 
@@ -164,11 +171,11 @@ class ANP(Mitigation):
     def learn_masks(self, model: nn.Module, layers, images: np.ndarray, labels: np.ndarray,
                     d: Defender) -> list[torch.Tensor]:
         """Optimise the neuron masks (one tensor per layer, in ``layers`` order) on the clean images."""
-        wrapped = [PerturbedBatchNorm(bn) for _, bn in layers]
+        wrapped = [PerturbedNorm(bn) for _, bn in layers]
         for w in wrapped:
             w.batch_statistics = self.statistics == "batch"
         for (name, _), w in zip(layers, wrapped):
-            _replace(model, name, w)
+            replace_module(model, name, w)
         frozen = [(p, p.requires_grad) for p in model.parameters()]
         for p, _ in frozen:
             p.requires_grad_(False)
@@ -212,7 +219,7 @@ class ANP(Mitigation):
                             m.clamp_(0, 1)
         finally:
             for name, bn in layers:
-                _replace(model, name, bn)
+                replace_module(model, name, bn)
             for p, flag in frozen:
                 p.requires_grad_(flag)
         return [m.detach() for m in masks]
@@ -229,10 +236,4 @@ def _prune(layers, originals, where, neurons: np.ndarray) -> None:
     for (_, bn), weight in zip(layers, originals):
         bn.weight.copy_(weight)
     for i in neurons:
-        layers[where[0][i]][1].weight[where[1][i]] = 0
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
+        layers[where[0][i]][1].weight.view(-1)[where[1][i]] = 0

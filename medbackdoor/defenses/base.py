@@ -27,6 +27,7 @@ from torch import nn
 
 from medbackdoor._registry import Registry
 from medbackdoor.errors import UserError
+from medbackdoor.models.info import feature_vector
 
 DEFENSES: Registry[type] = Registry("defense")
 KINDS = ("data", "input", "model", "mitigation")
@@ -140,20 +141,6 @@ class Defender:
     @property
     def holdout_scores(self) -> np.ndarray:
         return self.cached("holdout_scores", lambda: self.outputs(self.holdout_images))
-
-
-def feature_vector(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The pooled penultimate features (the input of the last linear layer) of a batch."""
-    if hasattr(model, "forward_features"):
-        return model.forward_features(x).float().mean((2, 3))
-    captured = {}
-    linear = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    handle = linear.register_forward_pre_hook(lambda _m, args: captured.setdefault("x", args[0]))
-    try:
-        model(x)
-    finally:
-        handle.remove()
-    return captured["x"].float()
 
 
 def one_of(defense: str, option: str, value, choices) -> None:

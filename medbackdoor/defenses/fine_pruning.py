@@ -37,26 +37,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from medbackdoor.defenses._holdout import as_input as _input
-from medbackdoor.defenses._holdout import halves, minibatches, seeded
+from medbackdoor.defenses._holdout import halves, minibatches, replace_module, seeded
 from medbackdoor.defenses._holdout import micro_auroc_or_none as _auroc
 from medbackdoor.defenses._holdout import model_scores as _scores
 from medbackdoor.defenses.base import DEFENSES, Defender, Mitigation
 from medbackdoor.errors import UserError
-from medbackdoor.models.info import layer_name
+from medbackdoor.models.info import channel_axis, layer_name
 
 SLOW_LEVELS = 64  # pruning levels tried when every level needs a full forward pass
 
 
 class ChannelMask(nn.Module):
-    """Multiplies dimension 1 of its input by a fixed 0/1 mask (a buffer, saved with the model)."""
+    """Multiplies the channel dimension ``axis`` of its input (1 for maps, −1 for tokens) by a fixed 0/1 mask (a
+    buffer, saved with the model)."""
 
-    def __init__(self, mask: torch.Tensor) -> None:
+    def __init__(self, mask: torch.Tensor, axis: int = 1) -> None:
         super().__init__()
+        self.axis = axis
         self.register_buffer("mask", mask.detach().float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return x * self.mask.to(x.dtype).view(shape)
+        return x * self.mask.to(x.dtype).view(_channel_shape(x.ndim, self.axis))
+
+
+def _channel_shape(ndim: int, axis: int) -> tuple[int, ...]:
+    """The shape that lays a C-vector along dimension ``axis`` of an ``ndim`` tensor."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return tuple(shape)
 
 
 @DEFENSES.register("fine-pruning")
@@ -95,6 +103,7 @@ class FinePruning(Mitigation):
             raise UserError("fine-pruning layer must be prune, last, middle or a module name")
         self.budget, self.epochs, self.lr, self.batch_size, self.layer = budget, epochs, lr, batch_size, layer
         self.info: dict = {}
+        self._axis = 1  # the pruned layer's channel dimension, read from its output
 
     def options(self) -> dict:
         return {k: v for k, v in super().options().items() if k != "info"}
@@ -127,7 +136,7 @@ class FinePruning(Mitigation):
                 kept, level_auroc = k, value
         mask = torch.ones(channels)
         mask[torch.from_numpy(order[:kept].copy())] = 0
-        _replace(model, name, nn.Sequential(layer, ChannelMask(mask.to(d.device))))
+        replace_module(model, name, nn.Sequential(layer, ChannelMask(mask.to(d.device), self._axis)))
         self._fine_tune(model, tune_x, tune_y, d)
         model.eval()
         with torch.no_grad():
@@ -154,7 +163,8 @@ class FinePruning(Mitigation):
                 out = captured.pop("out").float()
                 if out.ndim < 2:
                     raise UserError(f"fine-pruning: layer {self.layer!r} gives no channel dimension")
-                per = out.transpose(0, 1).reshape(out.shape[1], -1)  # channels × (images · positions)
+                self._axis = channel_axis(model, out)  # 1 for maps, -1 for a transformer's tokens
+                per = out.movedim(self._axis, 0).reshape(out.shape[self._axis], -1)  # channels × (images · positions)
                 total = per.sum(1) if total is None else total + per.sum(1)
                 count += per.shape[1]
         finally:
@@ -172,8 +182,7 @@ class FinePruning(Mitigation):
                 feats.append(captured.pop("out"))
         finally:
             handle.remove()
-        fast = hasattr(model, "forward_head") and all(
-            torch.allclose(model.forward_head(f).float(), z, atol=1e-4, rtol=1e-4) for f, z in zip(feats, logits))
+        fast = hasattr(model, "forward_head") and all(_reproduces(model, f, z) for f, z in zip(feats, logits))
         base = torch.sigmoid(torch.cat(logits)).cpu().numpy()
 
         def score(mask):
@@ -181,10 +190,10 @@ class FinePruning(Mitigation):
                 return base
             if fast:
                 m = mask.to(feats[0].device)
-                shape = (1, -1) + (1,) * (feats[0].ndim - 2)
+                shape = _channel_shape(feats[0].ndim, self._axis)
                 return torch.sigmoid(torch.cat([model.forward_head(f * m.to(f.dtype).view(shape)).float()
                                                 for f in feats])).cpu().numpy()
-            masker = ChannelMask(mask.to(d.device))
+            masker = ChannelMask(mask.to(d.device), self._axis)
             hook = layer.register_forward_hook(lambda _m, _i, out: masker(out))
             try:
                 return _scores(model, images, d)
@@ -220,7 +229,9 @@ class FinePruning(Mitigation):
             p.requires_grad_(flag)
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
+def _reproduces(model: nn.Module, features: torch.Tensor, logits: torch.Tensor) -> bool:
+    """Whether ``forward_head(features)`` gives ``logits`` (the pruned layer is the features' own)."""
+    try:
+        return torch.allclose(model.forward_head(features).float(), logits, atol=1e-4, rtol=1e-4)
+    except (RuntimeError, ValueError, IndexError):  # another layer's shape: the head does not take it
+        return False

@@ -26,11 +26,11 @@ import copy
 import numpy as np
 import torch
 
-from medbackdoor.defenses._holdout import batchnorm_layers
 from medbackdoor.defenses.base import DEFENSES, Defender, InputDefense
 from medbackdoor.defenses.saliency import check_fpr
 from medbackdoor.defenses.strip import as_float
 from medbackdoor.errors import UserError
+from medbackdoor.models.info import norm_layers
 
 
 @DEFENSES.register("ibd-psc")
@@ -69,7 +69,7 @@ class IBDPSC(InputDefense):
         """A copy of the model and a function k → set its last k BatchNorm layers amplified (the rest as trained)."""
         def copy_model():
             model = copy.deepcopy(d.model).eval()
-            layers = [bn for _, bn in batchnorm_layers(model, "ibd-psc")]
+            layers = [bn for _, bn in norm_layers(model, "ibd-psc")]
             return model, layers, [(bn.weight.detach().clone(), bn.bias.detach().clone()) for bn in layers]
 
         model, layers, originals = d.cached("ibd-psc:model", copy_model)

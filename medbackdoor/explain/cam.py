@@ -17,7 +17,7 @@ from torch import nn
 from medbackdoor._registry import Registry
 from medbackdoor.errors import UserError
 from medbackdoor.labels import label_index
-from medbackdoor.models.info import layer_name
+from medbackdoor.models.info import layer_name, to_maps
 
 SCORES = ("logit", "probability")
 CAMS: Registry[type] = Registry("saliency method")
@@ -61,6 +61,10 @@ def as_images(images, device) -> torch.Tensor:
 
 class BaseCAM:
     """Saliency at one layer of a model; use as a context manager so the hook is removed on exit.
+
+    The layer's output is read as maps through the model's ``info`` (:func:`~medbackdoor.models.info.to_maps`):
+    a vision transformer's tokens are laid back on their patch grid (the class token dropped), as
+    pytorch-grad-cam's ``reshape_transform`` does.
 
     Args:
         model: a classifier returning logits.
@@ -121,7 +125,9 @@ class BaseCAM:
                 chosen = torch.sigmoid(chosen)
             act = self._activation
             (grads,) = torch.autograd.grad(chosen.sum(), act)
-        act, grads = act.detach().float(), grads.detach().float()
+        # B×C×h×w maps whatever the layer's layout (tokens laid back on the patch grid, channels-last permuted)
+        size = tuple(x.shape[-2:])
+        act, grads = (to_maps(self.model, t.detach(), size).float() for t in (act, grads))
         self.map_size = (int(act.shape[-2]), int(act.shape[-1]))
         weights = self.channel_weights(act, grads)
         cam = F.relu((weights[:, :, None, None] * act).sum(1, keepdim=True))

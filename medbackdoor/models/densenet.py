@@ -6,24 +6,9 @@ import torch
 import torchvision
 from torch import nn
 
-from medbackdoor.errors import UserError
 from medbackdoor.models.info import ModelInfo
+from medbackdoor.models.inputs import IMAGENET_INPUT, GrayToRGB, torchvision_weights
 from medbackdoor.models.registry import MODELS
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class GrayToImageNet(nn.Module):
-    """B×1×H×W gray in [0, 1] → B×3×H×W, replicated and normalised with the ImageNet statistics."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.expand(-1, 3, -1, -1) - self.mean) / self.std
 
 
 @MODELS.register("densenet121")
@@ -53,17 +38,15 @@ class DenseNet121(nn.Module):
             "prune": "relu",
         },
         min_size=32,  # five halvings leave a 1×1 map at 32 px
-        input="gray replicated to 3 channels, normalised with the ImageNet mean and std",
+        input=IMAGENET_INPUT,
+        norm="batch",
     )
 
     def __init__(self, num_classes: int = 14, imagenet: bool = False) -> None:
         super().__init__()
         weights = torchvision.models.DenseNet121_Weights.IMAGENET1K_V1 if imagenet else None
-        try:
-            net = torchvision.models.densenet121(weights=weights)
-        except Exception as exc:  # noqa: BLE001 - no network, no cached file
-            raise UserError(f"cannot get torchvision's ImageNet weights for DenseNet-121: {exc}") from None
-        self.input = GrayToImageNet()
+        net = torchvision_weights(torchvision.models.densenet121, weights)
+        self.input = GrayToRGB()
         self.features = net.features
         self.relu = nn.ReLU(inplace=False)
         self.classifier = nn.Linear(net.classifier.in_features, num_classes)
@@ -71,9 +54,10 @@ class DenseNet121(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.features(self.input(x)))
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         # Global average pooling as a mean: AdaptiveAvgPool2d's CUDA backward has no deterministic kernel.
-        return self.classifier(features.mean((2, 3)))
+        pooled = features.mean((2, 3))
+        return pooled if pre_logits else self.classifier(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -30,7 +30,9 @@ def is_paper_trigger(folder: str | Path) -> bool:
 
 def figure1_runs(results: list[dict]) -> list[Path]:
     """The folders to explain for Figure 1 among a sweep's results (``name``, ``folder``, ``status`` each): the
-    trigger model first, then its clean control; ``[]`` when the study has neither."""
+    trigger model first, then its clean control; ``[]`` when the study has neither. A study over architectures
+    (its runs differ in ``model.arch`` or ``model.options``) gets one such pair per architecture, in the order of
+    their first appearance among the sorted models."""
     from medbackdoor.study.controls import match_controls
 
     done = {r["name"]: Path(r["folder"]) for r in results if r.get("status") in DONE}
@@ -42,9 +44,19 @@ def figure1_runs(results: list[dict]) -> list[Path]:
     models = sorted((RunDir(f).config().train.seed, f.name, f) for f in grid if is_paper_trigger(f))
     if not models:
         return []
-    model = models[0][2]
     controls = dict(match_controls(grid))
-    return [model] + ([controls[model]] if model in controls else [])
+    chosen: dict[str, Path] = {}
+    for _, _, folder in models:  # the lowest seed of each architecture
+        chosen.setdefault(_architecture(folder), folder)
+    pairs = []
+    for model in chosen.values():
+        pairs += [model] + ([controls[model]] if model in controls else [])
+    return pairs
+
+
+def _architecture(folder: Path) -> str:
+    config = RunDir(folder).config()
+    return f"{config.model.arch} {sorted(config.model.options.items())}"
 
 
 def explain_figure_runs(results: list[dict], report: Callable[[str], None] = print) -> list[Path]:

@@ -224,7 +224,7 @@ def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: 
     # is not needed again. Its weights are loaded before the optimizer exists (an xrv checkpoint swaps conv0).
     state = out.load_state(start - 1) if start > 1 else None
     model = create_model(config.model.arch, config.model.pretrained if state is None else "none", len(names),
-                         label_names=names)
+                         label_names=names, image_size=config.image_size, options=config.model.options)
     if state is not None:
         model.load_state_dict(state["model"])
     elif getattr(model, "pretrained_info", None):
