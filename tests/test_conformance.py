@@ -1,4 +1,5 @@
-"""Registry conformance: every registered defense goes through ``defend`` on a real (tiny) run and answers with its
+"""Registry conformance (the models' is tests/test_models.py): every registered dataset loads the miniature release
+it writes itself, and every registered defense goes through ``defend`` on a real (tiny) run and answers with its
 kind's contract. The methods come from the registry, not from a list here, so a new defense is tested by being
 registered. Only options that make a method quick at this size are set here (fewer steps, fewer epochs); a method
 not named below runs at its defaults."""
@@ -12,6 +13,7 @@ import pytest
 from conftest import image_cache_at
 
 from medbackdoor.config import load_config
+from medbackdoor.data import DATASETS, SPLITS, create_dataset
 from medbackdoor.defenses import DEFENSES
 from medbackdoor.defenses.base import KINDS
 from medbackdoor.defenses.runner import defend
@@ -70,3 +72,32 @@ def test_every_defense_answers_its_kinds_contract(tiny_run, method):
     with image_cache_at(tiny_run.parent / "cache"):
         defend(tiny_run, method, holdout=HOLDOUT, options=QUICK.get(method, {}))
     assert (tiny_run / "defenses" / method / "summary.json").stat().st_mtime_ns == mtime
+
+
+# --- datasets ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_every_dataset_builds_from_its_example_and_keeps_the_contract(name, tmp_path, monkeypatch):
+    """Each registered dataset writes its own miniature release (:meth:`ChestXrayDataset.example`) and loads it:
+    labels 0/1/NaN in its declared columns, the three splits, no patient in two splits, H×W uint8 sources, a
+    fingerprint that is stable and sees a changed table."""
+    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
+    options = DATASETS.get(name).example(tmp_path / "data")
+    dataset = create_dataset(name, **options)
+    n, width = len(dataset), len(dataset.label_names)
+    assert n > 0 and dataset.labels.shape == (n, width) and width == len(set(dataset.label_names))
+    known = dataset.labels[~np.isnan(dataset.labels)]
+    assert np.isin(known, (0.0, 1.0)).all()
+    assert set(dataset.splits) <= set(SPLITS) and all(len(dataset.split_indices(s)) for s in ("train", "test"))
+    summary = dataset.summary()
+    assert json.dumps(summary) and summary["images"] == n
+    if dataset.has_patient_ids:
+        assert summary["patient_overlap"] == 0
+    for i in (0, n - 1):
+        image = dataset.read_source(i)
+        assert image.ndim == 2 and image.dtype == np.uint8 and min(image.shape) >= 8
+    again = create_dataset(name, **options)
+    assert again.fingerprint() == dataset.fingerprint()
+    fewer = create_dataset(name, **{**options, "limit": 2}) if "limit" in DATASETS.options(name) else None
+    if fewer is not None:
+        assert len(fewer) < n and fewer.fingerprint() != dataset.fingerprint()

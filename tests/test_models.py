@@ -234,3 +234,18 @@ def test_timm_without_timm_or_with_an_unknown_name_is_one_line(monkeypatch):
     if HAVE_TIMM:
         with pytest.raises(UserError, match="timm has no model"):
             load_config("quick", ["model.arch=timm:no_such_net"])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_second_derivatives_flow_under_second_order(arch, built):
+    """I-BAU's implicit hypergradient differentiates a gradient: every model must allow it inside
+    :func:`~medbackdoor.defenses._holdout.second_order` (attention's fused kernels have no double backward)."""
+    from medbackdoor.defenses._holdout import second_order
+
+    model, size = built(arch)
+    delta = torch.zeros(1, 1, size, size, requires_grad=True)
+    x = torch.rand(2, 1, size, size)
+    with second_order():
+        (g,) = torch.autograd.grad(model(x + delta).sum(), delta, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(2).sum(), delta)
+    assert torch.isfinite(gg).all()

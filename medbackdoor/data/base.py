@@ -70,6 +70,15 @@ class ChestXrayDataset(ABC):
     def read_source(self, index: int) -> np.ndarray:
         """The source-resolution image ``index`` as an H×W uint8 array (the one hook to override)."""
 
+    @classmethod
+    def example(cls, root) -> dict:
+        """Write a miniature copy of this dataset under the folder ``root`` (tens of images, laid out as the real
+        release is) and return the options that load it (``create_dataset(name, **options)``).
+
+        Every registered dataset gives one: the registry's conformance tests build each dataset from it, so a new
+        dataset is tested by being registered, and a user can see the layout a dataset expects."""
+        raise NotImplementedError(f"{cls.__name__} gives no example; override ChestXrayDataset.example")
+
     @abstractmethod
     def source_fingerprint(self) -> dict:
         """What identifies the source pixels (files, sizes, generator version): the cache key is built on it."""
@@ -124,6 +133,24 @@ class ImageFileDataset(ChestXrayDataset):
     def file_stats(self, names) -> list[list]:
         """``[name, size, mtime_ns]`` of every image file: the part of the fingerprint that sees pixels change."""
         return [[n, s.st_size, s.st_mtime_ns] for n, s in zip(names, (os.stat(p) for p in self._paths))]
+
+
+def write_example_images(paths, size: int = 40, seed: int = 0) -> None:
+    """Small random images at ``paths`` (PNG or JPEG by suffix), in the odd formats releases hold: every third RGB,
+    every fifth PNG RGBA, the rest 8-bit gray."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i, path in enumerate(paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, size=(size, size), dtype=np.uint8)
+        if i % 3 == 1:
+            img = Image.fromarray(np.stack([pixels] * 3, -1), "RGB")
+        elif i % 5 == 2 and path.suffix == ".png":
+            img = Image.fromarray(np.dstack([pixels] * 3 + [np.full_like(pixels, 255)]), "RGBA")
+        else:
+            img = Image.fromarray(pixels, "L")
+        img.save(path)
 
 
 def patient_overlap(patients: np.ndarray, splits: np.ndarray) -> int:

@@ -153,6 +153,20 @@ class ChestMNIST(ChestXrayDataset):
     name = "chestmnist"
     has_patient_ids = False
 
+    @classmethod
+    def example(cls, root) -> dict:
+        """A miniature ``chestmnist.npz`` (MedMNIST's keys: ``{split}_images`` N×28×28 uint8, ``{split}_labels``
+        N×14 in MedMNIST's column order)."""
+        rng = np.random.default_rng(0)
+        arrays = {}
+        for split, n in (("train", 24), ("val", 8), ("test", 8)):
+            arrays[f"{split}_images"] = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+            arrays[f"{split}_labels"] = (rng.random((n, NUM_CLASSES)) < 0.2).astype(np.uint8)
+        folder = Path(root)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(folder / file_name(28), **arrays)
+        return {"root": str(folder), "size": 28, "download": False, "unpack_dir": str(folder / "unpacked")}
+
     def __init__(self, root: str | os.PathLike | None = None, size: int = DEFAULT_SIZE, download: bool = True,
                  seed: int = 0, limit: int | None = None, unpack_dir: str | os.PathLike | None = None) -> None:
         if isinstance(size, bool) or size not in SIZES:

@@ -107,6 +107,30 @@ class CheXpert(ImageFileDataset):
 
     name = "chexpert"
 
+    @classmethod
+    def example(cls, root) -> dict:
+        """A miniature ``CheXpert-v1.0-small``: ``train.csv`` and ``valid.csv`` (1.0, 0.0, −1.0 and blank labels;
+        frontal and lateral views) and their JPEGs under ``train/`` and ``valid/``."""
+        from medbackdoor.data.base import write_example_images
+
+        release = Path(root) / "CheXpert-v1.0-small"
+        release.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *OBSERVATIONS]
+        paths = []
+        for csv_name, split, first, n in (("train.csv", "train", 1, 16), ("valid.csv", "valid", 64541, 6)):
+            lines = [",".join(header)]
+            for patient in range(first, first + n):
+                for view, kind in ((1, "frontal"), (2, "lateral"))[: 2 if patient % 2 == 0 else 1]:
+                    rel = f"{split}/patient{patient:05d}/study1/view{view}_{kind}.jpg"
+                    values = rng.choice(["1.0", "0.0", "-1.0", ""], size=len(OBSERVATIONS))
+                    lines.append(",".join([f"CheXpert-v1.0-small/{rel}", "Female", "50", kind.capitalize(),
+                                           "AP" if kind == "frontal" else "", *values]))
+                    paths.append(release / rel)
+            (release / csv_name).write_text("\n".join(lines) + "\n")
+        write_example_images(paths)
+        return {"root": str(Path(root))}
+
     def __init__(self, root: str | os.PathLike | None = None, view: str = "frontal", uncertain: str = "zeros",
                  blank: str = "zeros", labels: Sequence[str] | str | None = None, val_fraction: float = 0.1,
                  seed: int = 0, limit: int | None = None) -> None:

@@ -52,6 +52,33 @@ class NIHChestXray14(ImageFileDataset):
 
     name = "nih"
 
+    @classmethod
+    def example(cls, root) -> dict:
+        """A miniature release: ``Data_Entry_2017_v2020.csv``, the official ``train_val_list.txt`` and
+        ``test_list.txt``, and the PNGs in ``images_001/images`` and ``images_002/images``."""
+        from medbackdoor.data.base import write_example_images
+        from medbackdoor.labels import LABELS
+
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        rows, names = [], []
+        for patient in range(1, 11):
+            for k in range(3):
+                name = f"{patient:08d}_{k:03d}.png"
+                found = [LABELS[i] for i in np.flatnonzero(rng.random(len(LABELS)) < 0.15)]
+                rows.append(f"{name},{'|'.join(found) or 'No Finding'},{k},{patient},{40 + patient},"
+                            f"{'MF'[patient % 2]},PA,1024,1024,0.143,0.143\n")
+                names.append(name)
+        header = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Sex,View Position,"
+                  "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n")
+        (root / "Data_Entry_2017_v2020.csv").write_text(header + "".join(rows))
+        test = [n for n in names if int(n[:8]) % 4 == 1]
+        (root / "test_list.txt").write_text("\n".join(test) + "\n")
+        (root / "train_val_list.txt").write_text("\n".join(n for n in names if n not in test) + "\n")
+        write_example_images([root / f"images_{1 + i % 2:03d}" / "images" / n for i, n in enumerate(names)])
+        return {"root": str(root)}
+
     def __init__(self, root: str | os.PathLike | None = None, split: str = "auto", val_fraction: float = 0.1,
                  seed: int = 0, limit: int | None = None) -> None:
         if root is None:

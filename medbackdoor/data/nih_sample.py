@@ -99,6 +99,11 @@ class NIHSample(ChestXrayDataset):
 
     name = "nih-sample"
 
+    @classmethod
+    def example(cls, root) -> dict:
+        """No files: the bundled radiographs, a few per split."""
+        return {"limit": 12}
+
     def __init__(self, root: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
                  seed: int = 0, limit: int | None = None) -> None:
         if val_fraction + test_fraction >= 1.0:

@@ -66,6 +66,11 @@ class SyntheticChestXray(ChestXrayDataset):
 
     name = "synthetic"
 
+    @classmethod
+    def example(cls, root) -> dict:
+        """No files: a small generated set."""
+        return {"n_images": 48, "source_size": 32}
+
     def __init__(self, root: str | None = None, n_images: int = 4000, seed: int = 0, source_size: int = 256,
                  val_fraction: float = 0.1, test_fraction: float = 0.2, lesion_contrast: float = 1.0,
                  limit: int | None = None) -> None:

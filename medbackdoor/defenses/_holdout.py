@@ -71,6 +71,15 @@ def bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float()[known], y[known])
 
 
+def second_order():
+    """A context in which second derivatives work through every layer: attention runs its plain (math) kernel,
+    since the fused scaled-dot-product kernels have no double backward (a vision transformer under I-BAU's
+    implicit hypergradient)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     """Put ``new`` in place of the submodule ``name`` of ``model``."""
     parent_name, _, child = name.rpartition(".")

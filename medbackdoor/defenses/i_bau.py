@@ -43,6 +43,7 @@ from medbackdoor.defenses._holdout import (
     micro_auroc_or_none,
     minibatches,
     model_scores,
+    second_order,
     seeded,
 )
 from medbackdoor.defenses.base import DEFENSES, Defender, Mitigation
@@ -109,7 +110,7 @@ class IBAU(Mitigation):
         first = next(minibatches(len(learn_x), self.batch_size, torch.Generator().manual_seed(0)))
         x0, y0 = x_all[first], y_true[first]
         rounds = []
-        with torch.enable_grad():
+        with torch.enable_grad(), second_order():
             for _ in range(self.rounds):
                 delta = self.perturbation(model, x_all, gen)
                 outer_losses = []
