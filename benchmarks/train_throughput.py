@@ -126,6 +126,7 @@ def main(argv=None) -> dict:
     p.add_argument("--cuda-graph", action="store_true", help="the whole step as one CUDA graph (train.cuda_graph)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 instead of bf16 autocast (CUDA)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--arch", default="densenet121", help="model.arch (densenet121, resnet50, vit_b_16, timm:NAME)")
     p.add_argument("--json", default=None, help="also append the result as one JSON line to this file")
     args = p.parse_args(argv)
 
@@ -134,7 +135,7 @@ def main(argv=None) -> dict:
     channels_last = args.channels_last and device.type == "cuda"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    model = create_model("densenet121", "none").to(device)
+    model = create_model(args.arch, "none", image_size=args.image_size).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     graphed = args.cuda_graph and device.type == "cuda"
@@ -146,12 +147,14 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         pl = pipeline(step_model, optimizer, device, args, Path(tmp), channels_last, graph)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    result = {"device": name, "image_size": args.image_size, "batch_size": args.batch_size, "compile": args.compile,
+    result = {"device": name, "arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
+              "compile": args.compile,
               "compile_mode": args.compile_mode, "cuda_graph": graphed,
               "amp_bf16": args.amp and device.type == "cuda", "channels_last": channels_last, "workers": args.workers,
               "bound_img_s": round(b, 1), "pipeline_img_s": round(pl, 1), "ratio": round(pl / b, 3),
               "seconds": round(time.perf_counter() - t0, 1), "torch": torch.__version__}
-    print(f"{name} | {args.image_size} px, batch {args.batch_size}, compile={args.compile}, cuda_graph={graphed}, "
+    print(f"{name} | {args.arch}, {args.image_size} px, batch {args.batch_size}, compile={args.compile}, "
+          f"cuda_graph={graphed}, "
           f"bf16={result['amp_bf16']}, channels_last={channels_last}, workers={args.workers}")
     print(f"model-only bound {b:8.1f} img/s | pipeline {pl:8.1f} img/s | ratio {pl / b:.3f}")
     if args.json:

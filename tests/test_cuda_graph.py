@@ -84,8 +84,10 @@ def test_cuda_graph_with_compile_is_one_line_exit_2(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def compare(steps: int = 10, batch: int = 16, size: int = 64, lr_drop_at: int = 6, odd_at: int = 8) -> dict:
-    """Train two copies of one DenseNet-121 on the same batches, eager and graphed; the largest differences.
+def compare(steps: int = 10, batch: int = 16, size: int = 64, lr_drop_at: int = 6, odd_at: int = 8,
+            arch: str = "densenet121") -> dict:
+    """Train two copies of one model (DenseNet-121 by default) on the same batches, eager and graphed; the largest
+    differences.
 
     Exercises capture after the warm-up, a learning-rate change (recapture) and a batch of another size (eager
     fallback). cuDNN autotuning is off so both take the same kernels.
@@ -95,7 +97,7 @@ def compare(steps: int = 10, batch: int = 16, size: int = 64, lr_drop_at: int = 
     torch.backends.cudnn.benchmark = False
     device = torch.device("cuda")
     torch.manual_seed(0)
-    eager = create_model("densenet121", "none", 14).to(device).to(memory_format=torch.channels_last)
+    eager = create_model(arch, "none", 14, image_size=size).to(device).to(memory_format=torch.channels_last)
     graphed = copy.deepcopy(eager)
     opt_e = torch.optim.Adam(eager.parameters(), lr=1e-3, capturable=True)
     opt_g = torch.optim.Adam(graphed.parameters(), lr=1e-3, capturable=True)
@@ -129,18 +131,22 @@ def compare(steps: int = 10, batch: int = 16, size: int = 64, lr_drop_at: int = 
 
 
 @cuda
-def test_graphed_training_matches_eager():
-    r = compare()
+@pytest.mark.parametrize("arch", ["densenet121", "resnet50", "vit_b_16"])
+def test_graphed_training_matches_eager(arch):
+    r = compare(arch=arch)
     assert r["captures"] == 2  # once after the warm-up, once after the learning-rate change
     assert r["eager_steps"] == 4  # three warm-up steps and the odd-sized batch
     assert r["max_loss_diff"] < 1e-2, r
     assert r["max_weight_diff"] < 1e-2, r
 
 
-if __name__ == "__main__":  # the GPU machine may have no pytest
-    result = compare()
-    print(result)
-    ok = result["captures"] == 2 and result["eager_steps"] == 4 and result["max_loss_diff"] < 1e-2 \
-        and result["max_weight_diff"] < 1e-2
-    print("cuda graph check:", "ok" if ok else "FAILED")
-    sys.exit(0 if ok else 1)
+if __name__ == "__main__":  # the GPU machine may have no pytest: python3 tests/test_cuda_graph.py [ARCH ...]
+    failed = 0
+    for arch in sys.argv[1:] or ["densenet121"]:
+        result = compare(arch=arch)
+        print(arch, result)
+        ok = result["captures"] == 2 and result["eager_steps"] == 4 and result["max_loss_diff"] < 1e-2 \
+            and result["max_weight_diff"] < 1e-2
+        print(f"cuda graph check ({arch}):", "ok" if ok else "FAILED")
+        failed += not ok
+    sys.exit(1 if failed else 0)

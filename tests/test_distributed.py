@@ -116,6 +116,20 @@ def test_two_process_gloo_run_writes_each_file_once_and_matches_one_process(tmp_
     assert np.array_equal(pa["rows"], pb["rows"])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["resnet50", "vit_b_16"])
+def test_two_process_gloo_run_trains_the_other_architectures(arch, tmp_path):
+    """DDP over two CPU ranks with each non-DenseNet architecture (the ViT at 32 px: a 2×2 grid of patches)."""
+    from medbackdoor.rundir import RunDir
+
+    done = _cli(tmp_path / "ddp", "--set", f"model.arch={arch}", "--set", "train.epochs=1", nproc=2,
+                env=_env(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((tmp_path / "ddp" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["distributed"]["world_size"] == 2
+    assert RunDir(tmp_path / "ddp").config().model.arch == arch
+
+
 def _spawned(rank: int, port: int, folder: str, cache: str) -> None:
     """One rank of an in-process 2-rank run that logs every file it writes."""
     import medbackdoor._io as io
