@@ -19,8 +19,9 @@ from medbackdoor.defenses.base import KINDS
 from medbackdoor.defenses.runner import defend
 from medbackdoor.train import run
 
-TINY = ["dataset.options.n_images=120", "dataset.options.source_size=32", "image_size=32", "train.epochs=3",
-        "train.batch_size=16", "eval.epsilons=[0.1]", "trigger.mode=append", "trigger.fraction=0.2"]
+# a holdout of about 40 images (the input defenses need k = 8 reference images in its first half)
+TINY = ["dataset.options.n_images=160", "dataset.val_fraction=0.25", "dataset.options.source_size=32", "image_size=32",
+        "train.epochs=3", "train.batch_size=16", "eval.epsilons=[0.1]", "trigger.mode=append", "trigger.fraction=0.2"]
 # speed only: fewer optimisation steps or epochs than the defaults (a 2-core CPU, seconds a method)
 QUICK = {
     "anp": {"steps": 5, "levels": 5},
