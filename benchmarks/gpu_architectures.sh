@@ -6,23 +6,10 @@
 # On a CPU, a smoke test of the script itself:    SMOKE=1 OUT=/tmp/smoke bash benchmarks/gpu_architectures.sh
 # Every step has its own time limit; a failed step does not stop the next. The study resumes if run again.
 set -u
-OUT=${OUT:-/tmp/gpu-out}
-W=${WORK:-/tmp/mb-work}
+source "$(dirname "$0")/gpu_common.sh"
 BUDGET=${BUDGET:-540}
 SMOKE=${SMOKE:-0}
 ARCHS=${ARCHS:-densenet121 resnet50 vit_b_16}
-mkdir -p "$OUT" "$W/logs"
-export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MEDBACKDOOR_CACHE=$W/cache
-PY=${PYTHON:-python3}
-step() {  # step NAME SECONDS COMMAND...
-  local name=$1 limit=$2; shift 2
-  local t0=$SECONDS
-  echo "=== $name (limit ${limit}s, at ${SECONDS}s)"
-  timeout "$limit" "$@" >"$W/logs/$name.log" 2>&1
-  local rc=$?
-  echo "=== $name rc=$rc in $((SECONDS - t0))s"
-  tail -n 3 "$W/logs/$name.log"
-}
 pack() {
   tar -czf "$OUT/logs.tar.gz" -C "$W" logs
   [ -d "$W/architectures" ] && tar -czf "$OUT/architectures.tar.gz" -C "$W" --exclude='*.pt' --exclude='cache' \

@@ -6,21 +6,8 @@
 # gets whatever is left of BUDGET seconds; its runs resume where they stopped if the script is run again.
 # What comes back is a handful of files: throughput.jsonl, logs.tar.gz and the study folders without checkpoints.
 set -u
-OUT=${OUT:-/tmp/gpu-out}
-W=${WORK:-/tmp/mb-work}
+source "$(dirname "$0")/gpu_common.sh"
 BUDGET=${BUDGET:-520}
-mkdir -p "$OUT" "$W/logs"
-export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MEDBACKDOOR_CACHE=$W/cache
-PY=${PYTHON:-python3}
-step() {  # step NAME SECONDS COMMAND...
-  local name=$1 limit=$2; shift 2
-  local t0=$SECONDS
-  echo "=== $name (limit ${limit}s, at ${SECONDS}s)"
-  timeout "$limit" "$@" >"$W/logs/$name.log" 2>&1
-  local rc=$?
-  echo "=== $name rc=$rc in $((SECONDS - t0))s"
-  tail -n 3 "$W/logs/$name.log"
-}
 pack() {
   tar -czf "$OUT/logs.tar.gz" -C "$W" logs
   [ -d "$W/quick" ] && tar -czf "$OUT/quick.tar.gz" -C "$W" --exclude='*.pt' quick

@@ -36,11 +36,14 @@ def defense_rows(records: list[RunRecord], describe, label_keys) -> pd.DataFrame
     """One row per (run, defense) with the numbers the tables need; ``condition`` names the attack."""
     conditions = [condition_of(r.config) for r in records]
     keys = label_keys(conditions)
+    # what else varies (model.arch, train.lr, ...) tells clean controls apart, so none is merged with another
+    setting = [k for k in keys if not k.startswith("trigger.")]
     rows = []
     for r, cond in zip(records, conditions):
         clean = not cond.get("trigger.fraction")
-        label = "Clean" if clean else describe(cond, [k for k in keys if k != "trigger.fraction"] +
-                                               (["trigger.fraction"] if "trigger.fraction" in keys else []))
+        attack = [k for k in keys if k != "trigger.fraction"] + (["trigger.fraction"] if "trigger.fraction" in keys
+                                                                  else [])
+        label = (f"Clean ({describe(cond, setting)})" if setting else "Clean") if clean else describe(cond, attack)
         asr = next((c for c in table_columns(eval_config_of(r.config)) if c.group == "asr"), None)
         control = _control_asr(r.folder, asr.name if asr else None)
         for path in RunDir(r.folder).defense_summary_paths():

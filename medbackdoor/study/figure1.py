@@ -30,9 +30,9 @@ def is_paper_trigger(folder: str | Path) -> bool:
 
 def figure1_runs(results: list[dict]) -> list[Path]:
     """The folders to explain for Figure 1 among a sweep's results (``name``, ``folder``, ``status`` each): the
-    trigger model first, then its clean control; ``[]`` when the study has neither. A study over architectures
-    (its runs differ in ``model.arch`` or ``model.options``) gets one such pair per architecture, in the order of
-    their first appearance among the sorted models."""
+    trigger model first, then its clean control; ``[]`` when the study has neither. A study whose runs differ in
+    more than the attack (``model.arch``, ``train.lr``, ...: the architectures study) gets one such pair per setting
+    of everything but the trigger, in the order of their first appearance among the sorted models."""
     from medbackdoor.study.controls import match_controls
 
     done = {r["name"]: Path(r["folder"]) for r in results if r.get("status") in DONE}
@@ -46,17 +46,18 @@ def figure1_runs(results: list[dict]) -> list[Path]:
         return []
     controls = dict(match_controls(grid))
     chosen: dict[str, Path] = {}
-    for _, _, folder in models:  # the lowest seed of each architecture
-        chosen.setdefault(_architecture(folder), folder)
+    for _, _, folder in models:  # the lowest seed of each setting
+        chosen.setdefault(_setting(folder), folder)
     pairs = []
     for model in chosen.values():
         pairs += [model] + ([controls[model]] if model in controls else [])
     return pairs
 
 
-def _architecture(folder: Path) -> str:
-    config = RunDir(folder).config()
-    return f"{config.model.arch} {sorted(config.model.options.items())}"
+def _setting(folder: Path) -> str:
+    """The run's condition without its attack (every ``trigger.*`` key): what a Figure-1 pair shares."""
+    condition = condition_of(flatten(RunDir(folder).config().to_dict()))
+    return repr(sorted((k, repr(v)) for k, v in condition.items() if not k.startswith("trigger.")))
 
 
 def explain_figure_runs(results: list[dict], report: Callable[[str], None] = print) -> list[Path]:
