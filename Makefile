@@ -5,11 +5,11 @@ PY := $(VENV)/bin/python
 MB := $(VENV)/bin/medbackdoor
 DEMO_OUT ?= demo
 
-.PHONY: demo quick-pair real-pair test test-all lint bench clean
+.PHONY: demo quick-pair real-pair test test-all lint bench docs clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,docs]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -42,6 +42,10 @@ test: $(VENV)/.installed
 test-all: $(VENV)/.installed
 	$(PY) -m pytest -q -m ''
 
+# the documentation site (MkDocs, Material, mkdocstrings) into site/; `make test` builds it in strict mode too
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict
+
 lint: $(VENV)/.installed
 	$(PY) -m ruff check medbackdoor tests benchmarks tools
 
@@ -49,4 +53,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/loader.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache site

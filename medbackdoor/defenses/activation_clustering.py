@@ -87,7 +87,9 @@ class ActivationClustering(FindingGroupDefense):
             "half the cluster is clean", so pure sampling noise in a clean group almost never reaches it).
         whiten: scale the PCA scores to unit variance before 2-means (default false; true = the paper's ICA
             geometry; see the module docstring).
-        min_group, min_holdout, fallback: as for ``spectral`` (defaults 10, 5, all).
+        min_group: as for ``spectral`` (default 10).
+        min_holdout: as for ``spectral`` (default 5).
+        fallback: as for ``spectral`` (default all).
     """
 
     paper = ("Chen et al., Detecting Backdoor Attacks on Deep Neural Networks by Activation Clustering, "

@@ -71,7 +71,8 @@ class Defender:
         model: the trained classifier (logits), any saved epoch; put in eval mode.
         train_images: the training samples as trained (len N_train; appended poisoned copies included).
         train_labels: N_train × C labels as trained.
-        holdout_images, holdout_labels: clean images the defender trusts (the validation split).
+        holdout_images: clean images the defender trusts (the validation split).
+        holdout_labels: the holdout's labels.
         label_names: the C finding names.
         dataset: the registered name of the dataset the run trained on ("" when unknown): a defender knows where
             its training data came from (e.g. ``label-audit`` refuses a reference built from the same data).

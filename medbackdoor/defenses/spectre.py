@@ -157,7 +157,9 @@ class Spectre(FindingGroupDefense):
             :func:`medbackdoor.defenses.spectral.combine_per_sample`) or ``group`` (per group, as above).
         folds: holdout rule: cross-fitting folds (default 2: the directions, estimate and Q that score a half of
             the group are fit on the other half; 1 = in-sample, as the paper).
-        min_group, min_holdout, fallback: as for ``spectral`` (defaults 10, 5, all).
+        min_group: as for ``spectral`` (default 10).
+        min_holdout: as for ``spectral`` (default 5).
+        fallback: as for ``spectral`` (default all).
     """
 
     paper = ("Hayase, Kong, Somani & Oh, SPECTRE: Defending Against Backdoor Attacks Using Robust Statistics, "

@@ -48,7 +48,8 @@ def stealth(clean, triggered, chunk: int = 256, data_range: float = 255.0) -> di
     """Stealth of a trigger over N image pairs (``clean[i]`` and ``triggered[i]``, same shape).
 
     Args:
-        clean, triggered: N×H×W uint8 arrays or lazy views (``view[lo:hi]``, ``len()``), read in chunks.
+        clean: N×H×W uint8 array or lazy view (``view[lo:hi]``, ``len()``), read in chunks.
+        triggered: the triggered images, of the same kind and shape as ``clean``.
         chunk: images read at a time.
         data_range: the pixel value range (255 for uint8).
 

@@ -58,7 +58,8 @@ def triggered_images(dataset: ChestXrayDataset, rows: np.ndarray, clean: np.ndar
         clean: their clean model inputs, K×S×S uint8 (from the cache), in the order of ``rows``.
         trigger: the trigger; its size is in pixels of the image it is stamped on.
         stage: ``input`` or ``source``.
-        seed, stream: with the row, they seed each image's placement (:func:`image_rng`).
+        seed: with ``stream`` and the row, seeds each image's placement (:func:`image_rng`).
+        stream: with ``seed`` and the row, seeds each image's placement (:func:`image_rng`).
         prep: the victim's preprocessing (``source`` stage).
         workers: worker processes for the ``source`` stage.
 
@@ -120,8 +121,14 @@ def triggered_view(dataset: ChestXrayDataset, images: np.ndarray, rows: np.ndarr
         dataset: the dataset (read again at the ``source`` stage).
         images: its preprocessed images (the cache memmap), indexed by dataset row.
         rows: dataset rows to infect.
-        trigger, stage, seed, stream: as for :func:`triggered_images`.
-        size, prep, cache_dir: the cache the images come from (the ``source`` memmap is written beside it).
+        trigger: as for :func:`triggered_images`.
+        stage: as for :func:`triggered_images`.
+        seed: as for :func:`triggered_images`.
+        stream: as for :func:`triggered_images`.
+        size: with ``prep`` and ``cache_dir``, names the cache the images come from (the ``source`` memmap is written
+            beside it).
+        prep: as for ``size``.
+        cache_dir: as for ``size``.
         workers: worker processes for the ``source`` stage.
 
     Returns:

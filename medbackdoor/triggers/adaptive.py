@@ -197,7 +197,9 @@ class ConditionalTrigger(Trigger):
     Args:
         source: the finding that switches the backdoor on (a label name of the dataset).
         base: the registered pixel trigger stamped (``square``, ``patch``, ``blend``, ...).
-        size, location, value: passed to ``base`` where it takes them (unset: its own defaults).
+        size: passed to ``base`` where it takes it (unset: its own default).
+        location: passed to ``base`` where it takes it (unset: its own default).
+        value: passed to ``base`` where it takes it (unset: its own default).
         cover_ratio: cover samples per poisoned sample (TaCT's cover set; 1 by default).
     """
 
