@@ -7,12 +7,17 @@ DEMO_OUT ?= demo
 
 .PHONY: demo quick-pair real-pair test test-all lint bench docs clean
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+# the core install (what `make demo` needs: no optional extra), then the test and docs tools on top of it
+$(VENV)/.core: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.core
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,docs]'
 	touch $@
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.core
 	$(MB) poison preview --config quick-real --out $(DEMO_OUT)/poison
 	$(MB) reproduce --protocol quick --seeds 0 --jobs 2 --out $(DEMO_OUT)/reproduce
 	$(MB) summary $(DEMO_OUT)/reproduce/runs/fraction-0.0_seed-0 $(DEMO_OUT)/reproduce/runs/size-3_seed-0
@@ -25,13 +30,13 @@ demo: $(VENV)/.installed
 	@echo "All three seeds (adds 12 runs, the 6 done are kept): $(MB) reproduce --protocol quick --out $(DEMO_OUT)/reproduce"
 
 # The quick protocol's clean control and 3x3 run at full length (6 epochs, 2,000 images), side by side.
-quick-pair: $(VENV)/.installed
+quick-pair: $(VENV)/.core
 	$(MB) run --config quick --set trigger.fraction=0 --out $(DEMO_OUT)/quick-clean --resume
 	$(MB) run --config quick --out $(DEMO_OUT)/quick-3px --resume
 	$(MB) summary $(DEMO_OUT)/quick-clean $(DEMO_OUT)/quick-3px
 
 # The quick-real protocol's clean control and 3x3 run on the bundled real NIH radiographs, at full length (6 epochs).
-real-pair: $(VENV)/.installed
+real-pair: $(VENV)/.core
 	$(MB) run --config quick-real --set trigger.fraction=0 --out $(DEMO_OUT)/real6-clean --resume
 	$(MB) run --config quick-real --out $(DEMO_OUT)/real6-3px --resume
 	$(MB) summary $(DEMO_OUT)/real6-clean $(DEMO_OUT)/real6-3px
