@@ -249,3 +249,10 @@ def test_second_derivatives_flow_under_second_order(arch, built):
         (g,) = torch.autograd.grad(model(x + delta).sum(), delta, create_graph=True)
         (gg,) = torch.autograd.grad(g.pow(2).sum(), delta)
     assert torch.isfinite(gg).all()
+
+
+@pytest.mark.parametrize("patch", ["0", "-4", "sixteen", "true"])
+def test_a_bad_vit_patch_size_is_one_line(patch):
+    with pytest.raises(UserError, match="patch_size") as err:
+        load_config("quick", ["model.arch=vit_b_16", f"model.options.patch_size={patch}"])
+    assert "\n" not in str(err.value)

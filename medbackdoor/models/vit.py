@@ -17,7 +17,10 @@ PRETRAINED_SIZE, PRETRAINED_PATCH = 224, 16  # torchvision's ImageNet weights
 
 
 def vit_info(patch_size: int = 16) -> ModelInfo:
-    """ViT-B's metadata for a patch size (the size rule depends on it)."""
+    """ViT-B's metadata for a patch size (the size rule depends on it); one line for a patch size that is not a
+    positive whole number."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        raise UserError(f"vit_b_16 patch_size must be a whole number of at least 1, got {patch_size!r}")
     return ModelInfo(
         layers={
             # Grad-CAM on a ViT reads the tokens *entering* a block (its first LayerNorm's output), laid back on the
@@ -63,8 +66,6 @@ class ViTB16(nn.Module):
     def __init__(self, num_classes: int = 14, imagenet: bool = False, image_size: int = 224,
                  patch_size: int = 16) -> None:
         super().__init__()
-        if patch_size < 1:
-            raise UserError(f"vit_b_16 patch_size must be at least 1, got {patch_size}")
         self.info = vit_info(patch_size)
         self.info.check_size(image_size, "vit_b_16")
         if imagenet and patch_size != PRETRAINED_PATCH:
