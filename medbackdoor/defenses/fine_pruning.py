@@ -119,7 +119,7 @@ class FinePruning(Mitigation):
         layer = modules[name]
 
         with torch.no_grad():
-            activation = self._mean_activation(model, layer, tune_x, d)
+            activation, self._axis = self._mean_activation(model, layer, tune_x, d)
             channels = len(activation)
             order = np.argsort(activation, kind="stable")
             score = self._scorer(model, layer, judge_x, d)
@@ -153,8 +153,11 @@ class FinePruning(Mitigation):
         }
         return model
 
-    def _mean_activation(self, model: nn.Module, layer: nn.Module, images: np.ndarray, d: Defender) -> np.ndarray:
-        total, count = None, 0
+    def _mean_activation(self, model: nn.Module, layer: nn.Module, images: np.ndarray, d: Defender
+                         ) -> tuple[np.ndarray, int]:
+        """Each channel's mean activation over the images and positions, and the layer's channel dimension (1 for
+        maps, −1 for a transformer's tokens)."""
+        total, count, axis = None, 0, 1
         captured = {}
         handle = layer.register_forward_hook(lambda _m, _i, out: captured.__setitem__("out", out))
         try:
@@ -163,13 +166,13 @@ class FinePruning(Mitigation):
                 out = captured.pop("out").float()
                 if out.ndim < 2:
                     raise UserError(f"fine-pruning: layer {self.layer!r} gives no channel dimension")
-                self._axis = channel_axis(model, out)  # 1 for maps, -1 for a transformer's tokens
-                per = out.movedim(self._axis, 0).reshape(out.shape[self._axis], -1)  # channels × (images · positions)
+                axis = channel_axis(model, out)
+                per = out.movedim(axis, 0).reshape(out.shape[axis], -1)  # channels × (images · positions)
                 total = per.sum(1) if total is None else total + per.sum(1)
                 count += per.shape[1]
         finally:
             handle.remove()
-        return (total / max(count, 1)).cpu().numpy()
+        return (total / max(count, 1)).cpu().numpy(), axis
 
     def _scorer(self, model: nn.Module, layer: nn.Module, images: np.ndarray, d: Defender):
         """A function mask → sigmoid scores of ``images`` with the layer's channels masked (None: unmasked)."""

@@ -82,6 +82,17 @@ def describe_timm(net: nn.Module, prefix: str = "net.") -> ModelInfo:
                      norm=_norm_kind(net))
 
 
+def _create(timm, name: str, image_size: int | None, kwargs: dict) -> nn.Module:
+    """``timm.create_model``, at ``image_size`` for the networks that take ``img_size`` (transformers)."""
+    if image_size:
+        try:
+            return timm.create_model(name, img_size=image_size, **kwargs)
+        except TypeError as exc:  # a network without img_size (CNNs)
+            if "img_size" not in str(exc):
+                raise
+    return timm.create_model(name, **kwargs)
+
+
 class TimmModel(nn.Module):
     """A timm model behind our input convention (gray in [0, 1]) and split (``forward_features``,
     ``forward_head(..., pre_logits=...)``, both timm's own).
@@ -98,17 +109,9 @@ class TimmModel(nn.Module):
                  **options) -> None:
         super().__init__()
         timm = import_timm()
-        kwargs = dict(num_classes=num_classes, in_chans=3, **options)
+        kwargs = dict(num_classes=num_classes, in_chans=3, pretrained=imagenet, **options)
         try:
-            try:
-                net = timm.create_model(name, pretrained=imagenet, img_size=image_size, **kwargs) \
-                    if image_size else timm.create_model(name, pretrained=imagenet, **kwargs)
-            except TypeError as exc:  # a network without img_size (CNNs)
-                if "img_size" not in str(exc):
-                    raise
-                net = timm.create_model(name, pretrained=imagenet, **kwargs)
-        except UserError:
-            raise
+            net = _create(timm, name, image_size, kwargs)
         except TypeError as exc:
             raise UserError(f"timm:{name}: {str(exc).splitlines()[0]} (model.options)") from None
         except Exception as exc:  # noqa: BLE001 - a failed download, an unknown name
