@@ -1,10 +1,18 @@
-"""Every ``medbackdoor ...`` command in the README parses, and every config key it names exists (no training)."""
+"""Every ``medbackdoor ...`` command a reader copies (README and every guide and results page of the documentation
+site) parses with the real parser, names config keys and defense options that exist, and the tutorial runs.
+
+The fast tier runs the tutorial's blocks marked ``<!-- tutorial: run -->``; the slow tier also runs those marked
+``<!-- tutorial: run slow -->``. The extraction lives in ``tools/doc_commands.py``, which also runs the whole
+tutorial.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,71 +20,65 @@ import pytest
 from medbackdoor.cli._common import alias_overrides
 from medbackdoor.cli.main import build_parser
 from medbackdoor.config import load_config
+from medbackdoor.defenses import DEFENSES
+from medbackdoor.defenses.runner import create_defense, parse_options
+from medbackdoor.errors import UserError
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-SHELL_FENCES = ("", "bash", "sh", "shell", "console")
-
-
-def shell_blocks(text: str) -> list[list[str]]:
-    """The lines of each fenced code block whose info string is empty or a shell (```bash, ```sh, ...)."""
-    blocks, lines, keep = [], None, False
-    for line in text.splitlines():
-        fence = line.strip()
-        if lines is None:
-            if fence.startswith("```"):
-                lines, keep = [], fence[3:].strip().lower() in SHELL_FENCES
-        elif fence == "```":
-            if keep:
-                blocks.append(lines)
-            lines = None
-        else:
-            lines.append(line)
-    return blocks
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+TUTORIAL = ROOT / "docs" / "tutorial.md"
+# every page a user reads: the README and the site's pages but the generated API and configuration references
+PAGES = [README] + sorted(p for p in (ROOT / "docs").rglob("*.md")
+                          if "api" not in p.relative_to(ROOT / "docs").parts and p.name != "configuration.md")
 
 
-def strip_comment(line: str) -> str:
-    """A shell line without its trailing ``# comment`` (a ``#`` that starts a word, as in bash)."""
-    return re.split(r"(?:^|\s)#", line, maxsplit=1)[0].rstrip()
+def load_doc_commands():
+    spec = importlib.util.spec_from_file_location("doc_commands", ROOT / "tools" / "doc_commands.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
-def commands(text: str) -> list[str]:
-    """The ``medbackdoor ...`` command lines of the shell code blocks, comments stripped, continuations joined."""
-    found = []
-    for block in shell_blocks(text):
-        pending = ""
-        for raw in block:
-            line = strip_comment(raw).strip()
-            if line.endswith("\\"):
-                pending += line[:-1].rstrip() + " "
-                continue
-            line, pending = pending + line, ""
-            if line.startswith("medbackdoor "):
-                found.append(line)
-    return found
+dc = load_doc_commands()
 
 
 def check_command(line: str) -> argparse.Namespace:
-    """Parse ``line`` with the real CLI parser, then load its config keys (with their shorthands) if it has any.
+    """Parse ``line`` with the real CLI parser, then load its config keys (with their shorthands) if it has any,
+    or build its defense from its options.
 
     Raises:
         AssertionError: argparse refused the line.
-        UserError: an unknown config key or a value of the wrong type.
+        UserError: an unknown config key or defense option, or a value of the wrong type.
     """
     try:
         args = build_parser().parse_args(shlex.split(line)[1:])
     except SystemExit as exc:
-        raise AssertionError(f"README command does not parse: {line}") from exc
+        raise AssertionError(f"documented command does not parse: {line}") from exc
+    if getattr(args, "method", None) is not None and hasattr(args, "options"):  # defend: --set is a defense option
+        create_defense(args.method, parse_options(args.options))
+        return args
     config, overrides = getattr(args, "config", None), alias_overrides(args) + getattr(args, "overrides", [])
     if config is not None or overrides:
         load_config(config, overrides)
     return args
 
 
-README_COMMANDS = commands(README.read_text())
+PAGE_COMMANDS = {page.relative_to(ROOT).as_posix(): dc.commands(page.read_text()) for page in PAGES}
+ALL_COMMANDS = [(page, line) for page, lines in PAGE_COMMANDS.items() for line in lines]
 
 
-def test_readme_has_commands():
-    assert len(README_COMMANDS) >= 10, README_COMMANDS
+def test_pages_have_commands():
+    assert len(PAGE_COMMANDS["README.md"]) >= 6, PAGE_COMMANDS["README.md"]
+    assert len(PAGE_COMMANDS["docs/tutorial.md"]) >= 10, PAGE_COMMANDS["docs/tutorial.md"]
+    assert len(ALL_COMMANDS) >= 60, len(ALL_COMMANDS)
+    for guide in ("data", "runs", "attacks", "studies", "defenses", "scaling", "paper", "explainability"):
+        assert PAGE_COMMANDS[f"docs/{guide}.md"], f"docs/{guide}.md shows no command"
+
+
+@pytest.mark.parametrize(("page", "line"), ALL_COMMANDS)
+def test_documented_command_parses(page, line):
+    check_command(line)
 
 
 def inline_flags_exist(span: str) -> bool:
@@ -95,35 +97,114 @@ def inline_flags_exist(span: str) -> bool:
     return all(t.split("=")[0] in parser._option_string_actions for t in tokens if t.startswith("--"))
 
 
-@pytest.mark.parametrize("line", README_COMMANDS)
-def test_readme_command_parses(line):
-    check_command(line)
+def takes_options(method: str, values: list[str]) -> bool:
+    try:
+        create_defense(method, parse_options(values))
+    except UserError:
+        return False
+    return True
 
 
-def test_readme_inline_commands_name_real_flags():
-    spans = [s for s in re.findall(r"`([^`\n]+)`", README.read_text()) if s.startswith("medbackdoor ")]
-    assert len(spans) >= 10
-    assert [s for s in spans if not inline_flags_exist(s)] == []
+INLINE = [(p.relative_to(ROOT).as_posix(), s) for p in PAGES for s in dc.inline_spans(p.read_text())]
+
+
+def test_inline_commands_name_real_flags():
+    spans = [(page, s) for page, s in INLINE if s.startswith("medbackdoor ")]
+    assert len(spans) >= 20
+    assert [(page, s) for page, s in spans if not inline_flags_exist(s)] == []
     assert not inline_flags_exist("medbackdoor metrics PRED.npz --stric")
     assert not inline_flags_exist("medbackdoor data")
 
 
-def test_readme_set_spans_name_real_keys():
-    """Inline code such as `--set trigger.mode=append` (the paper-code table) names config keys that exist."""
-    spans = [s for s in re.findall(r"`([^`\n]+)`", README.read_text()) if "--set " in s]
-    assert spans
-    for span in spans:
-        load_config(None, [v.strip("'\"") for v in re.findall(r"--set\s+(\S+)", span)])
+def test_inline_set_spans_name_real_keys():
+    """Inline code such as `--set trigger.mode=append` (the paper-code table) names config keys that exist;
+    in a `medbackdoor defend` span it names options of that defense."""
+    spans = [(page, s) for page, s in INLINE if "--set " in s]
+    assert len(spans) >= 10
+    for page, span in spans:
+        values = [v.strip("'\"") for v in re.findall(r"--set\s+(\S+)", span)]
+        method = re.search(r"--method\s+(\S+)", span)
+        if any(v.lower() == "key=value" for v in values):  # the syntax, not a key
+            continue
+        try:
+            if span.startswith("medbackdoor defend"):
+                if method is None or method.group(1).isupper():  # a placeholder: --method NAME
+                    continue
+                create_defense(method.group(1), parse_options(values))
+            else:
+                try:
+                    load_config(None, values)
+                except UserError:  # a defense option quoted alone (`--set max_scale=5`): some defense takes it
+                    if not any(takes_options(name, values) for name in DEFENSES.names()):
+                        raise
+        except UserError as exc:
+            raise AssertionError(f"{page}: `{span}`: {exc}") from exc
 
 
-def test_extraction_handles_comments_continuations_and_fences():
+def test_readme_is_short_and_links_every_guide():
+    text = README.read_text()
+    assert len(text.encode()) <= 8 * 1024, len(text.encode())
+    assert text.lstrip().startswith("# medbackdoor")
+    first_block = dc.blocks(text)[0]
+    assert dc.block_commands(first_block.lines) == ["make demo", "make test"]
+    guides = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")
+                    if p.name not in ("index.md",))
+    linked = set(re.findall(r"\]\((docs/[^)#]+)", text))
+    assert [g for g in guides if g not in linked] == []
+    assert {"docs/results/attacks.md", "docs/results/defenses.md", "docs/results/architectures.md"} <= linked
+    for target in re.findall(r"\]\(([^)]+)\)", text):
+        if "://" in target:
+            continue
+        path, _, anchor = target.partition("#")
+        assert (ROOT / path).is_file(), f"README links to a missing file: {target}"
+        if anchor:  # MkDocs' and GitHub's heading ids agree for these headings
+            headings = re.findall(r"^#+ (.+)$", (ROOT / path).read_text(), flags=re.M)
+            slugs = {re.sub(r"[^a-z0-9 _-]", "", h.lower()).strip().replace(" ", "-") for h in headings}
+            assert anchor in slugs, f"README links to a missing heading: {target}"
+
+
+def test_tutorial_has_run_blocks_and_a_sweep_file():
+    blocks = dc.blocks(TUTORIAL.read_text())
+    assert [b.title for b in blocks if b.title] == ["tutorial/defenses.yaml"]
+    assert sum(b.marker == "run" for b in blocks) >= 3
+    assert sum(b.marker == "run slow" for b in blocks) >= 2
+    assert not any("TUTORIAL_" in line for b in blocks for line in b.lines)
+    assert "TUTORIAL_" not in TUTORIAL.read_text(), "a number placeholder was left in the tutorial"
+
+
+def test_tutorial_short_commands_run(tmp_path, monkeypatch):
+    """Steps 1 and 2 and the defense sweep's dry run, exactly as the tutorial writes them."""
+    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
+    timings = dc.run_tutorial(TUTORIAL, tmp_path / "work", ("run",), log=lambda *_: None)
+    assert len(timings) >= 3
+    assert (tmp_path / "work" / "tutorial" / "poison" / "triggers.png").is_file()
+    assert (tmp_path / "work" / "tutorial" / "defenses.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_tutorial_slow_commands_run(tmp_path, monkeypatch):
+    """The first attack on real radiographs and the two defenses on it, exactly as the tutorial writes them."""
+    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
+    dc.run_tutorial(TUTORIAL, tmp_path / "work", ("run", "run slow"), log=lambda *_: None)
+    run = tmp_path / "work" / "tutorial" / "real-3px"
+    assert (run / "defenses" / "spectre" / "summary.json").is_file()
+    assert (run / "defenses" / "strip" / "summary.json").is_file()
+
+
+def test_extraction_handles_comments_continuations_fences_and_markers():
     text = "\n".join([
+        "<!-- tutorial: run -->",
         "```bash", "medbackdoor run --config quick \\", "    --out runs/x   # a comment", "make test", "```",
         "```python", "medbackdoor = 1", "```",
         "```", "  medbackdoor summary a#b runs/y", "```",
-        "medbackdoor outside a block",
+        '```yaml title="t/s.yaml"', "grid: []", "```",
+        "medbackdoor outside a block `medbackdoor inline --x`",
     ])
-    assert commands(text) == ["medbackdoor run --config quick --out runs/x", "medbackdoor summary a#b runs/y"]
+    assert dc.commands(text) == ["medbackdoor run --config quick --out runs/x", "medbackdoor summary a#b runs/y"]
+    found = dc.blocks(text)
+    assert [b.marker for b in found] == ["run", None, None, None]
+    assert [b.title for b in found] == [None, None, None, "t/s.yaml"]
+    assert dc.inline_spans(text) == ["medbackdoor inline --x"]
 
 
 @pytest.mark.parametrize("line", [
@@ -141,9 +222,9 @@ def test_bad_commands_are_caught(line):
     "medbackdoor run --set eval.strict=maybe --out runs/x",
     "medbackdoor data cache --set preprocess.resize_mode=nearest",
     "medbackdoor sweep quick --set train.sed=1 --out runs/x",
+    "medbackdoor defend runs/x --method spectral --set rul=faithful",
+    "medbackdoor defend runs/x --method nonsense",
 ])
-def test_bad_config_keys_are_caught(line):
-    from medbackdoor.errors import UserError
-
+def test_bad_config_keys_and_options_are_caught(line):
     with pytest.raises(UserError):
         check_command(line)
