@@ -50,33 +50,41 @@ class Registry(Generic[T]):
         """True when ``name``'s factory takes ``**kwargs`` (any option name)."""
         return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(self.get(name)).parameters.values())
 
-    def create_checked(self, name: str, options: dict[str, Any], what: str | None = None,
-                       given: dict[str, Any] | None = None) -> T:
-        """Build ``name`` from user options, refusing an unknown option or one of the wrong type in one line.
+    def check_options(self, name: str, options: dict[str, Any], what: str | None = None,
+                      given: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The user options of ``name``, checked against its constructor without building it: an unknown option or
+        one of the wrong type is one line (:class:`UserError`). Returns the options with checked values.
 
-        The one check of a component's options (datasets, triggers, defenses): options are checked against the
-        constructor's parameters, and their values against its annotations with the same rules as config keys
-        (:func:`medbackdoor._values.check_value`).
-
-        Args:
-            given: arguments the caller supplies (not the user: a dataset's ``root``, ``seed``), passed as they are
-                where the factory takes them and dropped where it does not; never listed as options.
+        The one check of a component's options (datasets, triggers, defenses), with the same rules as config keys
+        (:func:`medbackdoor._values.check_value`). ``given`` names arguments the caller supplies (a dataset's
+        ``root``, ``seed``); they are never listed as options.
         """
-        factory = self.get(name)
         what = what or f"{self.kind} {name}"
-        params = self.options(name)
+        factory, params = self.get(name), self.options(name)
         try:
             hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
         except Exception:  # noqa: BLE001 - unresolvable annotations: check names only
             hints = {}
-        given = {k: v for k, v in (given or {}).items() if k in params and k not in options}
         checked = {}
         for key, value in options.items():
             if key not in params and not self.takes_any(name):
                 listed = [k for k in params if k not in (given or {})]
                 raise UserError(f"{what} has no option {key!r}; its options: {', '.join(listed) or 'none'}")
             checked[key] = check_value(value, hints.get(key), f"{what} option {key}")
-        return factory(**given, **checked)
+        return checked
+
+    def create_checked(self, name: str, options: dict[str, Any], what: str | None = None,
+                       given: dict[str, Any] | None = None) -> T:
+        """Build ``name`` from user options checked by :meth:`check_options`.
+
+        Args:
+            given: arguments the caller supplies (not the user: a dataset's ``root``, ``seed``), passed as they are
+                where the factory takes them and dropped where it does not; never listed as options.
+        """
+        params = self.options(name)
+        passed = {k: v for k, v in (given or {}).items() if k in params and k not in options}
+        checked = self.check_options(name, options, what, given)
+        return self.get(name)(**passed, **checked)
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -244,9 +244,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return config_from_data(data, overrides)
 
 
+# a component's options belong to the component named beside them: (section, name key, options key)
+COMPONENT_OPTIONS = (("dataset", "name", "options"), ("trigger", "kind", "options"), ("model", "arch", "options"))
+
+
 def config_from_data(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Validate a nested dict (plus ``dotted.key=value`` overrides) into a :class:`RunConfig`."""
+    """Validate a nested dict (plus ``dotted.key=value`` overrides) into a :class:`RunConfig`.
+
+    An override that names another dataset, trigger or architecture than ``data`` does (``dataset.name``,
+    ``trigger.kind``, ``model.arch``) drops the options ``data`` gave the one it replaces, whatever the order of
+    the overrides: ``--config quick --set dataset.name=chestmnist --set dataset.options.size=64`` gives ChestMNIST
+    ``{size: 64}``, not the synthetic data's options as well.
+    """
     data = copy.deepcopy(data)
+    named = dict(parse_assignment(a) for a in overrides)
+    for section, name_key, options_key in COMPONENT_OPTIONS:
+        node = data.get(section)
+        new = named.get(f"{section}.{name_key}")
+        if isinstance(node, dict) and new is not None and new != node.get(name_key):
+            node.pop(options_key, None)
     for assignment in overrides:
         set_dotted(data, assignment)
     config = from_dict(RunConfig, data)

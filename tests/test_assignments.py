@@ -46,3 +46,24 @@ def test_values_are_read_as_yaml_in_both(text):
     assert parse_options([f"k={text}"]) == {"k": expected}
     config = load_config(overrides=[f"dataset.options.k={text}"])
     assert config.dataset.options["k"] == expected
+
+
+@pytest.mark.parametrize("overrides, section, expected", [
+    (["dataset.name=chestmnist", "dataset.options.size=64"], "dataset", {"size": 64}),
+    (["dataset.options.size=64", "dataset.name=chestmnist"], "dataset", {"size": 64}),  # order does not matter
+    (["dataset.name=chexpert"], "dataset", {}),
+    (["dataset.name=synthetic", "dataset.options.n_images=50"], "dataset",  # the same name keeps the options
+     {"n_images": 50, "source_size": 128, "lesion_contrast": 0.8}),
+])
+def test_options_follow_the_component_they_were_given_for(overrides, section, expected):
+    assert getattr(load_config("quick", overrides), section).options == expected
+
+
+def test_trigger_and_model_options_follow_their_component(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"trigger": {"kind": "blend", "options": {"alpha": 0.2}},
+                                    "model": {"arch": "vit_b_16", "options": {"patch_size": 8}}}))
+    kept = load_config(path)
+    assert kept.trigger.options == {"alpha": 0.2} and kept.model.options == {"patch_size": 8}
+    changed = load_config(path, ["trigger.kind=sig", "model.arch=densenet121"])
+    assert changed.trigger.options == {} and changed.model.options == {}

@@ -20,9 +20,11 @@ import pytest
 from medbackdoor.cli._common import alias_overrides
 from medbackdoor.cli.main import build_parser
 from medbackdoor.config import load_config
+from medbackdoor.data import DATASETS
 from medbackdoor.defenses import DEFENSES
 from medbackdoor.defenses.runner import create_defense, parse_options
 from medbackdoor.errors import UserError
+from medbackdoor.experiment import build_trigger
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -60,8 +62,15 @@ def check_command(line: str) -> argparse.Namespace:
         return args
     config, overrides = getattr(args, "config", None), alias_overrides(args) + getattr(args, "overrides", [])
     if config is not None or overrides:
-        load_config(config, overrides)
+        check_components(load_config(config, overrides))
     return args
+
+
+def check_components(config) -> None:
+    """What building the run would check before reading any data: the dataset's options and the trigger."""
+    DATASETS.check_options(config.dataset.name, dict(config.dataset.options), f"dataset {config.dataset.name}",
+                           given={"root", "limit", "val_fraction", "seed", "split"})
+    build_trigger(config, DATASETS.get(config.dataset.name).label_names)
 
 
 PAGE_COMMANDS = {page.relative_to(ROOT).as_posix(): dc.commands(page.read_text()) for page in PAGES}
@@ -224,6 +233,8 @@ def test_bad_commands_are_caught(line):
     "medbackdoor sweep quick --set train.sed=1 --out runs/x",
     "medbackdoor defend runs/x --method spectral --set rul=faithful",
     "medbackdoor defend runs/x --method nonsense",
+    "medbackdoor run --config quick --set dataset.name=chestmnist --set dataset.options.n_images=5 --out runs/x",
+    "medbackdoor run --config quick --set trigger.kind=blend --set trigger.options.alfa=0.2 --out runs/x",
 ])
 def test_bad_config_keys_and_options_are_caught(line):
     with pytest.raises(UserError):

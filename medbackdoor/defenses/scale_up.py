@@ -16,8 +16,8 @@ A multi-label prediction is a vector of 14 scores, and there are two ways to ask
   share of scales on which they stay positive (``indicator``, the paper's SPC) or their mean probability over
   the scales (``probability``, the default since issue 18's second tuning pass: detection AUROC 1.000 on all three
   attacks of the tuning grid ``defenses-tune``, seed 100, against 0.51–0.99 for ``indicator``, whose few values tie
-  and starve a calibrated threshold; see docs/results/defenses-tuning.md); the input scores its most consistent predicted
-  finding. Suits an attack that adds the target and leaves the rest of the prediction to the image, and
+  and starve a calibrated threshold; see docs/results/defenses-tuning.md); the input scores its most consistent
+  predicted finding. Suits an attack that adds the target and leaves the rest of the prediction to the image, and
   full-image blend triggers, which amplification partly washes out (the vector score inverted on one: AUROC 0.2).
 
 The paper's data-limited variant (``normalise``) standardises SPC by the mean and spread of benign SPC of the
