@@ -57,14 +57,9 @@ class ChannelMask(nn.Module):
         self.register_buffer("mask", mask.detach().float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.mask.to(x.dtype).view(_channel_shape(x.ndim, self.axis))
-
-
-def _channel_shape(ndim: int, axis: int) -> tuple[int, ...]:
-    """The shape that lays a C-vector along dimension ``axis`` of an ``ndim`` tensor."""
-    shape = [1] * ndim
-    shape[axis] = -1
-    return tuple(shape)
+        shape = [1] * x.ndim
+        shape[self.axis] = -1  # the C-vector laid along the channel dimension
+        return x * self.mask.to(x.dtype).view(shape)
 
 
 @DEFENSES.register("fine-pruning")
@@ -103,7 +98,6 @@ class FinePruning(Mitigation):
             raise UserError("fine-pruning layer must be prune, last, middle or a module name")
         self.budget, self.epochs, self.lr, self.batch_size, self.layer = budget, epochs, lr, batch_size, layer
         self.info: dict = {}
-        self._axis = 1  # the pruned layer's channel dimension, read from its output
 
     def options(self) -> dict:
         return {k: v for k, v in super().options().items() if k != "info"}
@@ -119,10 +113,10 @@ class FinePruning(Mitigation):
         layer = modules[name]
 
         with torch.no_grad():
-            activation, self._axis = self._mean_activation(model, layer, tune_x, d)
+            activation, axis = self._mean_activation(model, layer, tune_x, d)
             channels = len(activation)
             order = np.argsort(activation, kind="stable")
-            score = self._scorer(model, layer, judge_x, d)
+            score = self._scorer(model, layer, judge_x, d, axis)
             base = _auroc(judge_y, score(None))
             kept, tried, level_auroc = 0, [], base
             step = 1 if score.fast else max(1, math.ceil(channels / SLOW_LEVELS))
@@ -136,7 +130,7 @@ class FinePruning(Mitigation):
                 kept, level_auroc = k, value
         mask = torch.ones(channels)
         mask[torch.from_numpy(order[:kept].copy())] = 0
-        replace_module(model, name, nn.Sequential(layer, ChannelMask(mask.to(d.device), self._axis)))
+        replace_module(model, name, nn.Sequential(layer, ChannelMask(mask.to(d.device), axis)))
         self._fine_tune(model, tune_x, tune_y, d)
         model.eval()
         with torch.no_grad():
@@ -174,8 +168,9 @@ class FinePruning(Mitigation):
             handle.remove()
         return (total / max(count, 1)).cpu().numpy(), axis
 
-    def _scorer(self, model: nn.Module, layer: nn.Module, images: np.ndarray, d: Defender):
-        """A function mask → sigmoid scores of ``images`` with the layer's channels masked (None: unmasked)."""
+    def _scorer(self, model: nn.Module, layer: nn.Module, images: np.ndarray, d: Defender, axis: int):
+        """A function mask → sigmoid scores of ``images`` with the layer's channels (dimension ``axis``) masked
+        (None: unmasked)."""
         feats, logits = [], []
         captured = {}
         handle = layer.register_forward_hook(lambda _m, _i, out: captured.__setitem__("out", out))
@@ -191,12 +186,9 @@ class FinePruning(Mitigation):
         def score(mask):
             if mask is None:
                 return base
+            masker = ChannelMask(mask.to(feats[0].device), axis)
             if fast:
-                m = mask.to(feats[0].device)
-                shape = _channel_shape(feats[0].ndim, self._axis)
-                return torch.sigmoid(torch.cat([model.forward_head(f * m.to(f.dtype).view(shape)).float()
-                                                for f in feats])).cpu().numpy()
-            masker = ChannelMask(mask.to(d.device), self._axis)
+                return torch.sigmoid(torch.cat([model.forward_head(masker(f)).float() for f in feats])).cpu().numpy()
             hook = layer.register_forward_hook(lambda _m, _i, out: masker(out))
             try:
                 return _scores(model, images, d)
