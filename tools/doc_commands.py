@@ -148,8 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["run", "run slow"], nargs="+",
                         help="run only blocks with these markers (default: every shell block)")
     args = parser.parse_args(argv)
+    if not args.page.is_file():
+        print(f"doc_commands: no such page: {args.page}", file=sys.stderr)
+        return 2
     markers = tuple(args.only) if args.only else (None, "run", "run slow")
-    for cmds, seconds in run_tutorial(args.page, args.workdir, markers):
+    try:
+        timings = run_tutorial(args.page, args.workdir, markers)
+    except subprocess.CalledProcessError as exc:
+        command = shlex.join(["medbackdoor", *exc.cmd[3:]])
+        print(f"doc_commands: a command failed with exit code {exc.returncode}: {command}", file=sys.stderr)
+        return 1
+    for cmds, seconds in timings:
         print(f"{seconds:8.1f} s  {' && '.join(cmds)}")
     return 0
 
