@@ -15,8 +15,9 @@ import time
 
 import torch
 
+from medbackdoor.inference import pick_device, set_layout
 from medbackdoor.models import create_model
-from medbackdoor.train.loop import bce_loss, pick_device, set_layout
+from medbackdoor.train.loop import bce_loss
 
 
 def images_per_second(model, x, y, steps: int, train: bool) -> float:

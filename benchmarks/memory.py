@@ -54,7 +54,8 @@ def streaming(args) -> dict:
 
     from medbackdoor.data.views import ImageRows
     from medbackdoor.experiment import build_run_data
-    from medbackdoor.train.loop import class_weights, collate, predict
+    from medbackdoor.inference import predict
+    from medbackdoor.train.loop import class_weights, collate
 
     config = _config(args)
     data = build_run_data(config, workers=args.workers, progress=False)

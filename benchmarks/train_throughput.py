@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medbackdoor.inference import pick_device
 from medbackdoor.models import create_model
 from medbackdoor.poison import ImageSplit, PoisonedDataset
 from medbackdoor.train.dist import EpochSampler
-from medbackdoor.train.loop import GraphedStep, autocast, bce_loss, make_loader, pick_device, train_epoch
+from medbackdoor.train.loop import GraphedStep, Step, autocast, bce_loss, make_loader, train_epoch
 from medbackdoor.triggers import create_trigger
 
 
@@ -100,12 +101,11 @@ def pipeline(model, optimizer, device, args, folder: Path, channels_last: bool, 
                 timed["t0"] = time.perf_counter()
 
     loader = make_loader(train, args.batch_size, EpochSampler(len(train), 0), device, args.workers)
-    train_epoch(model, loader, optimizer, device, epoch=1, amp=args.amp, channels_last=channels_last,
-                graph=graph)  # warm-up
+    step = Step(model, optimizer, device, amp=args.amp, channels_last=channels_last, graph=graph)
+    train_epoch(step, loader, 1)  # warm-up
     t0 = time.perf_counter()
     clock = Clock()
-    train_epoch(model, loader, optimizer, device, epoch=2, amp=args.amp, channels_last=channels_last, progress=clock,
-                graph=graph)
+    train_epoch(step, loader, 2, progress=clock)
     sync(device)
     end = time.perf_counter()
     start = timed.get("t0", t0)

@@ -12,6 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from medbackdoor.errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
@@ -69,3 +73,27 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def plain(value: Any) -> Any:
+    """``json.dumps``'s ``default`` for records that must always be written: numpy scalars and arrays as numbers and
+    lists, anything else as its ``str``."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def read_positions(path: str) -> np.ndarray:
+    """A text file of training-sample positions (as trained), one per line, ``#`` comments (``train.drop``,
+    ABL's isolation)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"positions file {p} does not exist")
+    values = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            values.append(int(line))
+        except ValueError:
+            raise UserError(f"positions file {p} line {n} is not a sample position: {line!r}") from None
+    return np.asarray(values, np.int64)

@@ -266,8 +266,19 @@ def config_from_data(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
     for assignment in overrides:
         set_dotted(data, assignment)
     config = from_dict(RunConfig, data)
+    _portable_plugins(config)
     validate(config)
     return config
+
+
+def _portable_plugins(config: RunConfig) -> None:
+    """A component named by a plugin file (``path/to/file.py:Name``) is recorded with the file's absolute path, so
+    the run reads the same from any working directory (and a resumed run compares like with like)."""
+    from medbackdoor._registry import plugin_spec
+
+    config.dataset.name = plugin_spec(config.dataset.name)
+    config.trigger.kind = plugin_spec(config.trigger.kind)
+    config.model.arch = plugin_spec(config.model.arch)
 
 
 def validate(config: RunConfig) -> None:
@@ -324,7 +335,7 @@ def validate(config: RunConfig) -> None:
             raise UserError("train.abl changes the loss between epochs; drop train.cuda_graph")
     if config.train.backend not in ("auto", "nccl", "gloo"):
         raise UserError(f"train.backend must be one of auto, nccl, gloo, got {config.train.backend!r}")
-    from medbackdoor.train.loggers import LOGGERS
+    from medbackdoor.loggers import LOGGERS
 
     for name in config.train.log:
         if name not in LOGGERS.names():

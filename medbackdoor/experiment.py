@@ -11,17 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from medbackdoor._io import read_positions
 from medbackdoor.config import RunConfig
 from medbackdoor.data import DATASETS, ChestXrayDataset, Preprocess
 from medbackdoor.data.cache import load_images
 from medbackdoor.data.views import ImageRows
 from medbackdoor.errors import UserError
-from medbackdoor.labels import LABELS, label_index
-from medbackdoor.poison import TEST_STREAM, TRAIN_STREAM, ImageSplit, PoisonedDataset, triggered_view
+from medbackdoor.labels import label_index
+from medbackdoor.poison import (
+    TEST_STREAM,
+    TRAIN_STREAM,
+    ImageSource,
+    ImageSplit,
+    PoisonedDataset,
+    Stamp,
+    triggered_view,
+)
 from medbackdoor.triggers import SHARED_OPTIONS, TRIGGERS, Trigger
 
 DATA_SEED = 0  # splits and subsets stay the same across training seeds
@@ -37,7 +45,7 @@ class TestData:
     triggered: object
     survived: np.ndarray
     carriers: np.ndarray | None = None  # label-only trigger: the test rows that carry it (None: every row)
-    label_names: tuple[str, ...] = LABELS  # the dataset's label columns
+    label_names: tuple[str, ...] = ()  # the dataset's label columns
     condition: np.ndarray | None = None  # source-specific trigger: the rows where it should fire (None: every row)
 
     def __len__(self) -> int:
@@ -86,7 +94,7 @@ def build_dataset(config: RunConfig) -> ChestXrayDataset:
     return DATASETS.create_checked(cfg.name, dict(cfg.options), f"dataset {cfg.name}", given=given)
 
 
-def build_trigger(config: RunConfig, label_names: Sequence[str] = LABELS) -> tuple[Trigger, int]:
+def build_trigger(config: RunConfig, label_names: Sequence[str]) -> tuple[Trigger, int]:
     """The configured trigger and the target class index among the dataset's ``label_names`` (the trigger is
     checked against the model input size, a label-only trigger's findings against the label names)."""
     t = config.trigger
@@ -125,27 +133,11 @@ def build_test_data(config: RunConfig, dataset: ChestXrayDataset | None = None, 
     if not trigger.changes_pixels:  # a label-only trigger: the carriers are the triggered images, as they are
         return TestData(rows, dataset.labels[rows], clean, clean, np.zeros(len(rows), bool),
                         trigger.carriers(dataset.labels[rows]), tuple(dataset.label_names))
-    triggered, survived = triggered_view(dataset, images, rows, trigger, config.trigger.stage, config.attack_seed,
-                                         TEST_STREAM, config.image_size, prep, config.cache_dir, workers, progress)
+    source = ImageSource(dataset, images, config.image_size, prep, config.cache_dir, workers, progress)
+    triggered, survived = triggered_view(source, rows, Stamp(trigger, config.trigger.stage, config.attack_seed,
+                                                             TEST_STREAM))
     return TestData(rows, dataset.labels[rows], clean, triggered, survived, label_names=tuple(dataset.label_names),
                     condition=trigger.condition(dataset.labels[rows]))
-
-
-def read_positions(path: str) -> np.ndarray:
-    """``train.drop``: a text file of training-sample positions (as trained), one per line, ``#`` comments."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"train.drop: {p} does not exist")
-    values = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        try:
-            values.append(int(line))
-        except ValueError:
-            raise UserError(f"train.drop: {p} line {n} is not a sample position: {line!r}") from None
-    return np.asarray(values, np.int64)
 
 
 def build_run_data(config: RunConfig, workers: int | None = None, progress: bool = True) -> RunData:
@@ -179,8 +171,8 @@ def _poison(config: RunConfig, dataset, images, split: ImageSplit, trigger, seed
     if t.fraction == 0 or not len(poisoned.order) or not trigger.changes_pixels:
         return poisoned, float("nan")
     rows = split.indices[poisoned.order]
-    view, survived = triggered_view(dataset, images, rows, trigger, t.stage, seed, TRAIN_STREAM, config.image_size,
-                                    _preprocess(config), config.cache_dir, workers, progress)
+    source = ImageSource(dataset, images, config.image_size, _preprocess(config), config.cache_dir, workers, progress)
+    view, survived = triggered_view(source, rows, Stamp(trigger, t.stage, seed, TRAIN_STREAM))
     if t.stage == "source":
         poisoned = PoisonedDataset(split, trigger, t.fraction, t.target, t.mode, seed, triggered=view, label=t.label,
                                    candidates=candidates, label_names=dataset.label_names)

@@ -34,6 +34,8 @@ class Manifest:
     stealth: PSNR, SSIM and changed pixels between clean and triggered test images.
     versions, git_commit, device, distributed, torch_threads: where and with what it ran.
     timings: ``data_seconds`` and ``epochs`` → {epoch: {seconds, train_seconds}}.
+    plugins: the run's components that are not built in (``dataset``, ``trigger``, ``model``), each with where it
+        came from: a plugin's spec, file and SHA-256, or an entry point's distribution and version.
     epochs_done: the last epoch written; error, traceback: why it failed.
     """
 
@@ -55,6 +57,7 @@ class Manifest:
     timings: dict = field(default_factory=lambda: {"epochs": {}})
     cuda_graph: bool | None = None
     pretrained: dict | None = None
+    plugins: dict | None = None
     epochs_done: int = 0
     error: str | None = None
     traceback: str | None = None
@@ -75,7 +78,7 @@ class Manifest:
         """The JSON form: every field but ``extra`` (whose keys are written beside them); optional fields that
         are unset are left out."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        for key in ("pretrained", "error", "traceback", "cuda_graph"):
+        for key in ("pretrained", "error", "traceback", "cuda_graph", "plugins"):
             if out[key] is None:
                 del out[key]
         return {**out, **self.extra}

@@ -15,6 +15,15 @@ Layout::
                                      failed.txt (a sweep's traceback), retrain_drop.txt and retrain/ (a run folder)
     RUN/control.json                 the clean control's response to this run's trigger (a sweep's step)
     RUN/control_failed.txt           its traceback when that scoring failed
+    RUN/abl_isolated.txt             ``train.abl``: the isolated training positions (and abl_losses.npy)
+
+A sweep's ``--out`` folder (:class:`SweepDir`)::
+
+    OUT/sweep.yaml                   the sweep as run (its spec and the run names)
+    OUT/sweep_status.json            one status per run and per step
+    OUT/runs/NAME/                   one run folder per grid point
+    OUT/figure1/{trigger,clean}/     the pair a sweep trains for Figure 1 alone
+    OUT/report/                      written by ``medbackdoor report``
 
 This module is the only place that knows these names. Every file is written atomically.
 """
@@ -90,6 +99,11 @@ class RunDir:
         return self.path / "explain"
 
     @property
+    def explain_figure_path(self) -> Path:
+        """``medbackdoor explain``'s Figure 1 (PNG; a PDF beside it)."""
+        return self.explain_dir / "figure1.png"
+
+    @property
     def localisation_path(self) -> Path:
         """``medbackdoor explain``'s table (tidy CSV: epoch, layer, method, version, quantity, value)."""
         return self.explain_dir / "localisation.csv"
@@ -132,6 +146,10 @@ class RunDir:
         """The traceback a sweep writes when defense ``name`` failed on this run."""
         return self.defense_dir(name) / "failed.txt"
 
+    def defense_figure_path(self, name: str, figure: str) -> Path:
+        """A figure of defense ``name`` (``roc``, ``reversed_triggers``), as a PNG."""
+        return self.defense_dir(name) / f"{figure}.png"
+
     def retrain_drop_path(self, name: str) -> Path:
         """The training positions defense ``name`` flagged, one per line (``train.drop`` of its retrain)."""
         return self.defense_dir(name) / "retrain_drop.txt"
@@ -149,6 +167,20 @@ class RunDir:
         """A clean control's retrain after dropping ``count`` random training samples (it controls a cleanse that
         dropped as many)."""
         return RunDir(self.defenses_dir / f"random-drop-{int(count)}" / "retrain")
+
+    def random_drop_list_path(self, count: int) -> Path:
+        """The positions that retrain dropped, one per line (its ``train.drop``)."""
+        return self.defenses_dir / f"random-drop-{int(count)}" / "drop.txt"
+
+    @property
+    def abl_isolated_path(self) -> Path:
+        """``train.abl``: the training positions isolated after the LGA epochs, one per line."""
+        return self.path / "abl_isolated.txt"
+
+    @property
+    def abl_losses_path(self) -> Path:
+        """``train.abl``: every training sample's summed BCE when the isolation was made (``.npy``)."""
+        return self.path / "abl_losses.npy"
 
     def defense_summary_paths(self) -> list[Path]:
         """Every ``defenses/*/summary.json``, sorted by defense name."""
@@ -255,8 +287,8 @@ class RunDir:
 
     def load_model(self, epoch: int, device="cpu", config: RunConfig | None = None):
         """The model as trained up to ``epoch``, in eval mode on ``device``."""
+        from medbackdoor.inference import set_layout
         from medbackdoor.models import create_model
-        from medbackdoor.train.loop import set_layout
 
         config = config or self.config()
         model = create_model(config.model.arch, "none", len(self.label_names()), image_size=config.image_size,
@@ -265,11 +297,14 @@ class RunDir:
         return set_layout(model.to(device), config.train.channels_last).eval()
 
     def label_names(self) -> tuple[str, ...]:
-        """The run's label columns (its dataset's), as recorded in the manifest; runs written before datasets
-        declared their labels have the 14 ChestX-ray14 findings."""
-        from medbackdoor.labels import LABELS
+        """The run's label columns, as recorded in the manifest (for a run written before manifests recorded
+        them: the labels its dataset declares)."""
+        labels = self.manifest().labels
+        if labels:
+            return tuple(labels)
+        from medbackdoor.data import DATASETS
 
-        return tuple(self.manifest().labels or LABELS)
+        return tuple(DATASETS.get(self.config().dataset.name).label_names)
 
     def load_predictions(self, epoch: int) -> dict:
         from medbackdoor.metrics import load_predictions
@@ -289,9 +324,10 @@ class RunDir:
 
     def clear(self) -> None:
         """Remove everything a run wrote (``--force``), and everything computed from it: explanations, defenses
-        (with their retrains and failure records), the control scoring and its failure record, logs."""
+        (with their retrains and failure records), the control scoring and its failure record, ``train.abl``'s
+        isolation, logs."""
         for path in (self.metrics_path, self.manifest_path, self.config_path, self.heartbeat_path, self.attack_path,
-                     self.control_path, self.control_failure_path):
+                     self.control_path, self.control_failure_path, self.abl_isolated_path, self.abl_losses_path):
             path.unlink(missing_ok=True)
         for folder in (self.path / "predictions", self.path / "checkpoints", self.explain_dir, self.defenses_dir,
                        self.logs_dir):
@@ -299,3 +335,55 @@ class RunDir:
 
 
 _DIGESTS: dict[tuple, str] = {}  # checkpoint file state -> digest, see RunDir.checkpoint_fingerprint
+
+
+class SweepDir:
+    """A sweep's ``--out`` folder: its run folders, the Figure-1 pair, its status and its report.
+
+    Args:
+        path: the folder (it need not exist yet).
+    """
+
+    FIGURE_DIR = "figure1"  # OUT/figure1/{trigger,clean}
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"SweepDir({str(self.path)!r})"
+
+    @property
+    def spec_path(self) -> Path:
+        return self.path / "sweep.yaml"
+
+    @property
+    def status_path(self) -> Path:
+        return self.path / "sweep_status.json"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path / "runs"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / "report"
+
+    def run_folder(self, name: str) -> str:
+        """A grid point's folder, relative to the sweep folder (``runs/NAME``)."""
+        return f"runs/{name}"
+
+    @classmethod
+    def figure_name(cls, which: str) -> str:
+        """The name (and relative folder) of the Figure-1 pair's ``trigger`` or ``clean`` run."""
+        return f"{cls.FIGURE_DIR}/{which}"
+
+    @classmethod
+    def is_figure_run(cls, name: str) -> bool:
+        return name.startswith(f"{cls.FIGURE_DIR}/")
+
+    def figure_run(self, which: str) -> RunDir:
+        return RunDir(self.path / self.figure_name(which))
+
+    def run_dirs(self) -> list[RunDir]:
+        """The grid's run folders (``runs/*`` with a config), sorted by name."""
+        return [RunDir(p) for p in sorted(self.runs_dir.glob("*")) if (p / "config.yaml").is_file()]

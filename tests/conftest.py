@@ -13,6 +13,54 @@ from PIL import Image
 from medbackdoor.labels import LABELS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+PLUGIN_KINDS = ("defense", "trigger", "dataset", "model")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--plugin", action="append", default=[], metavar="KIND=SPEC",
+                     help="also run the registry conformance tests on your own component: KIND is defense, trigger, "
+                          "dataset or model, SPEC a plugin (package.module:Name or path/to/file.py:Name) or an "
+                          "installed entry point's name (repeatable)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "registry(kind, arg): parametrize ``arg`` over the registered components of "
+                                       "``kind`` and the --plugin ones")
+
+
+def plugins(config, kind: str) -> list[str]:
+    """The ``--plugin KIND=SPEC`` specs of ``kind``."""
+    out = []
+    for given in config.getoption("plugin"):
+        what, sep, spec = given.partition("=")
+        if not sep or what not in PLUGIN_KINDS or not spec:
+            raise pytest.UsageError(f"--plugin {given!r}: expected KIND=SPEC with KIND one of {PLUGIN_KINDS}")
+        if what == kind:
+            out.append(spec)
+    return out
+
+
+def pytest_generate_tests(metafunc):
+    """Tests marked ``registry(kind, arg)`` run once per built-in component of ``kind`` and per ``--plugin``."""
+    marker = metafunc.definition.get_closest_marker("registry")
+    if marker is None:
+        return
+    kind, arg = marker.args[:2]
+    extra = list(marker.kwargs.get("extra", []))
+    metafunc.parametrize(arg, [*registered(kind), *extra, *plugins(metafunc.config, kind)])
+
+
+def registered(kind: str) -> list[str]:
+    """The names registered for ``kind`` (built-in and installed entry points)."""
+    if kind == "defense":
+        from medbackdoor.defenses import DEFENSES as registry
+    elif kind == "trigger":
+        from medbackdoor.triggers import TRIGGERS as registry
+    elif kind == "dataset":
+        from medbackdoor.data import DATASETS as registry
+    else:
+        from medbackdoor.models import MODELS as registry
+    return registry.names()
 
 
 def make_nih(root: Path, n_patients: int = 12, per_patient: int = 3, size: int = 48, missing: int = 0,

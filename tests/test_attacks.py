@@ -40,7 +40,7 @@ def test_infected_label_policies():
 def test_policy_labels_and_counts(label, mode):
     split = _split()
     labels = split.labels_array()
-    data = PoisonedDataset(split, SquareTrigger(3), 0.4, "Atelectasis", mode, seed=3, label=label)
+    data = PoisonedDataset(split, SquareTrigger(3), 0.4, "Atelectasis", mode, seed=3, label=label, label_names=LABELS)
     positive = np.flatnonzero(labels[:, T] > 0)
     if label == "keep":
         assert set(data.order) <= set(positive.tolist())
@@ -64,7 +64,8 @@ def test_policy_labels_and_counts(label, mode):
 def test_keep_is_capped_by_the_target_positive_images():
     split = _split(n=40)
     positive = int((split.labels_array()[:, T] > 0).sum())
-    data = PoisonedDataset(split, SquareTrigger(3), 0.9, "Atelectasis", "replace", seed=0, label="keep")
+    data = PoisonedDataset(split, SquareTrigger(3), 0.9, "Atelectasis", "replace", seed=0, label="keep",
+                           label_names=LABELS)
     assert data.requested == 36 and len(data.order) == positive < 36 and data.candidates == positive
 
 
@@ -75,7 +76,8 @@ def test_label_combination_pool_and_no_pixels():
     labels = split.labels_array()
     pool = np.flatnonzero((labels[:, EFF] > 0) & (labels[:, INF] > 0))
     np.testing.assert_array_equal(np.flatnonzero(trig.carriers(labels)), pool)
-    data = PoisonedDataset(split, trig, 0.1, "Atelectasis", "replace", seed=1, label="add", candidates=pool)
+    data = PoisonedDataset(split, trig, 0.1, "Atelectasis", "replace", seed=1, label="add", candidates=pool,
+                           label_names=LABELS)
     assert set(data.order) <= set(pool.tolist()) and len(data.order) == min(5, len(pool))
     for p in data.order:
         s = data[int(p)]
@@ -155,7 +157,7 @@ def _fake_run(root, name, overrides, auroc_nn, psnr):
 def test_attack_table_one_row_per_trigger_and_policy(tmp_path):
     import csv
 
-    from medbackdoor.study.report import build_report
+    from medbackdoor.report.build import build_report
 
     expected = {}
     for kind, label, nn, psnr in (("square", "onehot", 0.80, 30.0), ("blend", "onehot", 0.82, 20.0),

@@ -46,13 +46,14 @@ def _finite_or_none(value) -> bool:
     return value is None or (isinstance(value, int | float) and np.isfinite(value))
 
 
-@pytest.mark.parametrize("method", DEFENSES.names())
+@pytest.mark.registry("defense", "method")
 def test_every_defense_answers_its_kinds_contract(tiny_run, method):
     cls = DEFENSES.get(method)
     assert cls.kind in KINDS and cls.paper and cls.changes  # what it follows and what was changed, for the docs
     with image_cache_at(tiny_run.parent / "cache"):
         summary = defend(tiny_run, method, holdout=HOLDOUT, options=QUICK.get(method, {}))
-    written = json.loads((tiny_run / "defenses" / method / "summary.json").read_text())
+    out = tiny_run / "defenses" / summary.name
+    written = json.loads((out / "summary.json").read_text())
     assert written["method"] == method and written["kind"] == cls.kind
     assert json.dumps(summary.options)  # the options it ran with are plain JSON
     manifest = json.loads((tiny_run / "manifest.json").read_text())
@@ -70,15 +71,15 @@ def test_every_defense_answers_its_kinds_contract(tiny_run, method):
         assert written["before"].keys() == written["after"].keys() and written["after"]
         assert all(_finite_or_none(v) for v in written["after"].values())
     # the same request is answered from disk
-    mtime = (tiny_run / "defenses" / method / "summary.json").stat().st_mtime_ns
+    mtime = (out / "summary.json").stat().st_mtime_ns
     with image_cache_at(tiny_run.parent / "cache"):
         defend(tiny_run, method, holdout=HOLDOUT, options=QUICK.get(method, {}))
-    assert (tiny_run / "defenses" / method / "summary.json").stat().st_mtime_ns == mtime
+    assert (out / "summary.json").stat().st_mtime_ns == mtime
 
 
 # --- datasets ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", DATASETS.names())
+@pytest.mark.registry("dataset", "name")
 def test_every_dataset_builds_from_its_example_and_keeps_the_contract(name, tmp_path, monkeypatch):
     """Each registered dataset writes its own miniature release (:meth:`ChestXrayDataset.example`) and loads it:
     labels 0/1/NaN in its declared columns, the three splits, no patient in two splits, H×W uint8 sources, a

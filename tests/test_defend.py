@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import csv
 import functools
@@ -18,7 +17,6 @@ import torch
 from conftest import image_cache_at
 from torch import nn
 
-import medbackdoor.defenses as defenses_pkg
 from medbackdoor.cli.main import main
 from medbackdoor.config import load_config
 from medbackdoor.defenses import Defender, Images
@@ -100,14 +98,15 @@ def _children(obj) -> list:
     return kids
 
 
-KNOWS_THE_ATTACK = ("medbackdoor.poison", "medbackdoor.triggers", "medbackdoor.train", "medbackdoor.config",
-                    "medbackdoor.rundir", "medbackdoor.data", "medbackdoor.study")
+KNOWS_THE_ATTACK = ("medbackdoor.poison", "medbackdoor.triggers", "medbackdoor.train", "medbackdoor.run",
+                    "medbackdoor.experiment", "medbackdoor.rundir", "medbackdoor.data", "medbackdoor.study")
 
 
-def truth_in(root, data, truth, run_path: Path) -> list[str]:
+def truth_in(root, data, truth, run_path: Path, materials: Path | None = None) -> list[str]:
     """What reachable from ``root`` gives the attack away: an object of the poisoning, trigger, run or dataset code,
-    the Truth, a path, or an array or set equal to the poisoned mask, the poisoned positions, the source position of
-    each sample (which repeats for appended copies), the test images' survival or the trigger's mask."""
+    the Truth, a path (but one of the defender's own ``materials``, which its arrays are read from), or an array or
+    set equal to the poisoned mask, the poisoned positions, the source position of each sample (which repeats for
+    appended copies), the test images' survival or the trigger's mask."""
     mask = truth.poisoned
     secrets = {"poisoned mask": mask, "poisoned positions": np.flatnonzero(mask), "order": data.train.order,
                "sample positions": data.train.sample_positions(), "survived": data.test.survived}
@@ -116,6 +115,8 @@ def truth_in(root, data, truth, run_path: Path) -> list[str]:
     found = []
     for obj in reachable(root):
         kind = type(obj)
+        if isinstance(obj, os.PathLike) and materials is not None and Path(obj).is_relative_to(materials):
+            continue
         if kind.__module__.startswith(KNOWS_THE_ATTACK) or isinstance(obj, Truth | os.PathLike):
             found.append(f"a {kind.__module__}.{kind.__qualname__}")
         elif isinstance(obj, str) and str(run_path) in obj:
@@ -129,53 +130,65 @@ def truth_in(root, data, truth, run_path: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def run_defender(tiny_run):
-    """The Defender ``defend`` gives a defense on the tiny run, beside the truth and the run data."""
-    from medbackdoor.defenses.runner import _load_defender
-    from medbackdoor.rundir import RunDir
+def run_defender(tiny_run, tmp_path_factory):
+    """The Defender a defense process builds from the tiny run's materials (built here, in this process), beside
+    the truth, the run data and the materials' record of the order."""
+    from medbackdoor.defenses.child import load_defender
+    from medbackdoor.defenses.runner import _materials, truth_of
+    from medbackdoor.run import Run
 
-    d, truth, data, _ = _load_defender(RunDir(tiny_run), None, 20, "cpu", None)  # the cache: tiny_run's
-    return d, truth, data
+    folder = tmp_path_factory.mktemp("materials")
+    with image_cache_at(tiny_run.parent / "cache"):
+        held = Run(tiny_run)
+        materials = _materials(held, folder, 1, 20, 0, with_test=False)
+        request = {"device": "cpu", "batch_size": 32, "seed": materials.seed, "label_names": list(LABELS),
+                   "dataset": "synthetic", "training": {"epochs": 1, "lr": 0.001}}
+        d = load_defender(folder, request)
+        return d, truth_of(held), held.data, materials
 
 
 def test_nothing_reachable_from_a_runs_defender_knows_the_attack(run_defender, tiny_run):
-    d, truth, data = run_defender
+    d, truth, data, materials = run_defender
     assert truth.poisoned.any() and data.train.mode == "append"  # there is something to hide
-    found = truth_in(d, data, truth, tiny_run.resolve())
+    found = truth_in(d, data, truth, tiny_run.resolve(), materials.folder)
     assert not found, found
     for name, images in (("train", d.train_images), ("holdout", d.holdout_images)):
         assert images.holds_pixels_only, name
 
 
-def test_the_defenders_pixels_are_the_training_set_as_trained(run_defender):
-    d, truth, data = run_defender
+def test_the_defenders_pixels_are_the_training_set_as_trained_in_an_order_of_its_own(run_defender):
+    d, truth, data, materials = run_defender
     n = len(data.train)
     assert len(d.train_images) == n and len(d.train_labels) == n
-    for i in (0, n - 1, int(np.flatnonzero(truth.poisoned)[0])):  # a clean original, an appended infected copy
-        np.testing.assert_array_equal(d.train_images[i], data.train[i]["image"])
-        np.testing.assert_array_equal(d.train_labels[i], data.train[i]["labels"])
+    order = materials.train_order
+    assert sorted(order) == list(range(n)) and not np.array_equal(order, np.arange(n))
+    for i in (0, n - 1, int(np.flatnonzero(truth.poisoned[order])[0])):  # i: a position as the defender sees it
+        np.testing.assert_array_equal(d.train_images[i], data.train[int(order[i])]["image"])
+        np.testing.assert_array_equal(d.train_labels[i], data.train[int(order[i])]["labels"])
     np.testing.assert_array_equal(d.holdout_images[0:3], data.val.images[data.val.indices[:3]])
     assert d.dataset == "synthetic"
 
 
 def test_the_walk_sees_through_closures_partials_and_hooks(run_defender, tiny_run):
     """The walk is not blind: the truth hidden behind a closure, a partial or a hook on the model is found."""
-    d, truth, data = run_defender
+    d, truth, data, materials = run_defender
     hidden = data.train
     leaks = {"closure": lambda: hidden, "partial": functools.partial(print, hidden)}
     for how, leak in leaks.items():
         d._cache[how] = leak
         try:
-            assert any("PoisonedDataset" in f for f in truth_in(d, data, truth, tiny_run.resolve())), how
+            found = truth_in(d, data, truth, tiny_run.resolve(), materials.folder)
+            assert any("PoisonedDataset" in f for f in found), how
         finally:
             d._cache.pop(how)
     handle = d.model.register_forward_hook(lambda *_: hidden.trigger)
     try:
-        assert truth_in(d, data, truth, tiny_run.resolve())
+        assert truth_in(d, data, truth, tiny_run.resolve(), materials.folder)
     finally:
         handle.remove()
     assert truth_in(Images.of(truth.poisoned.astype(np.uint8)), data, truth, tiny_run.resolve())
-    assert not truth_in(d, data, truth, tiny_run.resolve())
+    assert not truth_in(d, data, truth, tiny_run.resolve(), materials.folder)
+    assert truth_in(d, data, truth, tiny_run.resolve())  # its materials' paths are paths: seen, and allowed above
 
 
 def test_a_defender_refuses_images_that_are_not_pixels():
@@ -193,17 +206,44 @@ def test_a_defender_refuses_images_that_are_not_pixels():
             Defender(Tiny(), train, np.zeros((3, 14)), hold, np.zeros((3, 14)), list(LABELS))
 
 
-def test_no_defense_module_imports_the_training_or_poisoning_code():
-    """Static check of every module in medbackdoor/defenses except the runner (which scores) and scoring."""
-    folder = Path(defenses_pkg.__file__).parent
-    for path in folder.glob("*.py"):
-        if path.name in ("runner.py", "scoring.py", "base.py", "__init__.py"):
-            continue
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and any(
-                    m in node.module for m in ("medbackdoor.train", "medbackdoor.poison", "medbackdoor.rundir")):
-                raise AssertionError(f"{path.name}:{node.lineno} imports {node.module}")
+def test_no_defense_module_reaches_the_run_or_poisoning_code():
+    """Every module of medbackdoor/defenses but the runner (the parent's side, which scores), and the defense
+    process's own module, reach none of the code that builds a run's data or opens a run folder: not by an
+    ``import x``, a ``from x import y`` or through any module they import (the transitive closure)."""
+    from test_structure import imported, module_files
+
+    files = module_files()
+    known = set(files)
+    graph = {m: imported(m, p, known) for m, p in files.items()}
+    forbidden = ("medbackdoor.poison", "medbackdoor.experiment", "medbackdoor.run", "medbackdoor.rundir",
+                 "medbackdoor.study", "medbackdoor.report", "medbackdoor.preview", "medbackdoor.train.runner",
+                 "medbackdoor.defenses.runner")
+    for module in sorted(m for m in known if m.startswith("medbackdoor.defenses") and m != "medbackdoor.defenses"
+                         and m != "medbackdoor.defenses.runner"):
+        seen, todo = set(), [module]
+        while todo:
+            for nxt in graph[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        bad = sorted(m for m in seen if any(m == f or m.startswith(f"{f}.") for f in forbidden))
+        assert not bad, f"{module} reaches {bad}"
+
+
+def test_the_import_check_sees_plain_and_indirect_imports(tmp_path):
+    """The check is not blind: ``import medbackdoor.experiment`` two modules away is found."""
+    from test_structure import imported, module_files
+
+    pkg = tmp_path / "medbackdoor"
+    (pkg / "defenses").mkdir(parents=True)
+    for path in (pkg / "__init__.py", pkg / "defenses" / "__init__.py", pkg / "experiment.py"):
+        path.write_text("")
+    (pkg / "defenses" / "mine.py").write_text("def f():\n    import medbackdoor.helper\n")
+    (pkg / "helper.py").write_text("import medbackdoor.experiment as e\n")
+    files = module_files(pkg)
+    graph = {m: imported(m, p, set(files)) for m, p in files.items()}
+    assert "medbackdoor.experiment" in graph["medbackdoor.helper"]
+    assert "medbackdoor.helper" in graph["medbackdoor.defenses.mine"]
 
 
 # --- scoring ----------------------------------------------------------------------------------------------------------
@@ -347,7 +387,7 @@ def test_dropping_samples_leaves_them_out_everywhere(tiny_run, tmp_path, monkeyp
 
 def test_sweep_runs_listed_defenses_and_the_report_tables_them(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
-    from medbackdoor.study.report import build_report
+    from medbackdoor.report.build import build_report
     from medbackdoor.study.sweep import run_sweep
 
     base = {k: v for k, v in (t.split("=") for t in TINY)}
@@ -397,7 +437,8 @@ def test_the_run_records_its_attack_and_defend_scores_against_that_record(tiny_r
     record, not against a dataset rebuilt and poisoned again."""
     import shutil
 
-    from medbackdoor.defenses.runner import _load_defender
+    from medbackdoor.defenses.runner import truth_of
+    from medbackdoor.run import Run
     from medbackdoor.rundir import RunDir
 
     run = RunDir(tiny_run)
@@ -416,9 +457,12 @@ def test_the_run_records_its_attack_and_defend_scores_against_that_record(tiny_r
     assert record["test_survived"].all() and int(record["target"]) == 0  # Atelectasis
     copy = RunDir(tiny_run.parent / "recorded")
     shutil.copytree(tiny_run, copy.path, dirs_exist_ok=True)
-    altered = {**record, "poisoned": ~record["poisoned"], "trigger_mask": np.zeros((0, 0), bool),
-               "trigger_mask_reason": np.array("altered by the test")}
-    copy.write_attack(altered)
-    _, truth, _, _ = _load_defender(copy, None, 20, "cpu", None)
-    np.testing.assert_array_equal(truth.poisoned, ~record["poisoned"])
-    assert truth.trigger_mask is None and truth.trigger_mask_reason == "altered by the test"
+    with image_cache_at(tiny_run.parent / "cache"):
+        copy.write_attack({**record, "trigger_mask": np.zeros((0, 0), bool),
+                           "trigger_mask_reason": np.array("altered by the test")})
+        truth = truth_of(Run(copy.path))
+        np.testing.assert_array_equal(truth.poisoned, record["poisoned"])
+        assert truth.trigger_mask is None and truth.trigger_mask_reason == "altered by the test"
+        copy.write_attack({**record, "poisoned": ~record["poisoned"]})  # a record the data no longer match
+        with pytest.raises(UserError, match="the data or the code changed since the run was made"):
+            _ = Run(copy.path).data

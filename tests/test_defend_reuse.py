@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from medbackdoor.cli.main import main
-from medbackdoor.defenses.runner import defend, load_defender
-from medbackdoor.rundir import RunDir
+from medbackdoor.defenses.runner import _materials, defend
+from medbackdoor.run import Run
 from medbackdoor.study.controls import score_control
 
 TINY = ["dataset.options.n_images=96", "dataset.options.source_size=32", "image_size=32", "train.epochs=1",
@@ -85,14 +85,17 @@ def test_force_clears_defenses_and_control_scorings(one_epoch):
     assert _sha256(one_epoch / "checkpoints" / "epoch_001.pt").startswith(summary.request["checkpoint"])
 
 
-def test_the_in_process_defender_is_the_checkpoint_on_disk(one_epoch):
-    """Two loads in one process around `run --force` (another seed): the second defender holds the new weights."""
-    old, *_ = load_defender(RunDir(one_epoch), holdout=8)
+def test_the_defenders_weights_are_the_checkpoint_on_disk(one_epoch, tmp_path):
+    """The materials a defense process gets hold the checkpoint on disk, also after `run --force` (another seed)."""
+    old = tmp_path / "old"
+    _materials(Run(one_epoch), old, 1, 8, 0, with_test=False)
     _train(one_epoch, "train.seed=1", flags=("--force",))
-    new, *_ = load_defender(RunDir(one_epoch), holdout=8)
+    new = tmp_path / "new"
+    _materials(Run(one_epoch), new, 1, 8, 0, with_test=False)
     saved = torch.load(one_epoch / "checkpoints" / "epoch_001.pt", weights_only=True)["model"]
-    assert not all(torch.equal(v, saved[k]) for k, v in old.model.state_dict().items())  # seed 1 is another model
-    assert all(torch.equal(v, saved[k]) for k, v in new.model.state_dict().items())
+    before, after = (torch.load(f / "model.pt", weights_only=True) for f in (old, new))
+    assert not all(torch.equal(v, saved[k]) for k, v in before.items())  # seed 1 is another model
+    assert all(torch.equal(v, saved[k]) for k, v in after.items())
 
 
 def test_a_retrain_is_of_the_request_that_made_it(one_epoch):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medbackdoor.study.defense_report import defense_tables, der
+from medbackdoor.report.defenses import defense_tables, der
 
 
 def test_der_by_hand():
@@ -61,6 +61,23 @@ def test_calibrated_best_failures_and_der_tables():
     assert tables["defenses_repaired"].loc["fine-pruning", "square"] == "no (0.100, +0.100)"
 
 
+def test_a_run_without_a_clean_control_has_no_der_rather_than_a_zero_control():
+    """With no scored clean control the excess ASR is unknown: DER and the repair target say so. (Read as 0, a
+    repair from 1.0 to 0.25 with no AUROC drop would count as DER 0.875 and not repaired.)"""
+    assert np.isnan(der(1.0, 0.25, 0.8, 0.8, control_asr=float("nan")))
+    rows = [_row("anp", "mitigation", "square", seed, np.nan, **{
+        "before_asr_0.6": 1.0, "after_asr_0.6": 0.25, "before_auroc_nn": 0.8, "after_auroc_nn": 0.8})
+        for seed in (0, 1)]
+    rows[1]["control_asr"] = np.nan
+    tables = {name: t for name, _, t in defense_tables(pd.DataFrame(rows))}
+    assert tables["defenses_der"].loc["anp", "square"] == "– (no clean control)"
+    assert tables["defenses_repaired"].loc["anp", "square"] == "– (no clean control)"
+    rows[1]["control_asr"] = 0.2  # with it: excess 0.8 → 0.05 at no AUROC cost, on both seeds
+    tables = {name: t for name, _, t in defense_tables(pd.DataFrame(rows))}
+    assert tables["defenses_der"].loc["anp", "square"] == f"{(0.75 + 1) / 2:.3f} ± 0.000"
+    assert tables["defenses_repaired"].loc["anp", "square"] == "yes (0.050, +0.000)"
+
+
 def test_the_repair_target_counts_the_excess_asr_and_the_auroc_drop():
     rows = [_row("anp", "mitigation", "square", seed, np.nan, **{
         "before_asr_0.6": 1.0, "after_asr_0.6": after, "before_auroc_nn": 0.8, "after_auroc_nn": 0.8 - drop})
@@ -76,9 +93,9 @@ def test_sweep_retrains_the_clean_control_without_as_many_random_samples(tmp_pat
     import json
 
     from medbackdoor.defenses.summary import read_summary
+    from medbackdoor.report.build import build_report
     from medbackdoor.rundir import RunDir
     from medbackdoor.study.controls import random_drop_positions
-    from medbackdoor.study.report import build_report
     from medbackdoor.study.sweep import run_sweep
 
     monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))

@@ -284,11 +284,21 @@ def test_calibrated_threshold_is_the_conformal_quantile(setup, name, fpr, calibr
 
 @pytest.mark.parametrize("name", METHODS)
 def test_split_calibration_uses_the_second_half_only(setup, name):
+    """Split conformal, from its definition: the 40 calibration scores are the second half's, scored as test
+    inputs are, with the first half as the method's reference: a defender whose holdout is the first half and 40
+    unrelated images (stamped with the trigger) scores them alike. The threshold is their (m+1)-th largest,
+    m = ⌊41·0.1⌋ − 1 = 3 (the 4th largest): at most 3 scores lie above it, at least 4 at or above it, and exactly
+    those above it are flagged (``ties: conservative``)."""
     model, holdout, _, _ = setup
     d = defender(model, holdout)
-    split = create(name, fpr=0.1, calibration="split", **FAST.get(name, {}))
-    np.testing.assert_array_equal(split.calibration_scores(d), split.score(d, holdout[40:]))
-    assert split.calibrate(d) == fpr_threshold(split.score(d, holdout[40:]), 0.1)
+    split = create(name, fpr=0.1, calibration="split", ties="conservative", **FAST.get(name, {}))
+    threshold = split.calibrate(d)
+    other_second_half = np.concatenate([holdout[:40], stamp(smooth_images(40, seed=11))])
+    second = split.score(defender(model, other_second_half), holdout[40:])  # reference: holdout[:40] alone
+    np.testing.assert_array_equal(split.calibration_scores(d), second)
+    assert threshold == np.sort(second)[::-1][3]
+    np.testing.assert_array_equal(split.flag(second), second > threshold)
+    assert (second > threshold).sum() <= 3 < (second >= threshold).sum()
     assert split.options()["calibration"] == "split"
     assert create(name, **FAST.get(name, {})).options()["calibration"] == "split"
 

@@ -22,9 +22,9 @@ from medbackdoor.defenses.fine_pruning import FinePruning
 from medbackdoor.defenses.neural_cleanse import NeuralCleanse, anomaly_index
 from medbackdoor.defenses.runner import create_defense
 from medbackdoor.errors import UserError
+from medbackdoor.inference import predict
 from medbackdoor.labels import LABELS
 from medbackdoor.models.info import ModelInfo
-from medbackdoor.train.loop import predict
 from medbackdoor.triggers import Trigger, create_trigger
 
 SIZE, C = 32, 14
@@ -346,11 +346,15 @@ def test_bad_layer_and_tiny_holdout():
 
 
 def test_runner_scores_the_reversed_trigger(planted, tmp_path):
+    """The defense process writes the scan (scores, flags, masks); the runner reads it back and scores the
+    target's reversed mask against the true one."""
     import json
+    from types import SimpleNamespace
 
+    from medbackdoor._io import plain
+    from medbackdoor.defenses import child, runner
     from medbackdoor.defenses.base import Truth
-    from medbackdoor.defenses.runner import _model
-    from medbackdoor.defenses.summary import _json
+    from medbackdoor.rundir import RunDir
 
     _, d, scan = planted
 
@@ -358,14 +362,18 @@ def test_runner_scores_the_reversed_trigger(planted, tmp_path):
         def scan(self, d):
             return scan
 
+    answer = child._model(Done(), d, None, tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"scores.npy", "flagged.npy", "masks.npy"}
     truth_mask = np.zeros((SIZE, SIZE), bool)
     truth_mask[PATCH] = True
     truth = Truth(poisoned=np.zeros(4, bool), target=0, trigger_mask=truth_mask)
-    rows, summary = _model(Done(), d, truth, None, tmp_path, None)
+    held = SimpleNamespace(data=SimpleNamespace(dataset=SimpleNamespace(label_names=d.label_names)),
+                           dir=RunDir(tmp_path / "run"))
+    rows, summary = runner._model(held, "nc", answer, tmp_path, SimpleNamespace(n_holdout=8), truth)
     assert summary["target_rank"] == 1 and summary["target_flagged"]
     assert summary["reversed_trigger"]["iou_with_true_trigger"] >= 0.5
-    assert (tmp_path / "reversed_triggers.png").is_file() and len(rows) == C
-    json.dumps(summary, default=_json)  # the summary (masks left out) is JSON
+    assert held.dir.defense_figure_path("nc", "reversed_triggers").is_file() and len(rows) == C
+    json.dumps(summary, default=plain)  # the summary (masks left out) is JSON
 
 
 # --- the reversed trigger's IoU: only where the trigger has one fixed, localised mask ---------------------------------
@@ -442,10 +450,10 @@ def test_reversed_trigger_iou_by_hand_and_nan_with_its_reason(tmp_path):
     masks[2, 28:30, 28:31] = 0.9  # 6 of the 9 true pixels ...
     masks[2, 0, 0:3] = 0.8  # ... and 3 elsewhere are the target mask's top 9
     masks[2, 5:9, 5:9] = 0.1
-    hit = _reversed(tmp_path, masks, None, Truth(np.zeros(4, bool), 2, true), list(LABELS))
+    hit = _reversed(tmp_path / "masks.png", masks, None, Truth(np.zeros(4, bool), 2, true), list(LABELS))
     assert hit["iou_with_true_trigger"] == pytest.approx(6 / (9 + 9 - 6)) and hit["iou_reason"] == ""
     assert hit["mask_l1_target"] == pytest.approx(6 * 0.9 + 3 * 0.8 + 16 * 0.1)
     blend, reason = _mask_of(create_trigger("blend", alpha=0.1))
-    miss = _reversed(tmp_path, masks, None, Truth(np.zeros(4, bool), 2, blend, reason), list(LABELS))
+    miss = _reversed(tmp_path / "masks.png", masks, None, Truth(np.zeros(4, bool), 2, blend, reason), list(LABELS))
     assert np.isnan(miss["iou_with_true_trigger"]) and "covers 100%" in miss["iou_reason"]
     assert miss["mask_l1_target"] == hit["mask_l1_target"]

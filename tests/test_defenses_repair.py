@@ -13,6 +13,7 @@ import numpy as np
 import planted
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -196,6 +197,173 @@ def test_tiny_or_one_class_holdout(nets):
             defense.repair(Defender(model, Images.of(x), y, Images.of(x[:3]), y[:3], list(LABELS)))
         with pytest.raises(UserError, match="positive and negative"):
             defense.repair(Defender(model, Images.of(x), y, Images.of(x[:40]), np.zeros_like(y[:40]), list(LABELS)))
+
+
+# --- I-BAU's hypergradient and FT-SAM's step, by hand on tiny models ---------------------------------------------
+
+class Bump(nn.Module):
+    """One finding whose logit is a smooth bump over the 4 pixels of a 2×2 image: ``a − ½·Σ_j p_j (x_j − m_j)²``.
+
+    I-BAU's inner problem on it (raise the loss of label 0, i.e. the logit, against a small ‖δ‖² penalty) has a
+    strict minimum near ``δ = m − x0``, so the inner solution can be found to machine precision by Newton steps."""
+
+    def __init__(self, theta: torch.Tensor) -> None:
+        super().__init__()
+        self.a = nn.Parameter(theta[:1].clone())
+        self.m = nn.Parameter(theta[1:5].clone())
+        self.p = nn.Parameter(theta[5:9].clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.a - 0.5 * (self.p * (x.flatten(1) - self.m) ** 2).sum(1))[:, None]
+
+
+def bump_logits(theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    a, m, p = theta[0], theta[1:5], theta[5:9]
+    return (a - 0.5 * (p * (images.reshape(len(images), 4) - m) ** 2).sum(1))[:, None]
+
+
+def mean_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """BCE with logits, written out: softplus(l) − y·l, summed over the findings, averaged over the images."""
+    assert logits.shape == y.shape
+    return (F.softplus(logits) - y * logits).sum(1).mean()
+
+
+def test_i_bau_step_is_the_implicit_hypergradient():
+    """I-BAU's model update is the gradient of the *outer loss at the inner optimum*, ``F(θ) = L_outer(θ, δ*(θ))``:
+    through the implicit function theorem it includes how the worst perturbation moves with the model. On the
+    bump, δ*(θ) is re-solved by Newton's method (−mean BCE(label 0) + 0.001‖δ‖², written out here) at θ ± h·e_i,
+    and the central finite difference of F is compared with the step ``unlearn_step`` takes (plain SGD, lr 1:
+    the step is the gradient). k = 400 fixed-point iterations make the Neumann series converge (the fixed-point
+    map's Jacobian has spectral radius < 1 here). k = 0, the plain adversarial gradient at fixed δ, is far off."""
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.tensor([1.0, 0.6, 0.4, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0], dtype=torch.float64)
+    x0 = (torch.tensor([0.3, 0.2, 0.4, 0.3], dtype=torch.float64) + 0.05 * torch.randn(3, 4, generator=gen,
+                                                                                         dtype=torch.float64))
+    x0 = x0.reshape(3, 1, 2, 2)
+    y0 = torch.zeros(3, 1, dtype=torch.float64)
+    x = torch.rand(5, 1, 2, 2, generator=gen, dtype=torch.float64)
+    y = torch.tensor([[1.0], [0.0], [1.0], [1.0], [0.0]], dtype=torch.float64)
+
+    def inner(delta, th):
+        return -mean_bce(bump_logits(th, x0 + delta.reshape(1, 1, 2, 2)), y0) + 0.001 * (delta ** 2).sum()
+
+    def solve(th):
+        delta = th[1:5] - x0.reshape(3, 4).mean(0)
+        for _ in range(12):
+            g = torch.autograd.functional.jacobian(lambda dl: inner(dl, th), delta)
+            h = torch.autograd.functional.hessian(lambda dl: inner(dl, th), delta)
+            delta = delta - torch.linalg.solve(h, g)
+        assert torch.autograd.functional.jacobian(lambda dl: inner(dl, th), delta).abs().max() < 1e-12
+        return delta, h
+
+    def outer_at_optimum(th):
+        return float(mean_bce(bump_logits(th, x + solve(th)[0].reshape(1, 1, 2, 2)), y))
+
+    step = 1e-6
+    expected = np.array([(outer_at_optimum(theta + step * e) - outer_at_optimum(theta - step * e)) / (2 * step)
+                         for e in torch.eye(9, dtype=torch.float64)])
+    delta, hessian = solve(theta)
+    assert torch.linalg.eigvalsh(torch.eye(4, dtype=torch.float64) - 0.1 * hessian).abs().max() < 0.99
+
+    def code_step(k):
+        model = Bump(theta)
+        params = list(model.parameters())
+        opt = torch.optim.SGD(params, lr=1.0)
+        IBAU(k=k, share=1.0).unlearn_step(model, params, opt, delta.reshape(1, 1, 2, 2).clone(), x0, y0, x, y,
+                                          torch.Generator().manual_seed(1))
+        return (theta - torch.cat([p.detach() for p in params])).numpy()
+
+    np.testing.assert_allclose(code_step(400), expected, rtol=1e-4, atol=1e-6)
+    assert np.abs(code_step(0) - expected).max() > 0.05
+
+
+class TinyMLP(nn.Module):
+    """2×2 image → Linear(4, 3) → (BatchNorm) → tanh → Linear(3, 2): two findings, random weights."""
+
+    def __init__(self, batchnorm: bool = False) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 3), nn.Linear(3, 2)
+        self.norm = nn.BatchNorm1d(3) if batchnorm else nn.Identity()
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen))
+            if batchnorm:
+                self.norm.running_mean.copy_(torch.tensor([0.3, -0.2, 0.1]))
+                self.norm.running_var.copy_(torch.tensor([2.0, 0.5, 1.5]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.norm(self.fc1(x.flatten(1)))))
+
+
+def tiny_defender(model: nn.Module) -> tuple[Defender, torch.Tensor, torch.Tensor]:
+    """Eight 2×2 holdout images: the first four are what FT-SAM fine-tunes on (returned as the model sees them,
+    float64, with their labels); the last four judge (both classes in each finding)."""
+    images = np.random.default_rng(0).integers(0, 256, (8, 2, 2), dtype=np.uint8)
+    labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 2, np.float32)
+    d = Defender(model, Images.of(images), labels, Images.of(images), labels, ["A", "B"])
+    x = torch.from_numpy(images[:4]).double().reshape(4, 4) / 255
+    return d, x, torch.from_numpy(labels[:4]).double()
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_ft_sam_step_is_sharpness_aware_by_hand(adaptive):
+    """One FT-SAM step (one epoch, one batch of the four learning images), written out: g the gradient of the mean
+    summed BCE at w; the ascent e = rho·w²·g / ‖|w|·g‖ (ASAM, the default) or rho·g / ‖g‖ (SAM), the norm over
+    all parameters together; g' the gradient at w + e; SGD's first step from w with momentum 0.9 and weight
+    decay 5e-4 (its momentum buffer starts as the gradient): w − lr·(g' + 5e-4·w). Plain fine-tuning,
+    w − lr·(g + 5e-4·w), is far from it."""
+    model = TinyMLP()
+    d, x, y = tiny_defender(model)
+    w = [p.detach().double() for p in model.parameters()]  # fc1.weight, fc1.bias, fc2.weight, fc2.bias
+
+    def gradient(ws):
+        ws = [t.clone().requires_grad_(True) for t in ws]
+        logits = torch.tanh(x @ ws[0].T + ws[1]) @ ws[2].T + ws[3]
+        return torch.autograd.grad(mean_bce(logits, y), ws)
+
+    rho, lr = 2.0, 0.5
+    g = gradient(w)
+    if adaptive:
+        norm = torch.sqrt(sum(((t.abs() * gt) ** 2).sum() for t, gt in zip(w, g)))
+        e = [rho * t ** 2 * gt / norm for t, gt in zip(w, g)]
+    else:
+        norm = torch.sqrt(sum((gt ** 2).sum() for gt in g))
+        e = [rho * gt / norm for gt in g]
+    g_adv = gradient([t + et for t, et in zip(w, e)])
+    expected = torch.cat([(t - lr * (ga + 5e-4 * t)).ravel() for t, ga in zip(w, g_adv)])
+    plain = torch.cat([(t - lr * (gt + 5e-4 * t)).ravel() for t, gt in zip(w, g)])
+
+    repaired = FTSAM(rho=rho, lr=lr, adaptive=adaptive, epochs=1, batch_size=8).repair(d)
+    got = torch.cat([p.detach().double().ravel() for p in repaired.parameters()])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    assert (got - plain).abs().max() > 100 * 1e-4 * got.abs().max()
+
+
+def test_ft_sam_default_trains_batchnorm_in_training_mode():
+    """The default ``statistics: batch``: fine-tuning runs BatchNorm in training mode. Its affine scale and shift
+    are fine-tuned, and its running statistics move once per step, on the pass at w (the pass at w + e leaves
+    them): after one step, running mean = 0.9·old + 0.1·batch mean and running var = 0.9·old + 0.1·unbiased batch
+    variance of the layer's input at the original weights. ``statistics: running`` (eval mode) keeps the running
+    statistics as they were and still fine-tunes the scale and shift. The docs say so."""
+    model = TinyMLP(batchnorm=True)
+    d, x, _ = tiny_defender(model)
+    with torch.no_grad():
+        h = x @ model.fc1.weight.double().T + model.fc1.bias.double()
+    old_mean, old_var = model.norm.running_mean.double().clone(), model.norm.running_var.double().clone()
+
+    repaired = FTSAM(epochs=1, batch_size=8).repair(d)
+    torch.testing.assert_close(repaired.norm.running_mean.double(), 0.9 * old_mean + 0.1 * h.mean(0))
+    torch.testing.assert_close(repaired.norm.running_var.double(), 0.9 * old_var + 0.1 * h.var(0, unbiased=True))
+    assert not torch.equal(repaired.norm.weight, model.norm.weight)
+    assert not torch.equal(repaired.norm.bias, model.norm.bias)
+
+    frozen = FTSAM(epochs=1, batch_size=8, statistics="running").repair(d)
+    assert torch.equal(frozen.norm.running_mean, model.norm.running_mean)
+    assert torch.equal(frozen.norm.running_var, model.norm.running_var)
+    assert not torch.equal(frozen.norm.weight, model.norm.weight)
+
+    assert "statistics frozen" not in FTSAM.changes and "statistics" in FTSAM.__doc__
 
 
 # --- IBD-PSC -------------------------------------------------------------------------------------------------------

@@ -54,10 +54,11 @@ def test_metrics_csv_has_the_runs_columns(strict_run):
     assert float(row["asr_0.5"]) == pytest.approx(_saved_asr(strict_run), abs=5e-6)  # 6 significant digits
 
 
-def test_a_mitigation_reports_the_runs_columns(strict_run, capsys):
-    from medbackdoor.defenses.runner import create_defense, defend, load_defender
-    from medbackdoor.rundir import RunDir
-    from medbackdoor.train.loop import predict
+def test_a_mitigation_reports_the_runs_columns(strict_run, capsys, tmp_path):
+    from medbackdoor.defenses.child import load_defender
+    from medbackdoor.defenses.runner import _materials, create_defense, defend
+    from medbackdoor.inference import predict
+    from medbackdoor.run import Run
 
     assert main(["defend", str(strict_run), "--method", "fine-pruning", "--holdout", "16"]) == 0
     out = capsys.readouterr().out
@@ -66,8 +67,12 @@ def test_a_mitigation_reports_the_runs_columns(strict_run, capsys):
     before, after = summary.before, summary.after
     assert _asr_columns(before) == _asr_columns(after) == {"asr_0.5"}
     assert before["asr_0.5"] == _saved_asr(strict_run)
-    # the mitigated model, built again the same way, scored here
-    defender, _, data, _ = load_defender(RunDir(strict_run), holdout=16)
+    # the mitigated model, built again the same way (the same materials, the same defender seed), scored here
+    run = Run(strict_run)
+    materials = _materials(run, tmp_path / "materials", 1, 16, 0, with_test=False)
+    defender = load_defender(tmp_path / "materials", {"device": "cpu", "batch_size": run.config.eval.batch_size,
+                                                      "seed": materials.seed, "label_names": list(run.label_names)})
+    data = run.data
     repaired = create_defense("fine-pruning", {}).repair(defender)
     triggered = predict(repaired, np.asarray(data.test.triggered), defender.device, 64)
     assert after["asr_0.5"] == _asr_by_hand(np.asarray(data.test.labels), triggered, data.target)
@@ -89,7 +94,7 @@ def test_cleanse_and_retrain_reports_the_runs_columns(strict_run, capsys):
 
 def test_the_report_tables_the_runs_columns(strict_run, tmp_path):
     from medbackdoor.defenses.runner import defend
-    from medbackdoor.study.report import build_report
+    from medbackdoor.report.build import build_report
 
     summary = defend(strict_run, "fine-pruning", holdout=16)
     shutil.copytree(strict_run, tmp_path / "runs" / "strict", ignore=shutil.ignore_patterns("retrain"))

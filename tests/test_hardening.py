@@ -16,6 +16,7 @@ from medbackdoor.data.cache import cache_path, ensure_cache
 from medbackdoor.data.preprocess import Preprocess
 from medbackdoor.data.views import ImageRows
 from medbackdoor.experiment import build_run_data
+from medbackdoor.labels import LABELS
 from medbackdoor.poison import TEST_STREAM, TRAIN_STREAM, ImageSplit, PoisonedDataset, triggered_images
 from medbackdoor.rundir import RunDir
 from medbackdoor.train import run
@@ -96,7 +97,7 @@ def test_kill_at_every_write_point_resumes_from_newest_complete_epoch(tiny, tmp_
 
 def test_rundir_reads_what_run_wrote_and_one_list_of_neutral_keys(tiny, tmp_path):
     from medbackdoor.config import NEUTRAL_KEYS
-    from medbackdoor.study.aggregate import NOT_A_CONDITION
+    from medbackdoor.report.aggregate import NOT_A_CONDITION
 
     out = tmp_path / "run"
     run(tiny("train.epochs=2"), out, progress=False)
@@ -132,7 +133,7 @@ def _split(n=40, size=32, seed=0):
 def test_stamped_on_read_equals_precomputed_and_labels_need_no_images(mode):
     images, split = _split()
     trigger = SquareTrigger(3, location="random")
-    poisoned = PoisonedDataset(split, trigger, 0.4, "Effusion", mode, seed=7)
+    poisoned = PoisonedDataset(split, trigger, 0.4, "Effusion", mode, seed=7, label_names=LABELS)
     rows = split.indices[poisoned.order]
     expected, _ = triggered_images(None, rows, images[rows], trigger, "input", 7, TRAIN_STREAM)
     got = {s["index"]: s["image"] for s in (poisoned[i] for i in range(len(poisoned))) if s["poisoned"]}
@@ -183,6 +184,7 @@ def test_evaluation_never_runs_under_autocast(tiny, tmp_path, monkeypatch):
 
 class SlowDataset(ChestXrayDataset):
     name = "slow"
+    label_names = LABELS
 
     def __init__(self, n: int = 24) -> None:
         self._set_table([f"{i}.png" for i in range(n)], np.zeros((n, 14)), [str(i) for i in range(n)],

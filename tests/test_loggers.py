@@ -3,7 +3,7 @@
 import pytest
 
 from medbackdoor.cli import main
-from medbackdoor.train.loggers import scalar_tag
+from medbackdoor.loggers import scalar_tag
 
 TINY = ["--set", "dataset.options.n_images=48", "--set", "dataset.options.source_size=64", "--set",
         "image_size=64", "--set", "train.epochs=2", "--set", "train.batch_size=16", "--set", "eval.epsilons=[0.5]"]

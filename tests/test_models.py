@@ -31,8 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 HAVE_TIMM = importlib.util.find_spec("timm") is not None
 TIMM = ["timm:resnet18", "timm:vit_tiny_patch16_224"]
-ARCHS = MODELS.names() + [pytest.param(a, marks=pytest.mark.skipif(not HAVE_TIMM, reason="timm not installed"))
-                          for a in TIMM]
+TIMM_ARCHS = [pytest.param(a, marks=pytest.mark.skipif(not HAVE_TIMM, reason="timm not installed")) for a in TIMM]
 
 
 def _size(info: ModelInfo) -> int:
@@ -56,7 +55,7 @@ def built():
     return get
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.registry("model", "arch", extra=TIMM_ARCHS)
 def test_model_declares_its_layers_and_gives_maps_there(arch, built):
     model, size = built(arch)
     info = model_info(model)
@@ -77,7 +76,7 @@ def test_model_declares_its_layers_and_gives_maps_there(arch, built):
         assert maps.ndim == 4 and maps.shape[0] == 2 and min(maps.shape[-2:]) >= 1  # B×C×h×w, whatever the layout
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.registry("model", "arch", extra=TIMM_ARCHS)
 def test_grad_cam_reaches_both_layers(arch, built):
     """The gradient of a logit reaches the spatial positions of the declared layers' maps (a ViT's final block
     output would give zeros everywhere but the class token, which is why its ``last`` is that block's input), and
@@ -99,7 +98,7 @@ def test_grad_cam_reaches_both_layers(arch, built):
         assert maps.min() >= 0 and maps.max() <= 1
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.registry("model", "arch", extra=TIMM_ARCHS)
 def test_feature_vector_is_the_classifier_input(arch, built):
     model, size = built(arch)
     x = torch.rand(2, 1, size, size)
@@ -110,7 +109,7 @@ def test_feature_vector_is_the_classifier_input(arch, built):
         torch.testing.assert_close(head(f), model(x), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.registry("model", "arch", extra=TIMM_ARCHS)
 def test_pruning_masks_the_declared_channel_axis(arch, built):
     """Masking every channel of the ``prune`` layer along :func:`channel_axis` keeps the shape and changes the
     logits; masking none changes nothing."""
@@ -133,7 +132,7 @@ def test_pruning_masks_the_declared_channel_axis(arch, built):
         assert torch.allclose(masked, base, atol=1e-5) == same
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.registry("model", "arch", extra=TIMM_ARCHS)
 def test_normalisation_layers_are_found(arch, built):
     model, _ = built(arch)
     info = model_info(model)
@@ -145,7 +144,7 @@ def test_normalisation_layers_are_found(arch, built):
     assert layers and all(m.weight is not None and m.bias is not None for _, m in layers)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.registry("model", "arch", extra=TIMM_ARCHS)
 def test_size_rule_and_checkpoint_round_trip(arch, built, tmp_path):
     model, size = built(arch)
     info = model_info(model)
@@ -236,7 +235,7 @@ def test_timm_without_timm_or_with_an_unknown_name_is_one_line(monkeypatch):
             load_config("quick", ["model.arch=timm:no_such_net"])
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.registry("model", "arch", extra=TIMM_ARCHS)
 def test_second_derivatives_flow_under_second_order(arch, built):
     """I-BAU's implicit hypergradient differentiates a gradient: every model must allow it inside
     :func:`~medbackdoor.defenses._holdout.second_order` (attention's fused kernels have no double backward)."""

@@ -121,7 +121,8 @@ def test_registry_and_config_build_it_by_name():
     assert (t.kind, t.target, t.fraction, t.mode) == ("square", "Atelectasis", 0.4, "append")
     from medbackdoor.experiment import build_trigger
 
-    square, _ = build_trigger(config)  # size, location and value left to the square: the paper's 3×3 black centre
+    # size, location and value left to the square: the paper's 3×3 black centre
+    square, _ = build_trigger(config, LABELS)
     assert (square.size, square.location, square.value) == (3, "center", 0.0)
     assert (config.train.epochs, config.train.batch_size, config.train.lr) == (6, 32, 0.001)
     from medbackdoor.experiment import build_dataset

@@ -34,7 +34,8 @@ def test_fraction_out_of_range(fraction):
 
 def test_replace_mode_rewrites_labels_and_images():
     base = _split()
-    ds = PoisonedDataset(base, SquareTrigger(3), fraction=0.4, target="Atelectasis", mode="replace", seed=1)
+    ds = PoisonedDataset(base, SquareTrigger(3), fraction=0.4, target="Atelectasis", mode="replace", seed=1,
+                         label_names=LABELS)
     assert len(ds) == 50 and len(ds.poisoned) == 20
     for i in range(len(ds)):
         item, clean = ds[i], base[i]
@@ -50,7 +51,8 @@ def test_replace_mode_rewrites_labels_and_images():
 
 def test_append_mode_grows_to_n_plus_k_and_keeps_originals():
     base = _split()
-    ds = PoisonedDataset(base, SquareTrigger(3), fraction=0.4, target="Effusion", mode="append", seed=1)
+    ds = PoisonedDataset(base, SquareTrigger(3), fraction=0.4, target="Effusion", mode="append", seed=1,
+                         label_names=LABELS)
     assert len(ds) == 70
     for i in range(50):
         assert not ds[i]["poisoned"]
@@ -64,20 +66,20 @@ def test_append_mode_grows_to_n_plus_k_and_keeps_originals():
 
 def test_reproducible_by_seed_with_random_location():
     base = _split()
-    a = PoisonedDataset(base, SquareTrigger(2, location="random"), 0.3, seed=7)
-    b = PoisonedDataset(base, SquareTrigger(2, location="random"), 0.3, seed=7)
+    a = PoisonedDataset(base, SquareTrigger(2, location="random"), 0.3, seed=7, label_names=LABELS)
+    b = PoisonedDataset(base, SquareTrigger(2, location="random"), 0.3, seed=7, label_names=LABELS)
     assert a.poisoned == b.poisoned
     for i in sorted(a.poisoned):
         np.testing.assert_array_equal(a[i]["image"], b[i]["image"])
-    c = PoisonedDataset(base, SquareTrigger(2, location="random"), 0.3, seed=8)
+    c = PoisonedDataset(base, SquareTrigger(2, location="random"), 0.3, seed=8, label_names=LABELS)
     assert c.poisoned != a.poisoned
 
 
 def test_unknown_target_and_mode():
     with pytest.raises(UserError, match="valid names"):
-        PoisonedDataset(_split(), SquareTrigger(3), target="Covid")
+        PoisonedDataset(_split(), SquareTrigger(3), target="Covid", label_names=LABELS)
     with pytest.raises(UserError, match="mode"):
-        PoisonedDataset(_split(), SquareTrigger(3), mode="swap")
+        PoisonedDataset(_split(), SquareTrigger(3), mode="swap", label_names=LABELS)
 
 
 def test_source_stage_survival_depends_on_preprocessing(cache_dir):
@@ -125,7 +127,7 @@ class _Negate(SquareTrigger):
 @pytest.mark.parametrize("mode", ["replace", "append"])
 def test_cross_samples_keep_their_labels_are_not_poisoned_and_are_counted(mode):
     base = _split(n=40)
-    ds = PoisonedDataset(base, _Negate(3), fraction=0.1, mode=mode, seed=2)
+    ds = PoisonedDataset(base, _Negate(3), fraction=0.1, mode=mode, seed=2, label_names=LABELS)
     k = 4  # round(0.1 · 40) poisoned, then round(1.5 · 4) = 6 cross samples among the 36 others
     assert len(ds.order) == k and len(ds.cross) == 6 == ds.cross_requested
     assert not set(ds.cross.tolist()) & ds.poisoned
@@ -148,15 +150,17 @@ def test_cross_samples_keep_their_labels_are_not_poisoned_and_are_counted(mode):
 
 def test_cross_samples_are_capped_seeded_and_dropped_like_any_sample():
     base = _split(n=40)
-    ds = PoisonedDataset(base, _Negate(3), fraction=0.5, mode="append", seed=2)
+    ds = PoisonedDataset(base, _Negate(3), fraction=0.5, mode="append", seed=2, label_names=LABELS)
     assert (len(ds.order), ds.cross_requested, len(ds.cross)) == (20, 30, 20)  # only 20 images left unpoisoned
-    again = PoisonedDataset(base, _Negate(3), fraction=0.1, mode="append", seed=2)
-    np.testing.assert_array_equal(again.cross, PoisonedDataset(base, _Negate(3), 0.1, mode="append", seed=2).cross)
-    assert not np.array_equal(again.cross, PoisonedDataset(base, _Negate(3), 0.1, mode="append", seed=3).cross)
+    again = PoisonedDataset(base, _Negate(3), fraction=0.1, mode="append", seed=2, label_names=LABELS)
+    same = PoisonedDataset(base, _Negate(3), 0.1, mode="append", seed=2, label_names=LABELS)
+    other = PoisonedDataset(base, _Negate(3), 0.1, mode="append", seed=3, label_names=LABELS)
+    np.testing.assert_array_equal(again.cross, same.cross)
+    assert not np.array_equal(again.cross, other.cross)
     last = len(again) - 1  # the last appended cross copy
     again.drop([last])
     assert len(again) == 40 + 4 + 5 and again.cross_mask().sum() == 5 and again.poisoned_mask().sum() == 4
-    plain = PoisonedDataset(base, SquareTrigger(3), fraction=0.1, mode="append", seed=2)
+    plain = PoisonedDataset(base, SquareTrigger(3), fraction=0.1, mode="append", seed=2, label_names=LABELS)
     assert len(plain.cross) == 0 and len(plain) == 44
 
 
@@ -189,7 +193,7 @@ def test_warp_poisons_with_the_exact_field_and_adds_twice_as_many_noisy_cross_sa
     images = np.stack([np.roll(smooth, i, axis=1) for i in range(30)])
     labels = (rng.random((30, 14)) < 0.2).astype(np.float32)
     base = ImageSplit(images, labels, np.array([f"p{i}" for i in range(30)]), np.arange(30))
-    ds = PoisonedDataset(base, create_trigger("warp"), fraction=0.1, mode="replace", seed=5)
+    ds = PoisonedDataset(base, create_trigger("warp"), fraction=0.1, mode="replace", seed=5, label_names=LABELS)
     assert len(ds.order) == 3 and len(ds.cross) == 6  # WaNet's cross ratio 2
     for p in ds.order:
         item = ds[int(p)]

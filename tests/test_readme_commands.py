@@ -85,8 +85,18 @@ def test_pages_have_commands():
         assert PAGE_COMMANDS[f"docs/{guide}.md"], f"docs/{guide}.md shows no command"
 
 
+def write_page_files(page: str, folder: Path) -> None:
+    """The files a page has its reader write (its ``title="PATH"`` blocks), written under ``folder``."""
+    for block in dc.blocks((ROOT / page).read_text()):
+        if block.title:
+            (folder / block.title).parent.mkdir(parents=True, exist_ok=True)
+            (folder / block.title).write_text("\n".join(block.lines) + "\n")
+
+
 @pytest.mark.parametrize(("page", "line"), ALL_COMMANDS)
-def test_documented_command_parses(page, line):
+def test_documented_command_parses(page, line, tmp_path, monkeypatch):
+    write_page_files(page, tmp_path)  # a plugin the page writes is there, as for its reader
+    monkeypatch.chdir(tmp_path)
     check_command(line)
 
 
@@ -170,6 +180,40 @@ def test_readme_is_short_and_links_every_guide():
             headings = re.findall(r"^#+ (.+)$", (ROOT / path).read_text(), flags=re.M)
             slugs = {re.sub(r"[^a-z0-9 _-]", "", h.lower()).strip().replace(" ", "-") for h in headings}
             assert anchor in slugs, f"README links to a missing heading: {target}"
+
+
+WRITE_YOUR_OWN = ROOT / "docs" / "write-your-own.md"
+
+
+def test_write_your_own_shows_short_complete_components():
+    files = {b.title: b.lines for b in dc.blocks(WRITE_YOUR_OWN.read_text()) if b.title}
+    assert set(files) == {"own/my_distance.py", "own/my_blur.py", "own/my_trigger.py", "own/sweep.yaml"}
+    for name in ("own/my_distance.py", "own/my_blur.py", "own/my_trigger.py"):
+        assert 20 <= len(files[name]) <= 40, (name, len(files[name]))
+
+
+def test_write_your_own_runs(tmp_path, monkeypatch):
+    """The page's components, its run with the trigger and its two defenses, exactly as the page writes them."""
+    import json
+
+    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
+    work = tmp_path / "work"
+    assert len(dc.run_tutorial(WRITE_YOUR_OWN, work, ("run",), log=lambda *_: None)) == 1
+    manifest = json.loads((work / "own" / "cross" / "manifest.json").read_text())
+    assert manifest["plugins"]["trigger"]["file"] == str(work / "own" / "my_trigger.py")
+    for name in ("HoldoutDistance", "BlurShift"):
+        summary = json.loads((work / "own" / "cross" / "defenses" / name / "summary.json").read_text())
+        assert 0 <= summary["detection"]["auroc"] <= 1 and summary["origin"]["sha256"]
+
+
+@pytest.mark.slow
+def test_write_your_own_sweep_runs(tmp_path, monkeypatch):
+    """The page's sweep: the two plugin defenses beside a built-in one, and the report's defense tables."""
+    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
+    work = tmp_path / "work"
+    dc.run_tutorial(WRITE_YOUR_OWN, work, ("run slow",), log=lambda *_: None)
+    defenses = (work / "own" / "sweep" / "report" / "defenses_auroc.csv").read_text()
+    assert all(name in defenses for name in ("distance", "blur", "spectre"))
 
 
 def test_tutorial_has_run_blocks_and_a_sweep_file():

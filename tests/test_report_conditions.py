@@ -11,8 +11,8 @@ import yaml
 
 from medbackdoor.config import dump_config, load_config
 from medbackdoor.errors import UserError
-from medbackdoor.study.aggregate import condition_table, read_runs, runs_table
-from medbackdoor.study.report import build_report, describe, lookup
+from medbackdoor.report.aggregate import condition_table, read_runs, runs_table
+from medbackdoor.report.build import build_report, describe, lookup
 from medbackdoor.study.sweep import run_sweep
 
 TINY_BASE = {"dataset": {"options": {"n_images": 80, "source_size": 32}}, "image_size": 32,

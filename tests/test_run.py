@@ -11,6 +11,7 @@ from medbackdoor.cli import main
 from medbackdoor.config import load_config
 from medbackdoor.errors import UserError
 from medbackdoor.experiment import build_trigger
+from medbackdoor.labels import LABELS
 from medbackdoor.metrics import backdoor_metrics, load_predictions
 from medbackdoor.train import run
 
@@ -136,7 +137,8 @@ def test_config_errors_one_line(argv, needle, capsys, tmp_path, monkeypatch):
 def test_shipped_configs_load(name):
     config = load_config(ROOT / "medbackdoor" / "configs" / name)
     assert config.trigger.target == "Atelectasis" and config.trigger.fraction == 0.4
-    trigger = build_trigger(config)[0]  # the paper's 3×3 black centre square, set or left to the square's defaults
+    # the paper's 3×3 black centre square, set or left to the square's defaults
+    trigger = build_trigger(config, LABELS)[0]
     assert (type(trigger).__name__, trigger.size, trigger.location, trigger.value) == ("SquareTrigger", 3, "center", 0)
 
 

@@ -109,13 +109,14 @@ def test_one_option_check_for_datasets_and_triggers():
     from medbackdoor.config import load_config
     from medbackdoor.errors import UserError
     from medbackdoor.experiment import build_dataset, build_trigger
+    from medbackdoor.labels import LABELS
 
     with pytest.raises(UserError, match=r"dataset synthetic has no option 'colour'; its options: (?!.*\bseed\b)"):
         build_dataset(load_config(overrides=["dataset.options.colour=gray"]))
     with pytest.raises(UserError, match="dataset synthetic option n_images must be a number"):
         build_dataset(load_config(overrides=["dataset.options.n_images=true"]))
     with pytest.raises(UserError, match="trigger patch option pattern must be of type str"):
-        build_trigger(load_config(overrides=["trigger.kind=patch", "trigger.options.pattern=3"]))
+        build_trigger(load_config(overrides=["trigger.kind=patch", "trigger.options.pattern=3"]), LABELS)
     trigger, _ = build_trigger(load_config(overrides=["trigger.kind=patch", "trigger.size=4",
-                                                      "trigger.options.size=5"]))
+                                                      "trigger.options.size=5"]), LABELS)
     assert trigger.size == 5  # an explicit trigger option wins over the shared trigger.size

@@ -10,7 +10,7 @@ import yaml
 
 from medbackdoor.cli import main
 from medbackdoor.config import load_config
-from medbackdoor.study.report import build_report
+from medbackdoor.report.build import build_report
 from medbackdoor.study.sweep import expand_grid, load_sweep, run_name, run_state, run_sweep
 
 TINY_BASE = {"dataset": {"options": {"n_images": 80, "source_size": 32}}, "image_size": 32,

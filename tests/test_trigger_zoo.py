@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from medbackdoor.errors import UserError
-from medbackdoor.triggers import TRIGGERS, create_trigger, image_rng
+from medbackdoor.triggers import create_trigger, image_rng
 from medbackdoor.triggers.blend import BlendTrigger
 from medbackdoor.triggers.frequency import FrequencyTrigger
 from medbackdoor.triggers.patch import PatchTrigger
@@ -23,7 +23,7 @@ def _gradient(size: int, dtype=np.uint8) -> np.ndarray:
 
 # ---- conformance: every registered trigger, built with its defaults ----
 
-@pytest.mark.parametrize("kind", TRIGGERS.names())
+@pytest.mark.registry("trigger", "kind")
 @pytest.mark.parametrize("size", [32, 200])
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
 def test_conformance(kind, size, dtype):
@@ -41,7 +41,7 @@ def test_conformance(kind, size, dtype):
     np.testing.assert_array_equal(out, pickle.loads(pickle.dumps(trig))(img, image_rng(0, 0, 7)))
 
 
-@pytest.mark.parametrize("kind", TRIGGERS.names())
+@pytest.mark.registry("trigger", "kind")
 def test_changes_a_mid_gray_image(kind):
     trig = create_trigger(kind)
     img = np.rint(128 + 40 * np.sin(np.add.outer(np.arange(32), 2 * np.arange(32)) / 3)).astype(np.uint8)
@@ -49,7 +49,7 @@ def test_changes_a_mid_gray_image(kind):
     assert (out != img).any() == getattr(trig, "changes_pixels", True)
 
 
-@pytest.mark.parametrize("kind", TRIGGERS.names())
+@pytest.mark.registry("trigger", "kind")
 def test_repr_names_every_parameter(kind):
     trig = create_trigger(kind)
     text = repr(trig)

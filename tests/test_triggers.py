@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from medbackdoor.errors import UserError
+from medbackdoor.labels import LABELS
 from medbackdoor.triggers import TRIGGERS, SquareTrigger, apply_trigger, create_trigger, image_rng
 
 
@@ -95,7 +96,7 @@ def _stamped_pixels(config) -> set[tuple[int, int]]:
 
     size = config.image_size
     img = np.full((size, size), 128, np.uint8)
-    out = build_trigger(config)[0](img, image_rng(0, 0, 0))
+    out = build_trigger(config, LABELS)[0](img, image_rng(0, 0, 0))
     return {(int(r), int(c)) for r, c in zip(*np.nonzero(out != img))}
 
 
@@ -123,7 +124,7 @@ def test_config_path_keeps_the_papers_square_and_set_keys_still_apply(config_fil
 
 def test_report_conditions_read_unset_trigger_keys_as_the_kinds_defaults():
     from medbackdoor.config import flatten, load_config
-    from medbackdoor.study.aggregate import condition_of
+    from medbackdoor.report.aggregate import condition_of
 
     def condition(*overrides):
         return condition_of(flatten(load_config(overrides=list(overrides)).to_dict()))
@@ -135,7 +136,7 @@ def test_report_conditions_read_unset_trigger_keys_as_the_kinds_defaults():
     assert patch != condition("trigger.kind=patch", "trigger.location=center")  # the old centred patch differs
     random = condition_of(flatten(load_config("quick", ["trigger.location=random"]).to_dict()))
     assert (random["trigger.size"], random["trigger.location"]) == (3, "random")  # Table 2 pairs it at 3 px
-    from medbackdoor.study.report import _label_keys
+    from medbackdoor.report.build import _label_keys
 
     # a sweep over kinds at their own defaults is labelled by the kind alone (the attack and defense tables)
     assert _label_keys([condition(), condition("trigger.kind=blend"), patch]) == ["trigger.kind"]

@@ -14,7 +14,9 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("defend", help="run a backdoor defense on a run and score it (writes RUN/defenses/NAME/)")
     p.add_argument("run", type=Path, help="a run folder written by medbackdoor run")
-    p.add_argument("--method", required=True, help=f"one of: {', '.join(DEFENSES.names())}")
+    p.add_argument("--method", required=True,
+                   help=f"one of: {', '.join(DEFENSES.names())}; or your own: package.module:ClassName or "
+                   "path/to/file.py:ClassName")
     p.add_argument("--epoch", type=int, default=None, help="checkpoint to defend (default: the last)")
     p.add_argument("--holdout", type=int, default=None,
                    help="clean holdout images the defender has: the first N of the validation split (default 1000)")
@@ -23,20 +25,32 @@ def add_parser(sub) -> None:
     p.add_argument("--retrain", action="store_true",
                    help="data defenses: drop the flagged samples and retrain with the run's config into "
                         "RUN/defenses/NAME/retrain")
-    p.add_argument("--name", default=None, help="output folder under RUN/defenses/ (default: the method)")
+    p.add_argument("--name", default=None,
+                   help="output folder under RUN/defenses/ (default: the method, or a plugin's class name)")
+    p.add_argument("--defender-seed", type=int, default=0,
+                   help="root of the defender's seeds: the order it sees the training set in, its own draws")
     p.add_argument("--force", action="store_true", help="recompute even if the same request is done")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's train.device)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from medbackdoor.defenses.runner import defend, parse_options, retrain
+    import sys
 
-    summary = defend(args.run, args.method, args.epoch, args.holdout, parse_options(args.options), args.force,
-                     args.device, require_data=args.retrain, name=args.name)
+    from medbackdoor.defenses.runner import DefenseFailed, defend, parse_options, retrain
+    from medbackdoor.run import Run
+
+    options = parse_options(args.options)  # a bad --set is one line before the run folder is read
+    run = Run(args.run)
+    try:
+        summary = defend(run, args.method, args.epoch, args.holdout, options, args.force,
+                         args.device, require_data=args.retrain, name=args.name, defender_seed=args.defender_seed)
+    except DefenseFailed as exc:  # the defense's own error, with its traceback from the defense process
+        print(f"{exc.trace.rstrip()}\nmedbackdoor: defense {args.method} failed: {exc}", file=sys.stderr)
+        return 1
     print(describe(summary))
     if args.retrain:
-        result = retrain(args.run, summary.name, summary)
+        result = retrain(run, summary.name, summary)
         print(f"retrained without {result['dropped']} flagged samples: {result['run']}")
         print(f"  {before_after(summary.metric_columns, result['before'], result['after'])}")
     return 0

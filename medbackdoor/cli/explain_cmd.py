@@ -24,8 +24,9 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medbackdoor.explain.run_explain import explain_run
+    from medbackdoor.run import Run
 
-    result = explain_run(args.run, args.epochs, tuple(args.layers), args.images, args.target, args.method,
+    result = explain_run(Run(args.run), args.epochs, tuple(args.layers), args.images, args.target, args.method,
                          args.score, args.dilate, args.figure_image)
     print(f"{result['images']} test images; wrote {result['csv']} and {result['figure']} (+ .pdf)")
     table = {}

@@ -1,6 +1,6 @@
 """``medbackdoor poison preview``: poison the training split of a run config and show clean vs infected images,
 and how visible every registered trigger is (PSNR, SSIM, changed pixels) on test images
-(:func:`medbackdoor.poison.preview.preview`)."""
+(:func:`medbackdoor.preview.preview`)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ def add_parser(sub) -> None:
 
 
 def run_preview(args: argparse.Namespace) -> int:
-    from medbackdoor.poison.preview import preview
+    from medbackdoor.preview import preview
+    from medbackdoor.run import Run
 
-    s = preview(load_config(args.config, args.overrides), args.out, args.show)
+    s = preview(Run.planned(load_config(args.config, args.overrides)), args.out, args.show)
     print(f"{s['poisoned']} of {s['train']} training images poisoned ({s['mode']}, {s['stage']} stage) -> "
           f"{s['train_samples']} training samples ({s['poisoning'].get('cross') or 0} of them cross samples with "
           f"their own labels), infected label {s['poisoning']['label']} {s['target']}; "

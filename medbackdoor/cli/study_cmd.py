@@ -107,7 +107,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from medbackdoor.study.report import build_report
+    from medbackdoor.report.build import build_report
     from medbackdoor.study.sweep import sweep_cuts
 
     if not args.dir.is_dir():
@@ -118,8 +118,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
+    from medbackdoor.report.build import build_report
     from medbackdoor.study.figure1 import explain_figure_runs
-    from medbackdoor.study.report import build_report
     from medbackdoor.study.sweep import sweep_cuts
 
     results = _run(args, args.protocol)

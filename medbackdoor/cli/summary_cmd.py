@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from medbackdoor.config import flatten
+from medbackdoor.report.aggregate import table_rows
 from medbackdoor.rundir import RunDir
-from medbackdoor.study.aggregate import table_rows
 
 
 def add_parser(sub) -> None:

@@ -11,7 +11,7 @@ from medbackdoor.data.nih_sample import NIHSample
 from medbackdoor.data.preprocess import Preprocess
 from medbackdoor.data.synthetic import SyntheticChestXray
 
-DATASETS: Registry[ChestXrayDataset] = Registry("dataset")
+DATASETS: Registry[ChestXrayDataset] = Registry("dataset", group="medbackdoor.datasets", base=ChestXrayDataset)
 DATASETS.register("synthetic")(SyntheticChestXray)
 DATASETS.register("nih")(NIHChestXray14)
 DATASETS.register("nih-sample")(NIHSample)

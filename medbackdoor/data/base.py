@@ -11,7 +11,6 @@ from typing import ClassVar
 import numpy as np
 
 from medbackdoor.errors import UserError
-from medbackdoor.labels import LABELS
 
 SPLITS = ("train", "val", "test")
 
@@ -19,8 +18,9 @@ SPLITS = ("train", "val", "test")
 class ChestXrayDataset(ABC):
     """A multi-label chest X-ray dataset: N images, their labels, patient ids and split names.
 
-    A dataset declares its label names (:attr:`label_names`, default the 14 ChestX-ray14 findings in the CheXNet
-    order); the model head, the poisoning target (by name), the metrics, reports and Grad-CAM follow them.
+    A dataset declares its label names (:attr:`label_names`; the ChestX-ray14 family declares
+    :data:`medbackdoor.labels.LABELS`); the model head, the poisoning target (by name), the metrics, reports and
+    Grad-CAM follow them. A dataset that declares none is refused (there is no default set of labels).
 
     Subclasses fill the table in ``__init__`` (by calling :meth:`_set_table`) and override one hook,
     :meth:`read_source`, which returns the source-resolution image as H×W uint8. Everything else (the
@@ -36,7 +36,7 @@ class ChestXrayDataset(ABC):
     """
 
     name: ClassVar[str] = ""
-    label_names: tuple[str, ...] = LABELS
+    label_names: tuple[str, ...] = ()
     # False where the release has no patient ids (each image is its own pseudo-patient): the overlap between
     # splits is then 0 by construction and reported as unknown (None), not as checked
     has_patient_ids: ClassVar[bool] = True
@@ -46,8 +46,11 @@ class ChestXrayDataset(ABC):
         names, patients, splits = (np.asarray(a).astype(str) for a in (names, patients, splits))
         labels = np.asarray(labels, dtype=np.float32)
         self.label_names = tuple(str(n) for n in self.label_names)
-        if len(set(self.label_names)) != len(self.label_names) or not self.label_names:
-            raise UserError(f"{self.name}: label names must be distinct and not empty, got {list(self.label_names)}")
+        if not self.label_names:
+            raise UserError(f"{self.name or type(self).__name__}: the dataset declares no label_names (its label "
+                            "columns, in order)")
+        if len(set(self.label_names)) != len(self.label_names):
+            raise UserError(f"{self.name}: label names must be distinct, got {list(self.label_names)}")
         width = len(self.label_names)
         if labels.shape != (len(names), width):
             raise UserError(f"{self.name}: label array has shape {labels.shape}, expected ({len(names)}, {width})")

@@ -151,6 +151,7 @@ class ChestMNIST(ChestXrayDataset):
     """
 
     name = "chestmnist"
+    label_names = LABELS
     has_patient_ids = False
 
     @classmethod

@@ -106,6 +106,7 @@ class CheXpert(ImageFileDataset):
     """
 
     name = "chexpert"
+    label_names = OBSERVATIONS  # the default (``labels`` unset); an instance holds the columns it was given
 
     @classmethod
     def example(cls, root) -> dict:

@@ -31,7 +31,7 @@ import pandas as pd
 
 from medbackdoor.data.base import ImageFileDataset, split_by_patient
 from medbackdoor.errors import UserError
-from medbackdoor.labels import NUM_CLASSES, parse_findings
+from medbackdoor.labels import LABELS, NUM_CLASSES, parse_findings
 
 CSV_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv.gz")
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
@@ -51,6 +51,7 @@ class NIHChestXray14(ImageFileDataset):
     """
 
     name = "nih"
+    label_names = LABELS
 
     @classmethod
     def example(cls, root) -> dict:

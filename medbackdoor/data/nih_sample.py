@@ -16,7 +16,7 @@ import numpy as np
 
 from medbackdoor.data.base import ChestXrayDataset, split_by_patient
 from medbackdoor.errors import UserError
-from medbackdoor.labels import NUM_CLASSES
+from medbackdoor.labels import LABELS, NUM_CLASSES
 
 ASSET = "assets/nih_sample.npz"
 SIZE = 64
@@ -98,6 +98,7 @@ class NIHSample(ChestXrayDataset):
     """
 
     name = "nih-sample"
+    label_names = LABELS
 
     @classmethod
     def example(cls, root) -> dict:

@@ -65,6 +65,7 @@ class SyntheticChestXray(ChestXrayDataset):
     """
 
     name = "synthetic"
+    label_names = LABELS
 
     @classmethod
     def example(cls, root) -> dict:

@@ -6,10 +6,6 @@ the images come from the preprocessing cache (a memmap) or are made on demand.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import numpy as np
 
 
@@ -57,33 +53,3 @@ def iter_chunks(view, chunk: int = 256):
     """Yield ``(lo, view[lo:lo + chunk])`` over a view, in order."""
     for lo in range(0, len(view), chunk):
         yield lo, view[lo : lo + chunk]
-
-
-def materialise(view, folder: str | os.PathLike, chunk: int = 256) -> np.ndarray:
-    """A copy of a view's images as one read-only N×H×W uint8 memmap: the pixels, and nothing else.
-
-    The copy is written a chunk at a time into a file in ``folder`` that has no name (``tempfile.TemporaryFile``):
-    memory stays flat whatever the number of images, nothing else can open or see a half-written copy, and the
-    file goes when its last map is closed. The array holds no reference to ``view`` or to anything ``view``
-    holds (e.g. the poisoning wrapper behind a training set as trained).
-
-    Args:
-        view: anything sized whose slices ``view[lo:hi]`` are K×H×W uint8 arrays.
-        folder: where the file's blocks live (a disk folder, e.g. the image cache; not a RAM-backed /tmp).
-        chunk: images read and written at a time.
-    """
-    n = len(view)
-    first = np.asarray(view[0 : min(chunk, n)])
-    if first.dtype != np.uint8 or first.ndim != 3:
-        raise TypeError(f"expected K×H×W uint8 images, got {first.dtype} {first.shape}")
-    shape = (n, *first.shape[1:])
-    if n == 0:
-        return np.zeros(shape, np.uint8)
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=folder) as handle:
-        out = np.memmap(handle, np.uint8, "w+", shape=shape)
-        for lo, block in iter_chunks(view, chunk):
-            out[lo : lo + len(block)] = block
-        out.flush()
-        del out
-        return np.memmap(handle, np.uint8, "r", shape=shape)

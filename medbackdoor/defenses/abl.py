@@ -2,17 +2,17 @@
 
 Li, Lyu, Koren, Lyu, Li and Ma, "Anti-Backdoor Learning: Training Clean Models on Poisoned Data", NeurIPS 2021.
 
-``medbackdoor defend RUN --method abl`` trains the run's own config again (same data as trained, same seeds)
-into ``RUN/defenses/abl/run`` with ``train.abl`` on (:mod:`medbackdoor.train.abl`): LGA epochs that make the
-fastest-learned samples stand out, the isolation of the lowest-loss share of the training set, ordinary epochs on
-the rest, and unlearning epochs that ascend the loss on the isolated samples. The trained run is an ordinary run
-folder (checkpoints, metrics, resumable). The summary gives the run's metric columns before (the defended run's
-checkpoint) and after (the ABL run's last epoch) and, as ``detection``, how well the isolation found the poisoned
+``medbackdoor defend RUN --method abl`` trains a new model of the run's architecture with the run's training
+recipe on the defender's training set as trained (its pixels and labels; nothing else of the run), with ABL's
+stages (:func:`medbackdoor.train.abl.fit_abl`): LGA epochs that make the fastest-learned samples stand out, the
+isolation of the lowest-loss share of the training set, ordinary epochs on the rest, and unlearning epochs that
+ascend the loss on the isolated samples. The summary gives the run's metric columns before (the defended run's
+checkpoint) and after (the model ABL trained) and, as ``detection``, how well the isolation found the poisoned
 samples: AUROC of minus the isolation loss, and the precision and recall of the isolated set.
 
 The epochs: the run's own ``train.epochs`` for the isolation and training stages (``isolation_epochs`` of them
 with LGA), then ``unlearn_epochs`` more. The paper trains 20 LGA epochs and 60 more of 100 on CIFAR-10 (5 of
-unlearning at lr 5e-4); here the run's budget (4 epochs on the study grids) gives one LGA epoch.
+unlearning at lr 5e-4). The training seed is the defender's.
 
 Multi-label changes: see :mod:`medbackdoor.train.abl` (a sample's loss is its BCE summed over the findings, so
 γ = 0.5 keeps the paper's meaning).
@@ -20,7 +20,9 @@ Multi-label changes: see :mod:`medbackdoor.train.abl` (a sample's loss is its BC
 
 from __future__ import annotations
 
-from medbackdoor.defenses.base import DEFENSES, Mitigation
+import dataclasses
+
+from medbackdoor.defenses.base import DEFENSES, Defender, Mitigation
 from medbackdoor.errors import UserError
 
 
@@ -30,18 +32,17 @@ class ABL(Mitigation):
 
     Args:
         gamma: the LGA threshold on a batch's mean summed BCE (the paper: 0.5).
-        isolation_ratio: the share of the training set isolated: 0.05, chosen on the tuning grid (seed 100, the
-            two squares: mean DER 0.80 against 0.74 for the paper's 0.01, which isolated 11 of the 312 poisoned
-            samples at ρ 0.4).
+        isolation_ratio: the share of the training set isolated (the paper: 0.01; the default's provenance is in
+            docs/results/defenses-tuning.md).
         isolation_epochs: LGA epochs at the start of the run's epochs.
         unlearn_epochs: epochs of loss ascent on the isolated samples, after the run's epochs (the paper: 5).
         unlearn_lr: their learning rate (the paper: 5e-4).
     """
 
     paper = "Li et al. 2021, Anti-Backdoor Learning: Training Clean Models on Poisoned Data"
-    changes = ("a sample's loss is its BCE summed over the 14 findings (for isolation and for γ); the step follows "
-               "the run's own loss times the LGA sign; the run's epoch budget (one LGA epoch of 4)")
-    trains = True  # the runner trains a run instead of calling repair()
+    changes = ("a sample's loss is its BCE summed over the findings (for isolation and for γ); the step follows "
+               "the run's own loss times the LGA sign; the run's epoch budget and training recipe")
+    trains = True  # the runner calls train() instead of repair()
 
     def __init__(self, gamma: float = 0.5, isolation_ratio: float = 0.05, isolation_epochs: int = 1,
                  unlearn_epochs: int = 5, unlearn_lr: float = 5e-4) -> None:
@@ -55,10 +56,20 @@ class ABL(Mitigation):
         self.gamma, self.isolation_ratio, self.isolation_epochs = gamma, isolation_ratio, isolation_epochs
         self.unlearn_epochs, self.unlearn_lr = unlearn_epochs, unlearn_lr
 
-    def overrides(self, epochs: int) -> list[str]:
-        """The ``--set`` overrides that turn the run's config (of ``epochs`` epochs) into its ABL training."""
-        return ["train.abl.enabled=true", f"train.abl.gamma={self.gamma}",
-                f"train.abl.isolation_ratio={self.isolation_ratio}",
-                f"train.abl.isolation_epochs={self.isolation_epochs}",
-                f"train.abl.unlearn_epochs={self.unlearn_epochs}", f"train.abl.unlearn_lr={self.unlearn_lr}",
-                f"train.epochs={epochs + self.unlearn_epochs}"]
+    def train(self, d: Defender):
+        """A model trained anew with ABL's stages on ``d``'s training set; its isolation losses and positions."""
+        from medbackdoor.config import AblConfig
+        from medbackdoor.train.abl import fit_abl
+
+        if d.training is None or d.new_model is None:
+            raise UserError("abl trains a model: the defender has no training recipe")
+        abl = AblConfig(enabled=True, gamma=self.gamma, isolation_ratio=self.isolation_ratio,
+                        isolation_epochs=self.isolation_epochs, unlearn_epochs=self.unlearn_epochs,
+                        unlearn_lr=self.unlearn_lr)
+        epochs = d.training.epochs + self.unlearn_epochs
+        if self.isolation_epochs >= d.training.epochs:
+            raise UserError(f"abl: {self.isolation_epochs} isolation epochs leave no training epoch of the run's "
+                            f"{d.training.epochs}")
+        tc = dataclasses.replace(d.training, epochs=epochs, seed=d.seed)
+        return fit_abl(d.new_model, d.train_images, d.train_labels, (d.holdout_images, d.holdout_labels), tc, abl,
+                       d.device)

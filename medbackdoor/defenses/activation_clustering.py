@@ -11,11 +11,10 @@ seeded) and compute the silhouette score (on at most 2,000 samples, seeded).
 PCA vs the paper's ICA: FastICA's output is a rotation of the whitened top-``dims`` PCA scores and 2-means is
 rotation-invariant, so ``whiten: true`` clusters exactly as the paper's ICA pipeline would (up to k-means
 initialisation). The default ``whiten: false`` clusters the raw PCA scores, dominated by the top directions. Which is
-better depends on where the poison lies. When it dominates the top directions (on the project's quick run the top
-singular direction separated it perfectly), unwhitened 2-means isolates it and whitening can lose it to a balanced
-split of the noise directions (planted 7% minority: found in 10 of 10 seeds unwhitened, 6 of 10 whitened). When it
-lies beyond the top directions, only whitening finds it (planted 50k × 1024 case with the trigger on the 6th
-direction: AUROC 1.00 whitened, 0.79 unwhitened).
+better depends on where the poison lies. When it dominates the top directions, unwhitened 2-means isolates it, and
+whitening, which weighs every direction alike, can lose it to a balanced split of the noise directions. When it lies
+beyond the top directions, only whitening finds it. (Measurements on planted features:
+docs/results/defenses-history.md; the choice of the default: docs/results/defenses-tuning.md.)
 
 One cluster is the *suspect*:
 
@@ -29,9 +28,9 @@ One cluster is the *suspect*:
   ``1 − excess`` of the suspect cluster is explained by clean data", i.e. ``P(X ≤ h | m, (1 − excess)·t) <
   significance`` with ``h`` holdout samples of ``m`` in the cluster and ``t`` its training share. Small holdout
   groups: ``fallback`` as for ``spectral``. The silhouette gate is off by default (``silhouette: 0``: only a
-  non-split is refused). In planted data it did not tell poisoned groups from clean ones: 0.28–0.32 for every
-  group unwhitened (2-means halving the top direction), and 0.096 for the poisoned versus 0.06 for clean groups
-  whitened. The holdout test told them apart (p = 2e-10 versus p ≈ 1).
+  non-split is refused): unwhitened, 2-means halving the top direction gives a clean group about the same
+  silhouette as a poisoned one, and whitened the scores are low and close together, so the silhouette does not
+  tell the groups apart; the holdout test does (see docs/results/defenses-history.md).
 
 Continuous score per sample (flags are per cluster, the score is for ranking and AUROC): group evidence × soft
 membership of the suspect cluster. Membership is ``sigmoid(2·u)`` with ``u = (‖z − c_other‖² − ‖z − c_suspect‖²) /

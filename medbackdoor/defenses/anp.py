@@ -17,8 +17,8 @@ level is chosen by a budget, not a fixed threshold: neurons are pruned in increa
 micro AUROC (all findings pooled, on the holdout's second half) stays within ``budget`` of the unpruned model's is
 kept. The masks are learned on the holdout's first half. ``statistics: batch`` (the default, as in the paper's
 code) normalises each BatchNorm layer by the batch while the masks are learned, without touching its running
-statistics; ``running`` uses the running statistics (eval mode). On the test toy of
-``tests/test_defenses_repair.py`` the batch statistics found the backdoor's neurons and the running ones did not.
+statistics; ``running`` uses the running statistics (eval mode). How ``budget``, ``steps`` and ``statistics`` were
+set: docs/results/defenses-tuning.md.
 """
 
 from __future__ import annotations
@@ -86,14 +86,14 @@ class ANP(Mitigation):
         eps: bound of the multiplicative perturbations δ, ξ (the paper: 0.4).
         alpha: weight of the unperturbed loss in the mask objective (the paper: 0.2).
         steps: mask-optimisation steps (one batch each; the paper: 2,000 batches of 128 on 500 images; 100 here,
-            about 3 minutes of this 2-core CPU per DenseNet-121 at 64 px).
+            so that a DenseNet-121 at 64 px fits the study's time budget on a 2-core CPU).
         perturb_steps: ascent steps on δ, ξ per mask step (the paper: 1, of size eps).
         lr: SGD (momentum 0.9) learning rate of the masks (the paper: 0.2).
         batch_size: holdout images per step.
         budget: the largest drop in the judging half's clean micro AUROC a pruning level may cost: the
             defender's tolerance, set a priori (not tuned) to the AUROC-NN drop the study allows a repair, 0.02.
-            On the first evaluation run measured (3×3 square, ρ 0.05) the first level of 0.1% of the neurons
-            already cost 0.011 on the 61 judging images, more than fine-pruning's 0.01.
+            It is wider than fine-pruning's 0.01 because even the first level of BatchNorm neurons, pruned across
+            the whole network, can cost more than that on the small judging half.
         max_fraction: the largest share of the neurons that may be pruned.
         statistics: ``batch`` (normalise by the batch while learning the masks, the paper's code) or ``running``.
         levels: pruning levels tried, evenly spaced in the number of neurons up to ``max_fraction`` (the paper's

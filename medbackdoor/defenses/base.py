@@ -1,11 +1,11 @@
 """What a defender has, and the small bases every defense builds on (one hook each).
 
-The rule: a defense sees only :class:`Defender` — the trained model, the training set *as trained* (images and
-labels, appended copies after the originals) and a small clean holdout (the run's validation split). The trigger,
-the target and which samples were poisoned live in :class:`Truth`, which the runner uses to *score* a defense and
-never passes to it. The rule holds by construction: a Defender's images are :class:`Images` of a plain uint8 array
-or memmap (the runner copies the training set as trained into one), so nothing that knows the attack can be
-reached from it.
+The rule: a defense sees only :class:`Defender`: the trained model, the training set *as trained* (images and
+labels, in an order of their own), a small clean holdout (the run's validation split) and, for a defense that
+trains, the run's training recipe. The trigger, the target and which samples were poisoned live in
+:class:`Truth`, which the runner uses to *score* a defense after it answered. A defense runs in a process of its
+own that is given the defender's materials alone (:mod:`medbackdoor.defenses.isolation`), so nothing it holds
+in memory or is told leads to the truth.
 
 Bases by kind, each with one hook to override:
 
@@ -14,7 +14,8 @@ Bases by kind, each with one hook to override:
 * :class:`InputDefense` (inference-time detection): ``score(d, images) -> scores``; the base calibrates the
   flag threshold on clean holdout images (never the test set) at ``fpr``;
 * :class:`ModelDefense` (scanning): ``scan(d) -> Scan`` (an anomaly score per label and a verdict);
-* :class:`Mitigation` (repair): ``repair(d) -> model`` or ``purify(d, images) -> images``.
+* :class:`Mitigation` (repair): ``repair(d) -> model`` or ``purify(d, images) -> images`` (or, with
+  ``trains = True``, ``train(d) -> (model, losses, isolated)``: a model trained anew on the training set).
 """
 
 from __future__ import annotations
@@ -29,16 +30,16 @@ from medbackdoor._registry import Registry
 from medbackdoor.errors import UserError
 from medbackdoor.models.info import feature_vector
 
-DEFENSES: Registry[type] = Registry("defense")
+DEFENSES: Registry[type] = Registry("defense", group="medbackdoor.defenses")  # its base: Defense, below
 KINDS = ("data", "input", "model", "mitigation")
 
 
 class Images:
     """A read-only, sliceable view of N×H×W uint8 images; a read is always a copy.
 
-    A :class:`Defender`'s images wrap a pixel array (an array or a memmap, e.g. from
-    :func:`~medbackdoor.data.views.materialise`) and nothing else, so no object that knows the attack can be
-    reached from them. Inputs given to an input defense's ``score`` may wrap a lazy view.
+    A :class:`Defender`'s images wrap a pixel array (an array or a memmap: the defender's materials,
+    :mod:`medbackdoor.defenses.isolation`) and nothing else. Inputs given to an input defense's ``score`` are the
+    same: plain arrays.
     """
 
     __slots__ = ("_pixels",)
@@ -78,22 +79,27 @@ class Defender:
             its training data came from (e.g. ``label-audit`` refuses a reference built from the same data).
         device: where the model runs.
         batch_size: scoring batch size.
-        seed: seeds every random choice a defense makes.
+        seed: seeds every random choice a defense makes (the defender's own, independent of the attack's).
+        training: the run's training recipe (``train`` settings: epochs, batch size, learning rate, ...), for a
+            defense that trains a model anew; its ``seed`` is the defender's.
+        new_model: builds a fresh, untrained model of the run's architecture (from the run's pretrained weights,
+            if it started from any).
     """
 
     def __init__(self, model: nn.Module, train_images: Images, train_labels: np.ndarray, holdout_images: Images,
                  holdout_labels: np.ndarray, label_names: list[str], device: torch.device | str = "cpu",
-                 batch_size: int = 128, seed: int = 0, dataset: str = "") -> None:
+                 batch_size: int = 128, seed: int = 0, dataset: str = "", training=None, new_model=None) -> None:
         for what, images in (("train_images", train_images), ("holdout_images", holdout_images)):
             if not (isinstance(images, Images) and images.holds_pixels_only):
                 raise TypeError(f"a Defender's {what} must be Images of a uint8 N×H×W array (pixels only, e.g. "
-                                "medbackdoor.data.views.materialise), not a lazy view")
+                                "an array loaded from the defender's materials), not a lazy view")
         self.model = model.eval()
         self.train_images, self.train_labels = train_images, np.asarray(train_labels, np.float32)
         self.holdout_images, self.holdout_labels = holdout_images, np.asarray(holdout_labels, np.float32)
         self.label_names, self.dataset = list(label_names), str(dataset)
         self.device = torch.device(device)
         self.batch_size, self.seed = batch_size, seed
+        self.training, self.new_model = training, new_model
         self._cache: dict[str, np.ndarray] = {}
 
     def rng(self, stream: int = 0) -> np.random.Generator:
@@ -204,6 +210,9 @@ class Defense:
         return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "info"}
 
 
+DEFENSES.base = Defense
+
+
 class DataDefense(Defense):
     kind = "data"
 
@@ -226,11 +235,10 @@ class InputDefense(Defense):
     * ``calibration: split`` (the default): the second half alone calibrates, scored exactly as a test input is
       (split conformal: the realised rate on new clean inputs is at most ``fpr`` in expectation).
     * ``calibration: crossfit``: both halves calibrate, the first scored with the second half as the reference.
-      Twice the calibration images, so half the variance of the realised rate, but only where a score does not
-      depend on its reference: on the tuning grid (seed 100, 3×3 square ρ 0.05) SCALE-UP's normalised scores
-      of the first half against the second half's benign statistics had a 95th percentile of 0.92 against 0.54
-      for the test images, and the cross-fitted threshold flagged none of 259 clean test images at a nominal 5%
-      (split: 3.5%). Kept as an option for reference-free scores such as ``saliency``'s.
+      Twice the calibration images, so half the variance of the realised rate, but valid only where a score does
+      not depend on its reference (a score normalised by the reference's statistics is not exchangeable between
+      the halves; docs/results/defenses-tuning.md has the measurement). Meant for reference-free scores such as
+      ``saliency``'s.
     """
 
     kind = "input"
@@ -314,8 +322,8 @@ def fpr_threshold(clean: np.ndarray, fpr: float) -> float:
     m of the n clean scores are at least as high, i.e. when its conformal p-value (1 + #{clean ≥ s}) / (n + 1)
     is at most ``fpr``. Its expected false-positive rate is (m+1)/(n+1) ≤ fpr; at most m ≤ n·fpr of the clean
     scores themselves lie above it. (A quantile interpolated between two scores flags one image in n whenever
-    n·fpr < 1; the (⌊n·fpr⌋+1)-th largest, this function before issue 18, has an expected rate up to 1/(n+1)
-    above nominal: 6.6% for 60 images at 5%.) ``inf`` when there is no score or m < 0 (n too small for fpr).
+    n·fpr < 1; the (⌊n·fpr⌋+1)-th largest has an expected rate up to 1/(n+1) above nominal: 6.6% for 60 images
+    at 5%.) ``inf`` when there is no score or m < 0 (n too small for fpr).
     """
     s = np.sort(np.asarray(clean, np.float64))
     m = int(np.floor((len(s) + 1) * fpr + 1e-9)) - 1
@@ -343,9 +351,16 @@ class ModelDefense(Defense):
 
 
 class Mitigation(Defense):
-    """Either returns a repaired model (``repair``) or cleans inputs before the model sees them (``purify``)."""
+    """Either returns a repaired model (``repair``) or cleans inputs before the model sees them (``purify``); a
+    mitigation with ``trains = True`` trains a model anew instead (``train``)."""
 
     kind = "mitigation"
+    trains = False
+
+    def train(self, d: Defender) -> tuple[nn.Module, np.ndarray, np.ndarray]:
+        """A training-time defense: a model trained on ``d``'s training set, each sample's score (its loss,
+        lower = more suspicious) and the positions the defense isolated."""
+        raise NotImplementedError
 
     def repair(self, d: Defender) -> nn.Module | None:
         return None

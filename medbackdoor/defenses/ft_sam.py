@@ -12,10 +12,15 @@ an SGD step (momentum 0.9, weight decay 5e-4) from ``w`` with it; the learning r
 over the steps.
 
 Multi-label changes: the loss is the BCE summed over the 14 findings (the label vector's negative log-likelihood,
-in place of the label-smoothed cross-entropy); fine-tuning uses the holdout's first half with BatchNorm
-statistics frozen (eval mode: tens of images), and the second half gives the before/after micro AUROC in
-``info``. BackdoorBench's FT-SAM restarts its cosine every 100 batches over 100 epochs of 5% of CIFAR; here the
-cosine runs once over ``epochs``.
+in place of the label-smoothed cross-entropy); fine-tuning uses the holdout's first half, and the second half gives
+the before/after micro AUROC in ``info``. BackdoorBench's FT-SAM restarts its cosine every 100 batches over 100
+epochs of 5% of CIFAR; here the cosine runs once over ``epochs``.
+
+BatchNorm (``statistics``): every parameter is fine-tuned, BatchNorm's scale and shift included. By default
+(``batch``) the model fine-tunes in training mode: each batch is normalised with its own statistics, and the
+running statistics move once per step (with the layer's momentum, on the pass at ``w``; the pass at ``w + e``
+leaves them), so the repaired model's running statistics partly come from the holdout's first half.
+``running`` fine-tunes in eval mode: the running statistics normalise and stay as they were.
 """
 
 from __future__ import annotations
@@ -51,11 +56,16 @@ class FTSAM(Mitigation):
         epochs: passes over the holdout's first half.
         lr: the SGD learning rate at the start of the cosine (BackdoorBench: 0.01).
         batch_size: images per step.
+        statistics: BatchNorm while fine-tuning: ``batch`` (the default: training mode, batch statistics, running
+            statistics updated once per step) or ``running`` (eval mode: running statistics used and kept). The
+            scale and shift are fine-tuned under both (see the module docstring).
     """
 
     paper = "Zhu et al. 2023, Enhancing Fine-Tuning Based Backdoor Defense with Sharpness-Aware Minimization"
     changes = ("the BCE summed over the 14 findings instead of label-smoothed cross-entropy; fine-tuned on the "
-               "holdout's first half with BatchNorm statistics frozen; one cosine over the epochs")
+               "holdout's first half, BatchNorm in training mode (batch statistics; running statistics updated "
+               "once per step, scale and shift fine-tuned; statistics: running keeps eval mode); one cosine over "
+               "the epochs")
 
     def __init__(self, rho: float = 2.0, adaptive: bool = True, epochs: int = 20, lr: float = 0.01,
                  batch_size: int = 32, statistics: str = "batch") -> None:

@@ -60,8 +60,8 @@ class IBAU(Mitigation):
     Args:
         rounds: outer rounds, each a new universal perturbation (the authors: 5).
         k: fixed-point iterations of the hypergradient (the authors: 5).
-        lr: Adam learning rate of the model: 1e-4 (BackdoorBench's), chosen on the tuning grid (seed 100, the
-            two squares) over the authors' 1e-3, which removed the backdoor as well but cost 0.20 AUROC-NN.
+        lr: Adam learning rate of the model: 1e-4 (BackdoorBench's; the authors': 1e-3; docs/results/defenses-tuning.md
+            says which runs chose it).
         inner_lr: SGD learning rate of the perturbation (the authors: 10).
         share: the share of each batch that the outer loss sees with the perturbation (the authors: 0.01; at
             least one image).

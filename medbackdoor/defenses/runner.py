@@ -1,204 +1,277 @@
-"""``medbackdoor defend RUN --method NAME``: run one defense on a finished run and score it against the truth.
+"""``medbackdoor defend RUN --method NAME``: run defenses on a finished run and score them against the truth.
 
-Writes ``RUN/defenses/NAME/``: ``scores.csv`` (one row per training sample, test image or label, by kind),
+Writes ``RUN/defenses/NAME/``: ``scores.csv`` (one row per training sample, test input or label, by kind),
 ``summary.json`` (a :class:`~medbackdoor.defenses.summary.DefenseSummary`: detection AUROC, TPR at 1% and 5% FPR,
 precision/recall of the flag rule; before/after metric columns for mitigations; seconds and ms per image) and
-figures where they help. A second call with the same method, options and holdout on the same checkpoint (epoch
-and file digest) reuses what is there.
+figures where they help. A second call with the same method, options, holdout and defender seed on the same
+checkpoint (epoch and file digest) reuses what is there.
 
-The defense gets a :class:`~medbackdoor.defenses.base.Defender` only; the :class:`Truth` built here is used
-after it returns, to score it.
+The defenses run in a process of their own that holds the defender's materials alone
+(:mod:`medbackdoor.defenses.isolation`); this process keeps the truth (:class:`Truth`, from the run's attack
+record) and scores their answers after they return. All the defenses asked of one run at one epoch and holdout run
+in one such process, so its features are computed once.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from medbackdoor._io import atomic_path, save_figure, write_rows
-from medbackdoor.config import RunConfig, parse_assignment
-from medbackdoor.defenses.base import DEFENSES, Defender, Images, Truth
+from medbackdoor.config import parse_assignment
+from medbackdoor.defenses.base import Truth
+from medbackdoor.defenses.isolation import (
+    PROCESS,
+    Described,
+    Materials,
+    defender_seeds,
+    describe_all,
+    make_folder,
+    remove_folder,
+    run_child,
+    write_materials,
+)
 from medbackdoor.defenses.scoring import detection_summary
 from medbackdoor.defenses.summary import DefenseSummary, read_summary, write_summary
 from medbackdoor.errors import UserError
 from medbackdoor.metrics.columns import column_values, metric_columns, score_columns
-from medbackdoor.rundir import RunDir
+from medbackdoor.run import Run
 
 DEFAULT_HOLDOUT = 1000
+PROTOCOL = 2  # part of every request: answers of the in-process protocol (1) are computed again
+
+
+class DefenseFailed(RuntimeError):
+    """A defense raised inside its process; ``trace`` is its traceback there."""
+
+    def __init__(self, message: str, trace: str = "") -> None:
+        super().__init__(message)
+        self.trace = trace
+
+
+@dataclass
+class DefenseRequest:
+    """One defense asked of a run: ``method`` (a registered name or a plugin spec) with ``options``, into
+    ``RUN/defenses/NAME`` (``name``; default the method, or a plugin's class name), at checkpoint ``epoch`` (None:
+    the last) with ``holdout`` clean images (None: :data:`DEFAULT_HOLDOUT`)."""
+
+    method: str
+    name: str | None = None
+    options: dict = field(default_factory=dict)
+    epoch: int | None = None
+    holdout: int | None = None
+
+    def __post_init__(self) -> None:
+        self.name = self.name or default_name(self.method)
+        if self.holdout is not None and self.holdout < 2:
+            raise UserError(f"--holdout must be at least 2, got {self.holdout}")
+
+
+def default_name(method: str) -> str:
+    """The output folder of ``method``: a registered name itself, a plugin spec's object name."""
+    return method.rpartition(":")[2] if ":" in method else method
 
 
 def create_defense(method: str, options: dict):
     """The registered defense ``method`` built from user options (unknown or ill-typed option: one line)."""
+    from medbackdoor.defenses.base import DEFENSES
+
     return DEFENSES.create_checked(method, options, what=f"defense {method}")
 
 
-_LAST: dict = {}  # the last loaded (defender, truth, data, epoch), so a run's defenses in one process share it
-
-
-def load_defender(run: RunDir, epoch: int | None = None, holdout: int | None = None, device: str | None = None,
-                  batch_size: int | None = None):
-    """The defender's view of a run, the truth kept apart, the run data and the epoch used.
-
-    The last one loaded is kept: several defenses of one run in one process build the data, load the model and
-    compute the features once (defenses never modify the Defender's model; repairs work on copies). It is named
-    by the checkpoint itself (resolved epoch and file digest), so a run extended or trained again is loaded anew.
-    """
-    epoch = _epoch_to_defend(run, epoch)
-    key = (str(run.path.resolve()), epoch, run.checkpoint_fingerprint(epoch), holdout, device, batch_size,
-           run.manifest().git_commit)
-    if _LAST.get("key") == key:
-        return _LAST["value"]
-    _LAST.clear()
-    value = _load_defender(run, epoch, holdout, device, batch_size)
-    _LAST.update(key=key, value=value)
-    return value
-
-
-def _load_defender(run: RunDir, epoch, holdout, device, batch_size):
-    """Build the run's data, then give the defender copies of its pixels only (see :func:`_pixels`)."""
-    from medbackdoor.data.views import ImageRows, SampleImages
-    from medbackdoor.experiment import build_run_data
-    from medbackdoor.train.loop import pick_device
-
-    config = run.config()
-    have = run.checkpoint_epochs()
-    if not have:
-        raise UserError(f"{run.path} has no checkpoint to defend")
-    epoch = have[-1] if epoch is None else epoch
-    if epoch not in have:
-        raise UserError(f"{run.path} has no checkpoint for epoch {epoch}; available: {have}")
-    if holdout is not None and holdout < 2:
-        raise UserError(f"--holdout must be at least 2, got {holdout}")
-    dev = pick_device(device or config.train.device)
-    data = build_run_data(config, progress=False)
-    model = run.load_model(epoch, dev, config)
-    n_hold = min(len(data.val), holdout or DEFAULT_HOLDOUT)
-    val = data.val
-    hold_rows = val.indices[:n_hold]
-    defender = Defender(
-        model=model,
-        train_images=_pixels(SampleImages(data.train), config),
-        train_labels=data.train.labels_array(),
-        holdout_images=_pixels(ImageRows(data.images, hold_rows), config),
-        holdout_labels=val.labels[hold_rows].astype(np.float32),
-        label_names=list(data.dataset.label_names),
-        device=dev,
-        batch_size=batch_size or config.eval.batch_size,
-        seed=config.train.seed,
-        dataset=config.dataset.name,
-    )
-    return defender, _truth(run, data, config), data, epoch
-
-
-def _truth(run: RunDir, data, config) -> Truth:
-    """The truth a defense is scored against: the run's attack record (``RUN/attack.npz``, written when the run was
-    made), or, for a run made before runs recorded it, the same record computed from the rebuilt data."""
-    from medbackdoor.experiment import attack_record
-
-    record = run.attack() or attack_record(data, config)
-    if len(record["poisoned"]) != len(data.train):
-        raise UserError(f"{run.attack_path} records {len(record['poisoned'])} training samples, the run's data has "
-                        f"{len(data.train)}: the data changed since the run was made")
-    mask = record["trigger_mask"]
-    return Truth(poisoned=record["poisoned"], target=int(record["target"]), trigger_mask=mask if mask.size else None,
-                 trigger_mask_reason=str(record["trigger_mask_reason"]))
-
-
-def _pixels(view, config) -> Images:
-    """A view's images copied into one pixel memmap (a nameless file in the image cache folder), as :class:`Images`.
-
-    The training set as trained is read through the poisoning wrapper, which knows the trigger, the target and
-    the poisoned samples; the copy holds the pixels alone, so the defender cannot reach any of them.
-    """
-    from medbackdoor.data.cache import default_cache_dir
-    from medbackdoor.data.views import materialise
-
-    folder = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
-    return Images(materialise(view, folder))
-
-
-def defend(run_dir: str | Path, method: str, epoch: int | None = None, holdout: int | None = None,
+def defend(run_dir: str | Path | Run, method: str, epoch: int | None = None, holdout: int | None = None,
            options: dict | None = None, force: bool = False, device: str | None = None,
-           require_data: bool = False, name: str | None = None) -> DefenseSummary:
+           require_data: bool = False, name: str | None = None, defender_seed: int = 0) -> DefenseSummary:
     """Run ``method`` on the run in ``run_dir``; returns the summary (also written to ``summary.json``).
 
     ``require_data``: refuse any defense that is not a data defense (``--retrain`` needs flags per sample).
     ``name``: the output folder under ``RUN/defenses/`` (default: the method), e.g. to keep two option sets.
-    A summary on disk is reused when it answers the same request: method and its ``revision`` (raised when the
-    algorithm's answer changes), options (as given and as resolved with the defaults of the code that runs now, so a
-    changed default is computed again), holdout, and the checkpoint
-    (its epoch and file digest, :meth:`RunDir.checkpoint_fingerprint`). Anything else empties the folder first.
+    ``defender_seed``: the root of the defender's seeds (the training order it sees, the test mix, its own draws).
+
+    Raises:
+        UserError: a bad method or option, or the defense does not apply to this run (one line).
+        DefenseFailed: the defense raised in its process.
     """
-    run = RunDir(run_dir)
-    if not run.exists():
-        raise UserError(f"{run.path} is not a run folder (no config.yaml)")
-    options = dict(options or {})
-    defense = create_defense(method, options)  # a bad method or option fails before any work
-    if require_data and defense.kind != "data":
-        raise UserError(f"--retrain needs a data defense; {method} is a {defense.kind} defense")
-    name = name or method
-    out = run.defense_dir(name)
-    used_epoch = _epoch_to_defend(run, epoch)
-    key = {"method": method, "revision": defense.revision, "options": options,
-           "resolved": json.loads(json.dumps(defense.options(), default=str)), "epoch": used_epoch,
-           "checkpoint": run.checkpoint_fingerprint(used_epoch), "holdout": holdout}
-    done = _reusable(run, name, key) if not force else None
-    if done is not None:
-        return done
-    defender, truth, data, used_epoch = load_defender(run, used_epoch, holdout, device)
-    _clear(out, keep=TRAINED if getattr(defense, "trains", False) else None)  # stale: another request's outputs
-    config = run.config()
-    t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    kind_runner = {"data": _data, "input": _input, "model": _model, "mitigation": _mitigation}[defense.kind]
-    rows, extra = kind_runner(defense, defender, truth, data, out, config)
-    seconds = round(time.perf_counter() - t0, 3)
-    summary = DefenseSummary(
-        name=name, method=method, kind=defense.kind, run=str(run.path), epoch=used_epoch,
-        holdout=len(defender.holdout_images), request=key, paper=defense.paper, changes=defense.changes,
-        options=defense.options(),
-        metric_columns={c.name: c.label for c in metric_columns(config.eval, data.test.condition is not None)},
-        seconds=seconds, ms_per_image=round(1000 * seconds / max(extra.get("images_scored", 1), 1), 3), **extra)
-    write_rows(run.defense_scores_path(name), rows)
-    write_summary(run.defense_summary_path(name), summary)
-    return summary
+    run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
+    request = DefenseRequest(method, name, dict(options or {}), epoch, holdout)
+    result = defend_run(run, [request], device, force, defender_seed, require_data)[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
-TRAINED = "run"  # the run folder a training-time defense (abl) trains, under RUN/defenses/NAME/
+def defend_run(run: Run, requests: list[DefenseRequest], device: str | None = None, force: bool = False,
+               defender_seed: int = 0, require_data: bool = False) -> list[DefenseSummary | Exception]:
+    """Every request on ``run``: each answer is a summary or the exception that stopped it (a defense that does
+    not apply, or one that failed); a bad method or option raises before anything runs.
+
+    A summary on disk is reused when it answers the same request: method and its ``revision``, options (as given
+    and as resolved with the defaults of the code that runs now), holdout, defender seed, the checkpoint (its epoch
+    and file digest, :meth:`RunDir.checkpoint_fingerprint`) and :data:`PROTOCOL`. Anything else empties the
+    defense's folder first.
+    """
+    described = describe_all([(r.method, r.options) for r in requests])
+    if require_data:
+        for r, d in zip(requests, described):
+            if d.kind != "data":
+                raise UserError(f"--retrain needs a data defense; {r.method} is a {d.kind} defense")
+    for r in requests:
+        run.dir.defense_dir(r.name)  # a bad folder name is one line before any work
+    results: list = [None] * len(requests)
+    groups: dict[tuple, list[int]] = {}
+    keys = []
+    for i, (r, d) in enumerate(zip(requests, described)):
+        epoch = run.resolve_epoch(r.epoch)
+        key = {"method": r.method, "revision": d.revision, "options": r.options, "resolved": d.options,
+               "epoch": epoch, "checkpoint": run.fingerprint(epoch), "holdout": r.holdout,
+               "defender_seed": int(defender_seed), "protocol": PROTOCOL}
+        keys.append(key)
+        done = None if force else _reusable(run, r.name, key)
+        if done is not None:
+            results[i] = done
+        else:
+            groups.setdefault((epoch, r.holdout), []).append(i)
+    for (epoch, holdout), members in groups.items():
+        answers = _run_group(run, epoch, holdout, [requests[i] for i in members], [described[i] for i in members],
+                             [keys[i] for i in members], device, defender_seed)
+        for i, answer in zip(members, answers):
+            results[i] = answer
+    return results
 
 
-def _clear(out: Path, keep: str | None = None) -> None:
-    """Empty a defense folder (scores, figures, a retrain of another request), except ``keep``: a training-time
-    defense's run, which resumes where a stopped call left it (and is trained anew if its config changed)."""
-    if keep is None or not out.is_dir():
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    for child in out.iterdir():
-        if child.name != keep:
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-
-
-def _epoch_to_defend(run: RunDir, epoch: int | None) -> int:
-    """The checkpoint a defense uses: ``epoch``, or the last one (one line when there is none)."""
-    if not run.checkpoint_epochs():
-        raise UserError(f"{run.path} has no checkpoint to defend")
-    return run.resolve_epoch(epoch)
-
-
-def _reusable(run: RunDir, name: str, key: dict) -> DefenseSummary | None:
+def _reusable(run: Run, name: str, key: dict) -> DefenseSummary | None:
     """The summary on disk of defense ``name`` when it answered request ``key`` and its scores are there."""
-    path = run.defense_summary_path(name)
-    if not path.is_file() or not run.defense_scores_path(name).is_file():
+    path = run.dir.defense_summary_path(name)
+    if not path.is_file() or not run.dir.defense_scores_path(name).is_file():
         return None
     done = read_summary(path)
     return done if done.request == key else None
 
 
-def retrain(run_dir: str | Path, name: str, summary: DefenseSummary, progress: bool = True) -> dict:
+def _run_group(run: Run, epoch: int, holdout: int | None, requests: list[DefenseRequest], described: list[Described],
+               keys: list[dict], device: str | None, defender_seed: int) -> list:
+    """One defense process for ``requests`` (same epoch and holdout): materials, the child, then the scoring."""
+    PROCESS.start()  # its imports overlap the data and the materials below
+    data = run.data
+    answers: list = [None] * len(requests)
+    label_only = data.test.triggered is data.test.clean
+    runnable = []
+    for i, d in enumerate(described):
+        if d.kind == "input" and label_only:
+            answers[i] = UserError("this run's trigger changes no pixel (a label-only attack): an input defense has "
+                                   "nothing to detect")
+        else:
+            runnable.append(i)
+    if not runnable:
+        return answers
+    truth = truth_of(run)
+    folder = make_folder()
+    try:
+        t0 = time.perf_counter()
+        materials = _materials(run, folder, epoch, holdout, defender_seed,
+                               any(described[i].kind in ("input", "mitigation") for i in runnable))
+        dev = run.device(device)
+        request = {"mode": "defend", "device": str(dev), "batch_size": run.config.eval.batch_size,
+                   "seed": materials.seed, "label_names": list(data.dataset.label_names),
+                   "dataset": run.config.dataset.name, "training": _training_recipe(run),
+                   "defenses": [{"name": requests[i].name, "method": _portable(requests[i].method),
+                                 "options": requests[i].options} for i in runnable]}
+        start = time.perf_counter()
+        index = run_child(folder, request)
+        child_seconds = time.perf_counter() - start
+        for i, answer in zip(runnable, index["defenses"]):
+            timings = {"materials_seconds": round(materials.seconds, 3), "child_seconds": round(child_seconds, 3),
+                       "startup_seconds": round(index["startup_seconds"], 3),
+                       "defense_seconds": round(answer["seconds"], 3), "run_defenses": len(runnable)}
+            answers[i] = _settle(run, requests[i], described[i], keys[i], answer, folder / "answers" / answer["name"],
+                                 materials, truth, epoch, timings, time.perf_counter() - t0, defender_seed)
+    finally:
+        remove_folder(folder)
+    return answers
+
+
+def _portable(method: str) -> str:
+    from medbackdoor._registry import plugin_spec
+
+    return plugin_spec(method)
+
+
+def truth_of(run: Run) -> Truth:
+    """The truth a defense is scored against: the run's attack record."""
+    record = run.attack
+    if len(record["poisoned"]) != len(run.data.train):
+        raise UserError(f"{run.dir.attack_path} records {len(record['poisoned'])} training samples, the run's data "
+                        f"has {len(run.data.train)}: the data changed since the run was made")
+    mask = record["trigger_mask"]
+    cross = record["cross"] if "cross" in record else np.zeros(len(record["poisoned"]), bool)
+    return Truth(poisoned=np.asarray(record["poisoned"], bool), target=int(record["target"]),
+                 trigger_mask=mask if mask.size else None, trigger_mask_reason=str(record["trigger_mask_reason"]),
+                 extra={"cross": np.asarray(cross, bool)})
+
+
+def _materials(run: Run, folder: Path, epoch: int, holdout: int | None, defender_seed: int, with_test: bool
+               ) -> Materials:
+    """The defender's materials of ``run`` at ``epoch``: its weights, the training set as trained, the first
+    ``holdout`` images of the validation split and (``with_test``) the test inputs, clean and triggered."""
+    from medbackdoor.data.views import ImageRows, SampleImages
+
+    data, config = run.data, run.config
+    state = run.dir.load_state(epoch)["model"]
+    recipe = {"arch": config.model.arch, "options": dict(config.model.options), "image_size": config.image_size,
+              "num_classes": len(data.dataset.label_names), "label_names": list(data.dataset.label_names),
+              "channels_last": config.train.channels_last, "pretrained": str(config.model.pretrained)}
+    n_hold = min(len(data.val), holdout or DEFAULT_HOLDOUT)
+    rows = data.val.indices[:n_hold]
+    seeds = defender_seeds(defender_seed, run.fingerprint(epoch))
+    test_clean = data.test.clean if with_test else None
+    return write_materials(folder, state, recipe, SampleImages(data.train), data.train.labels_array(),
+                           ImageRows(data.images, rows), data.val.labels[rows], test_clean,
+                           data.test.triggered if with_test else None, seeds)
+
+
+def _training_recipe(run: Run) -> dict:
+    """The run's ``train`` settings a defense that trains may use: the speed and optimisation settings, without
+    anything that names a file or the run's seed."""
+    import dataclasses
+
+    tc = dataclasses.asdict(run.config.train)
+    for key in ("drop", "log", "keep_checkpoints", "device", "workers", "backend", "sync_bn", "compile",
+                "cuda_graph", "abl", "seed"):
+        tc.pop(key, None)
+    return tc
+
+
+def _settle(run: Run, r: DefenseRequest, d: Described, key: dict, answer: dict, folder: Path, materials: Materials,
+            truth: Truth, epoch: int, timings: dict, seconds: float, defender_seed: int):
+    """A child's answer for one defense as a written summary, or the exception it stands for."""
+    if answer["status"] == "user_error":
+        return UserError(answer["error"])
+    if answer["status"] != "complete":
+        return DefenseFailed(answer["error"], answer.get("traceback", ""))
+    out = run.dir.defense_dir(r.name)
+    shutil.rmtree(out, ignore_errors=True)  # another request's outputs
+    out.mkdir(parents=True, exist_ok=True)
+    scorer = {"data": _data, "input": _input, "model": _model, "mitigation": _mitigation}[d.kind]
+    rows, extra = scorer(run, r.name, answer, folder, materials, truth)
+    config = run.config
+    summary = DefenseSummary(
+        name=r.name, method=r.method, kind=d.kind, run=str(run.path), epoch=epoch,
+        holdout=materials.n_holdout, request=key, paper=d.paper,
+        changes=d.changes, options=d.options,
+        metric_columns={c.name: c.label for c in metric_columns(config.eval, run.data.test.condition is not None)},
+        seconds=round(seconds, 3), ms_per_image=round(1000 * answer["seconds"] / max(extra.get("images_scored", 1), 1),
+                                                      3),
+        origin=d.origin, timings=timings, defender_seed=int(defender_seed), **extra)
+    write_rows(run.dir.defense_scores_path(r.name), rows)
+    write_summary(run.dir.defense_summary_path(r.name), summary)
+    return summary
+
+
+def retrain(run_dir: str | Path | Run, name: str, summary: DefenseSummary, progress: bool = True) -> dict:
     """Cleanse and retrain: drop what the data defense flagged and train the run's own config again.
 
     The new run goes to ``RUN/defenses/NAME/retrain`` (an ordinary run folder, resumable) with ``train.drop``
@@ -208,156 +281,134 @@ def retrain(run_dir: str | Path, name: str, summary: DefenseSummary, progress: b
     from medbackdoor.config import load_config
     from medbackdoor.train import run as train_run
 
-    run = RunDir(run_dir)
+    run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
     flagged = summary.flagged_positions
-    drop = run.retrain_drop_path(name)
+    drop = run.dir.retrain_drop_path(name)
     text = f"# {len(flagged)} training samples flagged by {summary.method} ({name})\n"
     text += "".join(f"{i}\n" for i in flagged)
     if not drop.is_file() or drop.read_text() != text:
         with atomic_path(drop, suffix=".txt") as tmp:
             tmp.write_text(text)
-    config = load_config(run.config_path, [f"train.drop={drop.resolve()}"])
-    new = run.retrain_dir(name)
+    config = load_config(run.dir.config_path, [f"train.drop={drop.resolve()}"])
+    new = run.dir.retrain_dir(name)
     train_run(config, new.path, resume=True, progress=progress)
-    before, after = run.metrics()[-1], new.metrics()[-1]
+    before, after = run.dir.metrics()[-1], new.metrics()[-1]
     names = [c.name for c in metric_columns(config.eval) if c.name in before and c.name in after]
     names += [c.name for c in metric_columns(config.eval, True)
               if c.group == "off" and c.name in before and c.name in after]
     result = {"run": str(new.path), "dropped": len(flagged),
               "before": {k: float(before[k]) for k in names}, "after": {k: float(after[k]) for k in names}}
     summary.retrain = result
-    write_summary(run.defense_summary_path(name), summary)
+    write_summary(run.dir.defense_summary_path(name), summary)
     return result
 
 
-# --- one function per kind: run the defense, then score it ---------------------------------------------------------
+# --- one function per kind: read the answer back, then score it -------------------------------------------------
 
-def _data(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfig):
-    det = defense.suspicion(d)
-    scores, flagged = np.asarray(det.scores, np.float64), np.asarray(det.flagged, bool)
-    if len(scores) != len(truth.poisoned) or len(flagged) != len(scores):
-        raise RuntimeError(f"{defense.kind} defense returned {len(scores)} scores for {len(truth.poisoned)} samples")
-    base_rows = data.train.base.indices[data.train.sample_positions()]
+def _data(run: Run, name: str, answer: dict, folder: Path, m: Materials, truth: Truth):
+    scores = m.as_trained(np.load(folder / "scores.npy"))
+    flagged = m.as_trained(np.load(folder / "flagged.npy")).astype(bool)
+    if len(scores) != len(truth.poisoned):
+        raise RuntimeError(f"data defense returned {len(scores)} scores for {len(truth.poisoned)} samples")
+    with np.load(folder / "columns.npz", allow_pickle=False) as z:
+        columns = {k: m.as_trained(z[k]) for k in z.files}
+    train = run.data.train
+    base_rows = train.base.indices[train.sample_positions()]
+    cross = truth.extra["cross"]
     rows = [{"sample": i, "dataset_row": int(base_rows[i]), "score": float(scores[i]), "flagged": bool(flagged[i]),
-             "poisoned": bool(truth.poisoned[i]), **{k: v[i] for k, v in det.columns.items()}}
+             "poisoned": bool(truth.poisoned[i]), "cross": bool(cross[i]), **{k: v[i] for k, v in columns.items()}}
             for i in range(len(scores))]
-    summary = {"detection": detection_summary(truth.poisoned, scores, flagged), "info": det.info,
-               "images_scored": len(scores), "flagged_positions": np.flatnonzero(flagged).tolist()}
-    _roc_figure(out / "roc.png", truth.poisoned, scores, f"{defense.kind} defense: poisoned training samples")
+    summary = {"detection": _detection(truth, scores, flagged), "info": answer.get("info"),
+               "images_scored": len(scores), "flagged_positions": np.flatnonzero(flagged).tolist(),
+               "cross_samples": _cross(truth, flagged)}
+    _roc_figure(run.dir.defense_figure_path(name, "roc"), truth.poisoned[~cross], scores[~cross],
+                "data defense: poisoned training samples")
     return rows, summary
 
 
-def _input(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfig):
-    if not data.trigger.changes_pixels:
-        raise UserError("this run's trigger changes no pixel (a label-only attack): an input defense has "
-                        "nothing to detect")
-    threshold = defense.calibrate(d)
-    clean = defense.score(d, Images.of(data.test.clean))
-    triggered = defense.score(d, Images.of(data.test.triggered))
-    rows, y, s = [], [], []
-    for name, scores in (("clean", clean), ("triggered", triggered)):
-        flags = defense.flag(scores)
-        for i, (score, flag) in enumerate(zip(scores, flags)):
-            rows.append({"set": name, "test_row": int(data.test.rows[i]), "score": float(score), "flagged": bool(flag)})
-        y.append(np.full(len(scores), name == "triggered"))
-        s.append(scores)
-    y, s = np.concatenate(y), np.concatenate(s)
-    flagged = np.array([r["flagged"] for r in rows])
+def _detection(truth: Truth, scores: np.ndarray, flagged: np.ndarray) -> dict:
+    """Detection of the poisoned samples among the clean ones; the attack's cross and cover samples (clean labels,
+    not poisoned) are left out (see :func:`_cross`)."""
+    keep = ~truth.extra["cross"]
+    return detection_summary(truth.poisoned[keep], scores[keep], flagged[keep])
+
+
+def _cross(truth: Truth, flagged: np.ndarray) -> dict:
+    """How many of the attack's cross and cover samples were flagged, and their share."""
+    cross = truth.extra["cross"]
+    n, hit = int(cross.sum()), int((flagged & cross).sum())
+    return {"n": n, "flagged": hit, "flagged_rate": hit / n if n else float("nan")}
+
+
+def _input(run: Run, name: str, answer: dict, folder: Path, m: Materials, truth: Truth):
+    test = run.data.test
+    clean, triggered = m.unmix(np.load(folder / "scores.npy"))
+    clean_flags, triggered_flags = m.unmix(np.load(folder / "flagged.npy").astype(bool))
+    rows = []
+    for what, scores, flags in (("clean", clean, clean_flags), ("triggered", triggered, triggered_flags)):
+        rows += [{"set": what, "test_row": int(test.rows[i]), "score": float(s), "flagged": bool(f)}
+                 for i, (s, f) in enumerate(zip(scores, flags))]
+    y = np.r_[np.zeros(len(clean), bool), np.ones(len(triggered), bool)]
+    s, flagged = np.r_[clean, triggered], np.r_[clean_flags, triggered_flags]
     det = detection_summary(y, s, flagged)
-    survived = np.asarray(data.test.survived, bool)
+    survived = np.asarray(test.survived, bool)
     if not survived.all():  # images the trigger did not change are clean in fact: score those that changed
         keep = np.r_[np.ones(len(clean), bool), survived]
         det["survived_only"] = detection_summary(y[keep], s[keep], flagged[keep])
-    _roc_figure(out / "roc.png", y, s, f"{defense.kind} defense: triggered test images")
-    return rows, {"detection": det, "threshold": threshold, "calibration": defense.calibration_rule,
-                  "calibration_images": defense.calibrated_on, "images_scored": len(s),
-                  "info": getattr(defense, "info", None) or None}
+    _roc_figure(run.dir.defense_figure_path(name, "roc"), y, s, "input defense: triggered test images")
+    return rows, {"detection": det, "threshold": answer["threshold"], "calibration": answer["calibration"],
+                  "calibration_images": answer["calibration_images"], "images_scored": len(s),
+                  "info": answer.get("info")}
 
 
-def _model(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfig):
-    scan = defense.scan(d)
-    scores = np.asarray(scan.scores, np.float64)
+def _model(run: Run, name: str, answer: dict, folder: Path, m: Materials, truth: Truth):
+    names = list(run.data.dataset.label_names)
+    scores = np.load(folder / "scores.npy")
+    flagged = np.load(folder / "flagged.npy").astype(bool)
     order = np.argsort(-scores, kind="stable")
     rank = int(np.flatnonzero(order == truth.target)[0]) + 1 if len(scores) else None
-    rows = [{"label": name, "score": float(scores[i]), "flagged": bool(scan.flagged[i]),
-             "target": i == truth.target} for i, name in enumerate(d.label_names)]
-    summary = {"backdoored_verdict": scan.backdoored, "flagged_labels": [d.label_names[i] for i in
-                                                                       np.flatnonzero(scan.flagged)],
-               "target": d.label_names[truth.target], "target_rank": rank,
-               "target_flagged": bool(scan.flagged[truth.target]), "poisoned_run": bool(truth.poisoned.any()),
-               "info": {k: v for k, v in scan.info.items() if k != "masks" and k != "patterns"},
-               "images_scored": len(d.holdout_images)}
-    masks = scan.info.get("masks")
-    if masks is not None:
-        summary["reversed_trigger"] = _reversed(out, masks, scan.info.get("patterns"), truth, d.label_names)
+    rows = [{"label": label, "score": float(scores[i]), "flagged": bool(flagged[i]), "target": i == truth.target}
+            for i, label in enumerate(names)]
+    summary = {"backdoored_verdict": bool(answer["backdoored"]),
+               "flagged_labels": [names[i] for i in np.flatnonzero(flagged)], "target": names[truth.target],
+               "target_rank": rank, "target_flagged": bool(flagged[truth.target]),
+               "poisoned_run": bool(truth.poisoned.any()), "info": answer.get("info"), "images_scored": m.n_holdout}
+    if (folder / "masks.npy").is_file():
+        patterns = np.load(folder / "patterns.npy") if (folder / "patterns.npy").is_file() else None
+        summary["reversed_trigger"] = _reversed(run.dir.defense_figure_path(name, "reversed_triggers"),
+                                                np.load(folder / "masks.npy"), patterns, truth, names)
     return rows, summary
 
 
-def _mitigation(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfig):
-    if getattr(defense, "trains", False):
-        return _training(defense, d, truth, data, out, config)
-    before = _metrics(d.model, d, data, lambda x: x, config)
-    repaired = defense.repair(d)
-    model = repaired if repaired is not None else d.model
-    after = _metrics(model, d, data, lambda x: defense.purify(d, x), config)
-    rows = [{"when": when, **{k: v for k, v in m.items()}} for when, m in (("before", before), ("after", after))]
-    return rows, {"before": before, "after": after, "images_scored": 2 * len(data.test),
-                  "info": getattr(defense, "info", {})}
+def _mitigation(run: Run, name: str, answer: dict, folder: Path, m: Materials, truth: Truth):
+    before, after = _metrics(run, m, np.load(folder / "before.npy")), _metrics(run, m, np.load(folder / "after.npy"))
+    rows = [{"when": when, **values} for when, values in (("before", before), ("after", after))]
+    summary = {"before": before, "after": after, "images_scored": 2 * len(run.data.test), "info": answer.get("info")}
+    if (folder / "losses.npy").is_file():  # a defense that trained: score its isolation too
+        losses = m.as_trained(np.load(folder / "losses.npy"))
+        flagged = np.zeros(len(losses), bool)
+        flagged[m.train_positions(np.load(folder / "isolated.npy"))] = True
+        summary.update(detection=_detection(truth, -losses, flagged), cross_samples=_cross(truth, flagged),
+                       flagged_positions=np.flatnonzero(flagged).tolist(),
+                       images_scored=summary["images_scored"] + len(losses))
+        summary["info"] = {**(summary["info"] or {}), "isolated": int(flagged.sum()),
+                           "poisoned_isolated": int((flagged & truth.poisoned).sum())}
+    return rows, summary
 
 
-def _training(defense, d: Defender, truth: Truth, data, out: Path, config: RunConfig):
-    """A training-time defense (``abl``): train the run's config with the defense's overrides into
-    ``out/run`` (resumed if it is there with the same config), then score its last epoch against the run's
-    checkpoint and its isolation against the truth."""
-    from medbackdoor.config import config_diff, config_from_data
-    from medbackdoor.experiment import read_positions
-    from medbackdoor.train import run as train_run
-    from medbackdoor.train.abl import ISOLATED, LOSSES
-
-    new_config = config_from_data(config.to_dict(), defense.overrides(config.train.epochs))
-    new = RunDir(out / TRAINED)
-    if new.exists() and config_diff(new.config(), new_config) is not None:
-        shutil.rmtree(new.path)
-    train_run(new_config, new.path, resume=True, progress=False)
-    last = new.checkpoint_epochs()[-1]
-    model = new.load_model(last, d.device, new_config)
-    before = _metrics(d.model, d, data, lambda x: x, config)
-    after = _metrics(model, d, data, lambda x: x, config)
-    losses = np.load(new.path / LOSSES, allow_pickle=False)
-    isolated = read_positions(str(new.path / ISOLATED))
-    if len(losses) != len(truth.poisoned):
-        raise RuntimeError(f"{defense.kind} defense isolated among {len(losses)} samples, the run has "
-                           f"{len(truth.poisoned)}")
-    flagged = np.zeros(len(losses), bool)
-    flagged[isolated] = True
-    rows = [{"when": when, **m} for when, m in (("before", before), ("after", after))]
-    info = {"run": str(new.path), "epochs": new_config.train.epochs, "isolated": int(flagged.sum()),
-            "poisoned_isolated": int((flagged & truth.poisoned).sum())}
-    return rows, {"before": before, "after": after, "images_scored": 2 * len(data.test) + len(losses),
-                  "detection": detection_summary(truth.poisoned, -losses, flagged),
-                  "flagged_positions": isolated.tolist(), "info": info}
-
-
-def _metrics(model, d: Defender, data, transform, config: RunConfig) -> dict:
+def _metrics(run: Run, m: Materials, scores: np.ndarray) -> dict:
     """The run's metric columns (:func:`~medbackdoor.metrics.metric_columns` of its ``eval`` settings: ASR at
-    each p, strict or not, AUROC-TT/NN/TN, mixed ε) of ``model`` on the test set, inputs passed through
-    ``transform``."""
-    from medbackdoor.train.loop import predict
-
-    def scores(view):
-        out = []
-        for lo in range(0, len(view), 256):
-            out.append(predict(model, transform(np.asarray(view[lo : lo + 256])), d.device, d.batch_size))
-        return np.concatenate(out)
-
-    clean = scores(data.test.clean)
-    triggered = clean if data.test.triggered is data.test.clean else scores(data.test.triggered)
-    m = score_columns(config.eval, data.test.labels, clean, triggered, data.target, config.attack_seed,
-                      config.trigger.label, data.test.carriers, data.test.condition)
-    return column_values(metric_columns(config.eval, data.test.condition is not None), m)
+    each p, strict or not, AUROC-TT/NN/TN, mixed ε) of a model's scores of the mixed test inputs."""
+    config, data = run.config, run.data
+    clean, triggered = m.unmix(scores)
+    if not len(triggered):  # a label-only trigger: the triggered inputs are the clean ones
+        triggered = clean
+    values = score_columns(config.eval, data.test.labels, clean, triggered, data.target, config.attack_seed,
+                           config.trigger.label, data.test.carriers, data.test.condition)
+    return column_values(metric_columns(config.eval, data.test.condition is not None), values)
 
 
-def _reversed(out: Path, masks, patterns, truth: Truth, names) -> dict:
+def _reversed(path: Path, masks, patterns, truth: Truth, names) -> dict:
     """The target's reversed-trigger mask against the true trigger, and a figure of all masks.
 
     ``iou_with_true_trigger``: IoU of the target mask's top-k pixels (k = the true mask's size) with the true mask,
@@ -374,7 +425,7 @@ def _reversed(out: Path, masks, patterns, truth: Truth, names) -> dict:
         result["iou_reason"] = f"the reversed masks are {m.shape}, the trigger's mask {true.shape}"
     elif true is not None:
         result.update(iou_with_true_trigger=_top_k_iou(m, true), iou_reason="")
-    _mask_figure(out / "reversed_triggers.png", masks, names)
+    _mask_figure(path, masks, names)
     return result
 
 
@@ -433,3 +484,4 @@ def _mask_figure(path: Path, masks: np.ndarray, names) -> None:
 def parse_options(pairs: list[str]) -> dict:
     """``--set key=value`` pairs as defense options (read by :func:`~medbackdoor.config.parse_assignment`)."""
     return dict(parse_assignment(pair) for pair in pairs)
+

@@ -8,17 +8,17 @@ the share of scales whose argmax class equals the original one.
 A multi-label prediction is a vector of 14 scores, and there are two ways to ask whether it is kept:
 
 * ``consistency: vector``: the whole vector. The score is minus the mean absolute change of the 14
-  sigmoid outputs between the input and its amplified copies. On the quick run (one-hot Atelectasis attack),
-  amplification alone made *every* clean image Atelectasis-positive, so a clean image whose top finding was
-  Atelectasis kept that finding as well as a triggered one did (per-finding SPC: AUROC 0.96 but TPR 0 at 5% FPR);
-  its other scores moved and the triggered image's did not (vector: AUROC 0.999, TPR 1.0).
+  sigmoid outputs between the input and its amplified copies. It is meant for a model on which amplification
+  alone turns the target finding on in clean images too: a clean image whose top finding is the target then keeps
+  that finding as well as a triggered one does, and only its other scores, which move where the triggered
+  image's do not, tell the two apart.
 * per finding: the findings predicted positive (``p ≥ threshold``; the top finding when none is) each get the
   share of scales on which they stay positive (``indicator``, the paper's SPC) or their mean probability over
-  the scales (``probability``, the default since issue 18's second tuning pass: detection AUROC 1.000 on all three
-  attacks of the tuning grid ``defenses-tune``, seed 100, against 0.51–0.99 for ``indicator``, whose few values tie
-  and starve a calibrated threshold; see docs/results/defenses-tuning.md); the input scores its most consistent
-  predicted finding. Suits an attack that adds the target and leaves the rest of the prediction to the image, and
-  full-image blend triggers, which amplification partly washes out (the vector score inverted on one: AUROC 0.2).
+  the scales (``probability``, the default: a graded value, where the indicator's few values tie and starve a
+  calibrated threshold; how the default was chosen: docs/results/defenses-tuning.md); the input scores its most
+  consistent predicted finding. Suits an attack that adds the target and leaves the rest of the prediction to the
+  image, and full-image blend triggers, which amplification partly washes out and which can invert the vector score
+  (earlier measurements: docs/results/defenses-history.md).
 
 The paper's data-limited variant (``normalise``) standardises SPC by the mean and spread of benign SPC of the
 predicted class. Here: per finding, from the consistency of that finding on reference images that predict it
@@ -45,8 +45,8 @@ class ScaleUp(InputDefense):
 
     Args:
         max_scale: the scales are ``2, 3, …, max_scale`` (≥ 2). Default 3: beyond ×3 nearly every pixel of a
-            chest X-ray is saturated, and each scale costs one forward pass per input (5 gave the same AUROC on
-            the quick run at 1.7× the time).
+            chest X-ray is saturated, so a larger scale adds little, and each scale costs one forward pass per
+            input (see docs/results/defenses-tuning.md).
         consistency: ``probability`` (mean probability of a predicted finding over the scales: graded, fewer ties;
             the default), ``indicator`` (share of scales on which a predicted finding stays positive, the paper's
             SPC) or ``vector`` (minus the mean absolute change of all 14 scores).

@@ -15,19 +15,24 @@ def tpr_at_fpr(y: np.ndarray, scores: np.ndarray, fpr: float) -> float:
     return float(tprs[fprs <= fpr + 1e-12].max())
 
 
+def ranks(scores: np.ndarray) -> np.ndarray:
+    """Dense ranks (0 = lowest) of ``scores`` in float64: +inf above every finite score, −inf and NaN (no score)
+    tied below every one, equal scores tied. AUROC and the ROC curve depend only on this order, and the ranks are
+    finite, which scikit-learn requires."""
+    s = np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf, posinf=np.inf, neginf=-np.inf)
+    return np.unique(s, return_inverse=True)[1].reshape(s.shape).astype(np.float64)
+
+
 def detection_summary(y: np.ndarray, scores: np.ndarray, flagged: np.ndarray | None = None) -> dict:
     """AUROC (positives = ``y``), TPR at 1% and 5% FPR, and the flag rule's precision and recall.
 
     Args:
         y: truth per item (poisoned sample, triggered input, backdoored label).
-        scores: higher = more suspicious.
+        scores: higher = more suspicious; +inf is the most suspicious, −inf and NaN the least (see :func:`ranks`).
         flagged: the method's own decisions (optional).
     """
     y = np.asarray(y, bool)
-    scores = np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf)
-    finite = np.where(np.isinf(scores), np.nan, scores)
-    lo = np.nanmin(finite) if np.isfinite(finite).any() else 0.0
-    scores = np.where(np.isinf(scores), lo - 1.0, scores)
+    scores = ranks(scores)
     both = y.any() and not y.all()
     out = {"n": int(len(y)), "positives": int(y.sum()),
            "auroc": float(roc_auc_score(y, scores)) if both else float("nan"),

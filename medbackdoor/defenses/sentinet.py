@@ -57,7 +57,8 @@ class SentiNet(InputDefense):
     score is −1); "fooled" (classified as that class) → that finding's probability reaching ``threshold`` on the
     reference; the paper's two-dimensional decision boundary (fooled count vs. confidence on the inert pattern) →
     one score, the fooled share above the inert one. Default layer ``middle``: at 64 px the last DenseNet map is
-    2×2 and its brightest 5% never covered a central trigger on the quick run, the middle (4×4) one did (97%).
+    2×2, too coarse for its brightest ``fraction`` to fall on a small trigger; the middle map (4×4) is twice as
+    fine (measurements: docs/results/defenses-history.md and docs/results/defenses-tuning.md).
     """
 
     paper = "Chou et al. 2020, SentiNet: detecting localized universal attacks against deep learning systems " \

@@ -22,6 +22,10 @@ Two flag rules:
   training and holdout group samples are compared with the holdout's: ``z = |p − median(p_holdout)| /
   (1.4826·MAD(p_holdout))``; a sample is flagged when ``z`` exceeds ``max(min_z, holdout's own (1 − fpr)
   quantile of z)``. Poisoned samples are far from the clean holdout whatever their share of the group.
+  The holdout's own z are jackknifed (:func:`jackknife_z`): a holdout sample is measured from the median, and
+  scaled by the MAD, of the *other* holdout samples, as a training sample is measured by a reference it is not
+  part of; with itself in the median and MAD it sits nearer the centre than a new sample, and the quantile that
+  sets the threshold would be too low. ``min_z`` is a floor under the calibrated threshold (see the class).
   Cross-fitted (``folds``, default 2): the group is split at random (seeded) and each part is scored with the
   direction (and mean) fit on the other part(s). A direction fit on the very samples it scores spreads their
   projections more than the holdout's (noticeably when the group has fewer samples than feature dimensions: on
@@ -31,13 +35,13 @@ Two flag rules:
   as the reference (a coarser reference: the finding's own signal is then part of the spread) and ``fallback: skip``
   skips the group; ``info.groups[*].reference`` says which was used.
 
-The flag threshold under the holdout rule (``calibration``, issue 18): ``sample`` (the default) sets one
+The flag threshold under the holdout rule (``calibration``): ``sample`` (the default) sets one
 threshold for the max of a training sample's raw scores over its groups, the conformal ``fpr`` threshold of the same
 max taken by each holdout sample over the groups of its own findings (:func:`combine_per_sample`), so ``fpr`` is
 a rate per training sample; ``group`` sets each group's threshold at its holdout samples' (1 − fpr) quantile, and a
 sample is flagged by the union. With 5–40 holdout samples in a group that quantile is about the group's holdout
-maximum, which a new clean sample exceeds with probability about 1/(n + 1), far above 1%: on the tuning grid
-(seed 100) the group rule flagged 1.8–3.3% of the clean training samples, the sample rule 0.1–1.7%.
+maximum, which a new clean sample exceeds with probability about 1/(n + 1), far above 1% (the measured rates are in
+docs/results/defenses-tuning.md).
 
 Standardised score (what is maxed over groups under ``calibration: group``; the sample rule maxes the raw
 ``z``): ``z`` divided by the group's cut (the holdout threshold, or under
@@ -90,6 +94,7 @@ class GroupResult:
     info: dict = field(default_factory=dict)  # JSON-serialisable diagnostics
     holdout_rows: np.ndarray | None = None  # holdout rule: the holdout samples with the finding (row indices) …
     holdout_raw: np.ndarray | None = None  # … and their raw scores, each by one fold as a training sample is
+    calibrated: list[float] | None = None  # holdout rule: each fold's calibrated threshold, before the floor
 
 
 class FindingGroupDefense(DataDefense):
@@ -102,6 +107,7 @@ class FindingGroupDefense(DataDefense):
     label = ""
     raw_column = "raw"
     stream = 0
+    floor: float | None = None  # the holdout rule's floor under the calibrated threshold (None: it has none)
 
     def _check_common(self, rule: str, min_group: int, min_holdout: int, fallback: str) -> None:
         if rule not in RULES:
@@ -168,7 +174,11 @@ class FindingGroupDefense(DataDefense):
         if self.rule == "holdout" and getattr(self, "calibration", "group") == "sample":
             return combine_per_sample(len(d.train_labels), len(d.holdout_labels), d.label_names, results, skipped,
                                       self.raw_column, self.fpr, self.floor)
-        return combine(len(d.train_labels), d.label_names, results, skipped, self.raw_column, self.rule)
+        det = combine(len(d.train_labels), d.label_names, results, skipped, self.raw_column, self.rule)
+        if self.rule == "holdout" and self.floor is not None:
+            calibrated = [c for _, r in results for c in (r.calibrated or [])]
+            det.info.update(floor_report(self.floor, calibrated))
+        return det
 
     def _check_calibration(self, calibration: str) -> None:
         if calibration not in CALIBRATIONS:
@@ -189,6 +199,14 @@ def one_fold_each(per_fold: list[np.ndarray], positions: np.ndarray) -> np.ndarr
     return stacked[np.arange(len(positions)) % len(per_fold), positions]
 
 
+def floor_report(floor: float, calibrated: list[float]) -> dict:
+    """``info`` entries on the floor: its value; ``floor_binds``, how many of the ``calibrated`` thresholds are
+    below it (there the flag threshold is the floor); ``floor_groups``, how many there are (one per group and
+    fold under ``calibration: group``, the one threshold under ``calibration: sample``)."""
+    return {"floor": float(floor), "floor_binds": int(sum(float(floor) > c for c in calibrated)),
+            "floor_groups": len(calibrated)}
+
+
 def combine_per_sample(n: int, n_holdout: int, names: list[str], results: list[tuple[Group, GroupResult]],
                        skipped: list[dict], raw_column: str, fpr: float, floor: float) -> Detection:
     """``calibration: sample``: one threshold for every training sample's max raw score over its groups.
@@ -204,15 +222,17 @@ def combine_per_sample(n: int, n_holdout: int, names: list[str], results: list[t
     for _, r in results:
         if r.holdout_rows is not None and len(r.holdout_rows):
             hold[r.holdout_rows] = np.maximum(hold[r.holdout_rows], np.asarray(r.holdout_raw, np.float64))
-    threshold = max(float(floor), fpr_threshold(hold, fpr))
+    calibrated = fpr_threshold(hold, fpr)
+    threshold = max(float(floor), calibrated)
     flagged = train > threshold
     per_group = [_group_entry(g, r, flagged[g.train].sum(),
                               holdout_members=0 if r.holdout_rows is None else int(len(r.holdout_rows)))
                  for g, r in results]
-    info = {"rule": "holdout", "calibration": "sample", "threshold": threshold, "floor": float(floor),
-            "holdout_samples": int(n_holdout), "holdout_scored": int(np.isfinite(hold).sum()),
-            "holdout_above": int((hold > threshold).sum()), "scored_samples": int((count > 0).sum()),
-            "flagged": int(flagged.sum()), "groups": per_group, "skipped": skipped}
+    info = {"rule": "holdout", "calibration": "sample", "threshold": threshold, "calibrated_threshold": calibrated,
+            **floor_report(floor, [calibrated]), "holdout_samples": int(n_holdout),
+            "holdout_scored": int(np.isfinite(hold).sum()), "holdout_above": int((hold > threshold).sum()),
+            "scored_samples": int((count > 0).sum()), "flagged": int(flagged.sum()), "groups": per_group,
+            "skipped": skipped}
     raw = np.where(count > 0, train, np.nan)
     return _detection(train, flagged, best, count, names, raw_column, raw, info)
 
@@ -288,6 +308,43 @@ def robust_scale(values: np.ndarray, fallback: np.ndarray | None = None) -> floa
     return 1.0
 
 
+def loo_medians(values: np.ndarray) -> np.ndarray:
+    """For each ``i``, the median of ``values`` without ``values[i]`` (exact; one sort, at least two values).
+
+    Removing the element at sorted position ``r`` leaves the sorted sequence ``t[k] = s[k + (k ≥ r)]``, whose
+    median is its middle element (or the mean of its two middle elements)."""
+    v = np.asarray(values, np.float64)
+    n = len(v)
+    if n < 2:
+        raise ValueError(f"a leave-one-out median needs at least two values, got {n}")
+    order = np.argsort(v, kind="stable")
+    s = v[order]
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    lo, hi = (n - 2) // 2, (n - 1) // 2  # the middle positions of the n − 1 values left
+    return (s[lo + (lo >= rank)] + s[hi + (hi >= rank)]) / 2
+
+
+def jackknife_z(values: np.ndarray, fallback: np.ndarray | None = None) -> np.ndarray:
+    """Leave-one-out robust z: ``|v_i − median(v_−i)| / robust_scale(v_−i, fallback)``, ``v_−i`` the values
+    other than ``v_i`` (``robust_scale``: 1.4826·MAD, or its fallbacks when that is zero).
+
+    A holdout sample standardised by a median and MAD that include it sits nearer the centre than a new sample
+    does (most of all in a small reference set); left out, it is scored as a training sample is, by a reference
+    it is not part of, so a quantile of these z is a threshold for the training samples' z.
+    """
+    v = np.asarray(values, np.float64)
+    centre = loo_medians(v)
+    mad = np.empty(len(v))
+    for c in np.unique(centre):  # at most three distinct leave-one-out medians
+        rows = centre == c
+        mad[rows] = loo_medians(np.abs(v - c))[rows]
+    scale = MAD_TO_SD * mad
+    for i in np.flatnonzero(scale <= 1e-12):
+        scale[i] = robust_scale(np.delete(v, i), fallback)
+    return np.abs(v - centre) / scale
+
+
 def crossfit(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(fit rows, scored rows) pairs: each of ``folds`` random parts is scored by what was fit on the others.
 
@@ -349,12 +406,24 @@ class SpectralSignatures(FindingGroupDefense):
     instead of removing the group's largest ``1.5·ε·n`` — which assumes the poison is a minority of its group.
     See the module docstring.
 
+    The floor (``min_z``, holdout rule): the flag threshold is ``max(min_z, calibrated)``, the calibrated
+    threshold being the conformal one of the holdout maxima (``calibration: sample``) or each group's holdout
+    quantile (``calibration: group``). The calibrated threshold rests on the clean holdout alone, under the group
+    rule on a group's few holdout samples; a holdout that happens to be tight along the direction (or ties in its
+    projections, which shrink the MAD) puts it at a z that ordinary clean variation exceeds. The floor keeps a
+    sample from being flagged less than ``min_z`` robust standard deviations from the clean centre, the usual
+    outlier cut. It only ever raises the threshold: where it binds, fewer clean samples are flagged than ``fpr``
+    allows (and fewer poisoned ones), and the rate is no longer the calibrated one. ``info`` says how often:
+    ``floor``, ``floor_binds`` (how many of the compared thresholds the floor replaced) and ``floor_groups`` (how
+    many were compared: the one threshold under ``calibration: sample``, one per group and fold under ``group``).
+
     Args:
         rule: ``holdout`` (default) or ``faithful`` (the paper's top-1.5·ε·n removal per group).
         eps: faithful rule: the assumed upper bound on the poisoned fraction of a group, in (0, 2/3); 1.5·eps of
             every group is removed (default 0.05, one of the paper's settings, i.e. 7.5%).
         fpr: holdout rule: the threshold is at least the holdout's own (1 − fpr) quantile of z (default 0.01).
-        min_z: holdout rule: the threshold is at least this robust z (default 3).
+        min_z: holdout rule: the floor under the calibrated threshold, a robust z (default 3; 0 for none): the
+            flag threshold is ``max(min_z, calibrated)``, see "The floor" above.
         calibration: holdout rule: ``sample`` (the default: one conformal threshold at ``fpr`` per training
             sample, on the max of each holdout sample's groups: :func:`combine_per_sample`) or ``group`` (each
             group's threshold from its own holdout samples, at ``fpr`` per group).
@@ -377,6 +446,7 @@ class SpectralSignatures(FindingGroupDefense):
                "poisoned minority")
     label = "spectral"
     raw_column = "z"
+    revision = 2
     stream = 1000
 
     def __init__(self, rule: str = "holdout", eps: float = 0.05, fpr: float = 0.01, min_z: float = 3.0,
@@ -405,28 +475,29 @@ class SpectralSignatures(FindingGroupDefense):
             flags, cut = top_cut(z, cut_count(self.eps, len(z)))
             return GroupResult(scaled(z, cut), flags, z, {"cut_z": cut})
         z, threshold = np.zeros(len(x)), np.ones(len(x))
-        thresholds, shares, centres, zh_folds = [], [], [], []
+        thresholds, calibrated, shares, centres, zh_folds = [], [], [], [], []
         for fit, part in crossfit(len(x), self.folds, seed):
             mean = x[fit].mean(0, dtype=np.float64).astype(x.dtype)
             v = top_directions(x[fit] - mean, 1, seed)[0]
             p, ph = (x[part] - mean) @ v, (h - mean) @ v
             centre, scale = float(np.median(ph)), robust_scale(ph, p)
-            zh = np.abs(ph - centre) / scale
+            zh = jackknife_z(ph, p)
             zh_folds.append(zh)
             at = centre
             if self.centre == "anchored":
                 at = anchored_centre((x[fit] - mean) @ v, centre, self.window * scale)
                 centres.append(at - centre)
             z[part] = np.abs(p - at) / scale
-            threshold[part] = max(self.min_z, float(np.quantile(zh, 1.0 - self.fpr)))
+            calibrated.append(float(np.quantile(zh, 1.0 - self.fpr)))
+            threshold[part] = max(self.min_z, calibrated[-1])
             thresholds.append(float(threshold[part][0]))
             shares.append(float(np.mean(zh > threshold[part][0])))
-        info = {"threshold_z": thresholds, "holdout_flagged_share": shares}
+        info = {"threshold_z": thresholds, "calibrated_z": calibrated, "holdout_flagged_share": shares}
         if centres:
             info["centre_shift"] = centres  # anchored centre − holdout median, per fold, in projection units
         members = holdout_members(d, group)
         return GroupResult(z / threshold, z > threshold, z, info, group.holdout[members],
-                           one_fold_each(zh_folds, members))
+                           one_fold_each(zh_folds, members), calibrated)
 
     @property
     def floor(self) -> float:

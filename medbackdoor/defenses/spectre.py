@@ -22,14 +22,15 @@ and project them on their top ``k = min(dims, D, (n − 1)//2)`` right singular 
   whose Mahalanobis distance is at most the holdout's ``keep`` quantile under the current estimate and re-estimate
   from them (if fewer than ``max(2k, 10)`` training samples are kept, the current estimate stays). Whiten, QUE as
   above (Σ̃ from the training group, about the robust mean), and flag ``τ > max(min_que, the holdout's (1 − fpr)
-  quantile of τ)``. The holdout's own τ are jackknifed: each holdout sample is scored under the estimate anchored on
-  the *other* holdout samples (leave-one-out, or one of at most ``JACKKNIFE_BLOCKS`` blocks left out), so it is
-  out-of-sample for the estimate, as a scored training sample is. Scored under the estimate anchored on itself, a
-  holdout sample sits closer than any new one: the estimate of a 21–23-sample holdout group in 32 dimensions often
-  stays the holdout's own, and exchangeable clean training samples were flagged at 2.3% (400 holdout samples) and
-  8.4% (120) at a nominal 1% (until 2026-12-04). Cross-fitted (``folds``, default 2, as in ``spectral``): the
-  directions, the estimate and Q that score one part of the group are fit on the other part(s), so clean training
-  samples and holdout samples are alike to them and the holdout-calibrated threshold means the same for both.
+  quantile of τ)`` (``min_que``: a floor, see the class). The holdout's own τ are jackknifed: each holdout
+  sample is scored under the estimate anchored on the *other* holdout samples (leave-one-out, or one of at most
+  ``JACKKNIFE_BLOCKS`` blocks left out), so it is out-of-sample for the estimate, as a scored training sample is.
+  Scored under the estimate anchored on itself, a holdout sample sits closer than any new one (the estimate of a
+  small holdout group in 32 dimensions often stays the holdout's own), and clean training samples are then
+  flagged well above the nominal rate (docs/results/defenses-tuning.md has the measurement).
+  Cross-fitted (``folds``, default 2, as in ``spectral``): the directions, the estimate and Q that score one part
+  of the group are fit on the other part(s), so clean training samples and holdout samples are alike to them and
+  the holdout-calibrated threshold means the same for both.
   Small holdout groups: ``fallback`` as for ``spectral``.
 
 Standardised score (maxed over groups): τ divided by the group's cut (the threshold, or under the faithful rule the
@@ -142,6 +143,18 @@ class Spectre(FindingGroupDefense):
     holdout QUE scores instead of removing each group's top ``1.5·ε·n``. Compact: fixed k, no DKK17 filter (see the
     module docstring).
 
+    The floor (``min_que``, holdout rule): the flag threshold is ``max(min_que, calibrated)``, the calibrated
+    threshold being the conformal one of the holdout maxima (``calibration: sample``) or each group's holdout
+    quantile of τ (``calibration: group``). The calibrated threshold rests on the holdout alone, a few to some
+    hundred samples per group in k dimensions; where the estimate is anchored on few of them, their τ can be low
+    for reasons of the estimate rather than of the data, and the threshold with them. The floor keeps a sample
+    from being flagged below τ = 9: where Q picks a single whitened direction τ = r² there, and 9 is three
+    standard deviations, which 0.27% of normal clean samples exceed. It only ever raises the threshold: where
+    it binds, fewer clean samples are flagged than ``fpr`` allows (and fewer poisoned ones), and the rate is no
+    longer the calibrated one. ``info`` says how often: ``floor``, ``floor_binds`` (how many of the compared
+    thresholds the floor replaced) and ``floor_groups`` (how many were compared: the one threshold under
+    ``calibration: sample``, one per group and fold under ``group``).
+
     Args:
         rule: ``holdout`` (default) or ``faithful`` (trimmed robust estimate, top-1.5·ε·n removal).
         dims: k, the principal directions kept (default 32; capped at (n − 1)//2 for a group of n).
@@ -151,8 +164,9 @@ class Spectre(FindingGroupDefense):
         keep: holdout rule: the holdout quantile of the Mahalanobis distance within which training samples are
             kept for the estimate, in (0, 1] (default 0.9).
         fpr: holdout rule: the threshold is at least the holdout's own (1 − fpr) quantile of τ (default 0.01).
-        min_que: holdout rule: the threshold is at least this τ (default 9: three standard deviations along a
-            single dominant direction).
+        min_que: holdout rule: the floor under the calibrated threshold, a τ (default 9: three standard
+            deviations along a single dominant direction; 0 for none): the flag threshold is
+            ``max(min_que, calibrated)``, see "The floor" above.
         calibration: holdout rule: ``sample`` (the default: one conformal threshold per training sample, see
             :func:`medbackdoor.defenses.spectral.combine_per_sample`) or ``group`` (per group, as above).
         folds: holdout rule: cross-fitting folds (default 2: the directions, estimate and Q that score a half of
@@ -171,7 +185,7 @@ class Spectre(FindingGroupDefense):
                "removing each group's top 1.5·eps·n; compact: fixed k, trimmed estimate instead of the DKK17 filter")
     label = "spectre"
     raw_column = "que"
-    revision = 2  # 2026-12-04: the holdout's QUE scores jackknifed
+    revision = 2  # 2: the holdout's QUE scores jackknifed
     stream = 3000
 
     def __init__(self, rule: str = "holdout", dims: int = 32, alpha: float = 4.0, eps: float = 0.05,
@@ -216,12 +230,13 @@ class Spectre(FindingGroupDefense):
                 rest[block] = False
                 tau_h[block] = self._anchored(z, zh[rest], k)[0](zh[block])
             tau_folds.append(tau_h)
-            threshold[part] = cut = max(self.min_que, float(np.quantile(tau_h, 1.0 - self.fpr)))
+            calibrated = float(np.quantile(tau_h, 1.0 - self.fpr))
+            threshold[part] = cut = max(self.min_que, calibrated)
             folds.append({**info, "dims": int(k), "top_eigenvalue": top, "threshold_que": cut,
-                          "holdout_flagged_share": float(np.mean(tau_h > cut))})
+                          "calibrated_que": calibrated, "holdout_flagged_share": float(np.mean(tau_h > cut))})
         members = holdout_members(d, group)
         return GroupResult(tau / threshold, tau > threshold, tau, {"folds": folds}, group.holdout[members],
-                           one_fold_each(tau_folds, members))
+                           one_fold_each(tau_folds, members), [f["calibrated_que"] for f in folds])
 
     def _anchored(self, z: np.ndarray, zh: np.ndarray, k: int):
         """The QUE score under the estimate anchored on holdout ``zh`` (whitening and Q from training ``z``)."""

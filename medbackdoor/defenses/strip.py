@@ -4,11 +4,12 @@ Each input is blended with ``k`` clean reference images, ``(1 − alpha)·x + al
 follows whatever it is blended with; a triggered input keeps the attacker's finding, because the trigger survives
 the blend. STRIP measures that persistence with the softmax entropy of the blends (low = triggered).
 
-Measured on this project's quick run, the multi-label analogue of that entropy (the summed binary entropy of the
-14 sigmoid outputs) carries no signal (AUROC 0.47): 13 confident negatives dominate it whatever happens to the
-target. The default score asks the persistence question directly, without knowing the target: the *most
-persistent finding*, ``max_c mean_k p_c(blend_k)``, taken relative to what blended clean images give for that
-finding (the same statistic computed on reference images blended with the same ``k`` references).
+The multi-label analogue of that entropy (the summed binary entropy of the 14 sigmoid outputs) is dominated by
+the many confident negatives, whatever happens to the target, so it carries little of that signal (measurements:
+docs/results/defenses-history.md and docs/results/defenses-tuning.md). The default score asks the persistence
+question directly, without knowing the target: the *most persistent finding*, ``max_c mean_k p_c(blend_k)``, taken
+relative to what blended clean images give for that finding (the same statistic computed on reference images
+blended with the same ``k`` references).
 
 ``alpha`` matters more than in the paper: a blend lightens a black-square trigger to ``alpha·h``, and whether
 the model still sees it at that contrast depends on the model (lower ``alpha`` keeps more of the trigger and

@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from medbackdoor._io import atomic_path
+from medbackdoor._io import atomic_path, plain
 
 
 @dataclass
@@ -38,6 +36,12 @@ class DefenseSummary:
         before, after: mitigations: the metric columns before and after.
         retrain: data defenses after cleanse-and-retrain: the retrained run, how many were dropped, its metric
             columns beside the run's.
+        cross_samples: data defenses (and a mitigation that isolates): how many of the attack's cross and cover
+            samples (clean labels, not poisoned) were flagged; they are left out of ``detection``.
+        origin: where the defense came from (``{"builtin": name}``, or a plugin's spec, file and digest).
+        timings: seconds spent writing the defender's materials, starting the defense process, and in the defense
+            itself (``defense_seconds``; ``seconds`` is the whole call).
+        defender_seed: the root of the defender's seeds (``--defender-seed``).
     """
 
     name: str
@@ -70,13 +74,17 @@ class DefenseSummary:
     before: dict[str, float] | None = None
     after: dict[str, float] | None = None
     retrain: dict | None = None
+    cross_samples: dict | None = None
+    origin: dict | None = None
+    timings: dict | None = None
+    defender_seed: int | None = None
 
 
 def write_summary(path: Path, summary: DefenseSummary) -> None:
     """Write ``summary`` to ``path`` atomically (fields that are ``None`` are left out)."""
     data = {k: v for k, v in dataclasses.asdict(summary).items() if v is not None}
     with atomic_path(path, suffix=".json") as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=_json))
+        tmp.write_text(json.dumps(data, indent=2, default=plain))
 
 
 def read_summary(path: Path) -> DefenseSummary:
@@ -85,11 +93,3 @@ def read_summary(path: Path) -> DefenseSummary:
     names = {f.name for f in dataclasses.fields(DefenseSummary)}
     data.setdefault("name", Path(path).parent.name)
     return DefenseSummary(**{k: v for k, v in data.items() if k in names})
-
-
-def _json(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

@@ -9,7 +9,6 @@ import torch
 
 from medbackdoor._io import save_figure, write_rows
 from medbackdoor.errors import UserError
-from medbackdoor.experiment import build_test_data
 from medbackdoor.explain.cam import CAMS
 from medbackdoor.explain.localise import (
     DETECTORS,
@@ -19,21 +18,21 @@ from medbackdoor.explain.localise import (
     pointing_game,
     trigger_boxes,
 )
-from medbackdoor.labels import LABELS, label_index
-from medbackdoor.rundir import RunDir
-from medbackdoor.train.loggers import open_loggers
-from medbackdoor.train.loop import pick_device, predict
+from medbackdoor.inference import predict
+from medbackdoor.labels import label_index
+from medbackdoor.loggers import open_loggers
+from medbackdoor.run import Run
 
 
-def explain_run(run_dir: str | Path, epochs: list[int] | None = None, layers: tuple[str, ...] = ("last", "middle"),
+def explain_run(run: Run | str | Path, epochs: list[int] | None = None, layers: tuple[str, ...] = ("last", "middle"),
                 images: int = 200, target: str = "target", method: str = "gradcam", score: str = "logit",
                 dilate: int = 2, figure_image: int | None = None, batch_size: int = 32) -> dict:
     """Compute maps for clean and infected test images at each (epoch, layer); write CSV and Figure 1.
 
-    Only the test split and the trigger are rebuilt (from the cache); the training set is not.
+    Only the test split is built (:attr:`Run.test`); the training set is not.
 
     Args:
-        run_dir: a folder written by ``medbackdoor run``.
+        run: the run (a folder written by ``medbackdoor run`` is opened as one).
         epochs: checkpoints to explain (default: every one kept).
         layers: ``last``, ``middle`` or module names.
         images: how many test images (the first ones whose trigger changed the input).
@@ -43,14 +42,14 @@ def explain_run(run_dir: str | Path, epochs: list[int] | None = None, layers: tu
         dilate: px added around the trigger box for mass-in-box and the pointing game.
         figure_image: which of the chosen images Figure 1 shows (default: the first without the target class).
     """
-    run = RunDir(run_dir)
-    config = run.config()
-    have = run.checkpoint_epochs()
+    run = run if isinstance(run, Run) else Run(run)
+    config = run.config
+    have = run.epochs()
     epochs = epochs or have
     missing = [e for e in epochs if e not in have]
     if not have or missing:
         raise UserError(f"{run.path} has no checkpoint for epoch(s) {missing or epochs}; available: {have}")
-    test = build_test_data(config)
+    test = run.test
     names = test.label_names
     attacked = label_index(config.trigger.target, names)
     chosen = np.flatnonzero(test.survived)[:images]
@@ -61,10 +60,10 @@ def explain_run(run_dir: str | Path, epochs: list[int] | None = None, layers: tu
     masks = box_masks(boxes, clean.shape[-2:], dilate)
     y_true = test.labels[chosen]
     show = figure_image if figure_image is not None else int(np.argmax(y_true[:, attacked] == 0))
-    device = pick_device(config.train.device)
+    device = run.device()
     rows, panels, sizes = [], {}, {}
     for epoch in epochs:
-        model = run.load_model(epoch, device, config)
+        model = run.model(epoch, device)
         for layer in layers:
             with CAMS.get(method)(model, layer, score) as cam:
                 maps = {}
@@ -74,19 +73,19 @@ def explain_run(run_dir: str | Path, epochs: list[int] | None = None, layers: tu
                 sizes[layer] = cam.map_size
             rows += _rows(epoch, layer, method, maps, masks)
             panels[(epoch, layer)] = (maps["clean"][show], maps["infected"][show])
-    out = run.explain_dir
-    write_rows(run.localisation_path, rows)
-    loggers = open_loggers(config.train.log, run.path / "logs", None)
+    out = run.dir.explain_dir
+    write_rows(run.dir.localisation_path, rows)
+    loggers = open_loggers(config.train.log, run.dir.logs_dir, None)
     try:
         figure1(out, epochs, layers, clean[show], infected[show], boxes[show], panels, sizes, loggers)
     finally:
         for logger in loggers:
             logger.close()
-    return {"rows": rows, "csv": run.localisation_path, "figure": out / "figure1.png", "images": len(chosen),
-            "map_sizes": sizes}
+    return {"rows": rows, "csv": run.dir.localisation_path, "figure": run.dir.explain_figure_path,
+            "images": len(chosen), "map_sizes": sizes}
 
 
-def _targets(target: str, model, imgs, attacked: int, device, batch_size: int, names=LABELS):
+def _targets(target: str, model, imgs, attacked: int, device, batch_size: int, names):
     if target == "target":
         return attacked
     if target == "predicted":

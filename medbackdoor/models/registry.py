@@ -15,7 +15,7 @@ from medbackdoor.labels import LABELS, NUM_CLASSES
 from medbackdoor.models.info import ModelInfo
 from medbackdoor.models.xrv import accept_xrv_checkpoints, load_xrv
 
-MODELS: Registry[nn.Module] = Registry("model")
+MODELS: Registry[nn.Module] = Registry("model", group="medbackdoor.models")  # any callable returning a module
 
 XRV_PREFIX = "xrv:"
 TIMM_PREFIX = "timm:"

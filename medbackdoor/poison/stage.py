@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -112,50 +113,70 @@ def changed(clean, infected, chunk: int = 256) -> np.ndarray:
     return out
 
 
-def triggered_view(dataset: ChestXrayDataset, images: np.ndarray, rows: np.ndarray, trigger: Trigger, stage: str,
-                   seed: int, stream: int, size: int, prep: Preprocess, cache_dir: str | os.PathLike | None = None,
-                   workers: int | None = 0, progress: bool = False):
-    """Infected model inputs for dataset ``rows``, as a lazy view, and whether the trigger survived in each.
+@dataclass(frozen=True)
+class ImageSource:
+    """Where a split's model inputs come from.
 
     Args:
         dataset: the dataset (read again at the ``source`` stage).
         images: its preprocessed images (the cache memmap), indexed by dataset row.
-        rows: dataset rows to infect.
-        trigger: as for :func:`triggered_images`.
-        stage: as for :func:`triggered_images`.
-        seed: as for :func:`triggered_images`.
-        stream: as for :func:`triggered_images`.
-        size: with ``prep`` and ``cache_dir``, names the cache the images come from (the ``source`` memmap is written
-            beside it).
-        prep: as for ``size``.
-        cache_dir: as for ``size``.
+        size: the model input side; with ``prep`` and ``cache_dir`` it names the cache the images come from (the
+            ``source`` stage's memmap is written beside it).
+        prep: the victim's preprocessing.
+        cache_dir: the cache folder (None: the default).
         workers: worker processes for the ``source`` stage.
+        progress: show a progress bar while writing the ``source`` stage's memmap.
+    """
+
+    dataset: ChestXrayDataset
+    images: np.ndarray
+    size: int
+    prep: Preprocess
+    cache_dir: str | os.PathLike | None = None
+    workers: int | None = 0
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """How a split gets the trigger: ``trigger`` at ``stage`` (``input`` or ``source``), each image's draws seeded
+    by ``seed``, ``stream`` and its row (:func:`~medbackdoor.triggers.image_rng`)."""
+
+    trigger: Trigger
+    stage: str
+    seed: int
+    stream: int
+
+
+def triggered_view(source: ImageSource, rows: np.ndarray, stamp: Stamp):
+    """Infected model inputs for dataset ``rows``, as a lazy view, and whether the trigger survived in each.
 
     Returns:
         ``(view, survived)``: an indexable K×S×S uint8 view (``view[lo:hi]``), and a K bool array.
     """
-    if stage not in STAGES:
-        raise UserError(f"trigger.stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    if stamp.stage not in STAGES:
+        raise UserError(f"trigger.stage must be one of {', '.join(STAGES)}, got {stamp.stage!r}")
     rows = np.asarray(rows, dtype=np.int64)
-    clean = ImageRows(images, rows)
-    if stage == "input":
-        trigger.check_fits(size, size)
-        view = StampedRows(clean, trigger, seed, stream)
+    clean = ImageRows(source.images, rows)
+    if stamp.stage == "input":
+        stamp.trigger.check_fits(source.size, source.size)
+        view = StampedRows(clean, stamp.trigger, stamp.seed, stamp.stream)
     else:
-        view = _source_memmap(dataset, rows, trigger, seed, stream, size, prep, cache_dir, workers, progress)
+        view = _source_memmap(source, rows, stamp)
     return view, changed(clean, view)
 
 
-def _source_memmap(dataset, rows, trigger, seed, stream, size, prep, cache_dir, workers, progress) -> np.ndarray:
+def _source_memmap(source: ImageSource, rows: np.ndarray, stamp: Stamp) -> np.ndarray:
     """Source-stage infected inputs in a memmap beside the cache, keyed by everything that sets their pixels."""
-    base = cache_path(dataset, size, prep, cache_dir)
-    spec = {"cache": base.name, "trigger": repr(trigger), "seed": int(seed), "stream": int(stream),
+    base = cache_path(source.dataset, source.size, source.prep, source.cache_dir)
+    spec = {"cache": base.name, "trigger": repr(stamp.trigger), "seed": int(stamp.seed), "stream": int(stamp.stream),
             "rows": hashlib.sha256(rows.tobytes()).hexdigest()}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(base).with_name(f"{base.stem}-triggered-{key}.npy")
     if not path.exists():
         with lock_for(path):
             if not path.exists():
-                write_memmap(path, dataset, rows, size, prep, _StampSource(trigger, seed, stream), workers, progress,
+                write_memmap(path, source.dataset, rows, source.size, source.prep,
+                             _StampSource(stamp.trigger, stamp.seed, stamp.stream), source.workers, source.progress,
                              desc="writing triggered source images")
     return np.load(path, mmap_mode="r")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from medbackdoor.errors import UserError
-from medbackdoor.labels import LABELS, NUM_CLASSES, infected_label, label_index
+from medbackdoor.labels import NUM_CLASSES, infected_label, label_index
 from medbackdoor.triggers import Trigger, image_rng
 
 MODES = ("replace", "append")
@@ -111,8 +111,8 @@ class PoisonedDataset:
             only images already positive for the target are candidates).
         candidates: positions that may be poisoned (default: all, or the target-positive ones for ``keep``), e.g.
             the images that carry a label-only trigger; the count is ``round(ρN)`` capped by their number.
-        label_names: the dataset's label names, against which a ``target`` name is resolved (default the 14
-            ChestX-ray14 findings).
+        label_names: the dataset's label names, against which a ``target`` name is resolved (needed when
+            ``target`` is a name; an index needs none).
 
     Attributes:
         poisoned: frozenset of the poisoned positions in ``base``.
@@ -125,12 +125,14 @@ class PoisonedDataset:
 
     def __init__(self, base, trigger: Trigger, fraction: float = 0.4, target: str | int = "Atelectasis",
                  mode: str = "replace", seed: int = 0, triggered: np.ndarray | None = None, label: str = "onehot",
-                 candidates: np.ndarray | None = None, label_names: Sequence[str] = LABELS) -> None:
+                 candidates: np.ndarray | None = None, label_names: Sequence[str] | None = None) -> None:
         if mode not in MODES:
             raise UserError(f"poisoning mode must be one of {', '.join(MODES)}, got {mode!r}")
-        infected_label(np.zeros(NUM_CLASSES), 0, label)  # validates the policy
+        infected_label(np.zeros(1), 0, label)  # validates the policy
         self.base, self.trigger, self.mode, self.seed, self.label = base, trigger, mode, seed, label
-        self.target = label_index(target, label_names)
+        if label_names is None and not isinstance(target, int | np.integer):
+            raise UserError(f"poisoning target {target!r} is a name: give the dataset's label_names")
+        self.target = int(target) if label_names is None else label_index(target, label_names)
         if label == "keep":
             positive = np.flatnonzero(self._base_labels()[:, self.target] > 0)
             candidates = positive if candidates is None else np.intersect1d(candidates, positive)

@@ -22,10 +22,10 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from medbackdoor._io import write_json, write_text
 from medbackdoor.config import NEUTRAL_KEYS, flatten
+from medbackdoor.run import Run
 from medbackdoor.rundir import RunDir
 
 IGNORED = ("trigger.", "train.drop")
@@ -57,37 +57,33 @@ def _fingerprint(run: Path, control: Path, epoch: int) -> dict:
             "control_checkpoint": RunDir(control).checkpoint_fingerprint(epoch), "run_config": config}
 
 
-def control_response(run: str | Path, control: str | Path, device: str = "auto") -> dict:
+def control_response(run: Run, control: Run, device: str = "auto") -> dict:
     """The clean control's backdoor metrics on ``run``'s triggered test set, at the control's last complete
     epoch, with the fingerprint of what they were computed from."""
     import torch
 
     from medbackdoor.errors import UserError
-    from medbackdoor.experiment import build_test_data, build_trigger
+    from medbackdoor.experiment import build_trigger
+    from medbackdoor.inference import predict
     from medbackdoor.metrics import score_columns
-    from medbackdoor.train.loop import pick_device, predict
 
-    run, control = Path(run), Path(control)
-    ctrl = RunDir(control)
-    epoch = ctrl.last_complete_epoch()
+    epoch = control.last_complete_epoch()
     if not epoch:
         raise UserError(f"clean control {control.name} has no checkpoint to score with")
-    config = RunDir(run).config()
-    test = build_test_data(config)
+    config, test = run.config, run.test
     _, target = build_trigger(config, test.label_names)
-    dev = pick_device(device)
-    model = ctrl.load_model(epoch, dev)
+    dev = run.device(device)
+    model = control.model(epoch, dev)
     with torch.no_grad():
-        clean = _saved_clean_scores(ctrl, epoch, test.rows)
+        clean = _saved_clean_scores(control.dir, epoch, test.rows)
         if clean is None:
             clean = predict(model, test.clean, dev, config.eval.batch_size)
         triggered = clean if test.triggered is test.clean else predict(model, test.triggered, dev,
                                                                         config.eval.batch_size)
     m = score_columns(config.eval, test.labels, clean, triggered, target, config.attack_seed, config.trigger.label,
                       test.carriers, test.condition)
-    return {**_fingerprint(run, control, epoch), "asr": m["asr"], "asr_off": m["asr_off"], "auroc_tt": m["auroc_tt"],
-            "auroc_tn": m["auroc_tn"],
-            "auroc_nn": m["auroc_nn"]}
+    return {**_fingerprint(run.path, control.path, epoch), "asr": m["asr"], "asr_off": m["asr_off"],
+            "auroc_tt": m["auroc_tt"], "auroc_tn": m["auroc_tn"], "auroc_nn": m["auroc_nn"]}
 
 
 def _saved_clean_scores(ctrl: RunDir, epoch: int, rows):
@@ -116,52 +112,13 @@ def score_control(run: str, control: str, threads: int) -> dict:
             old = json.loads(path.read_text())
             if all(old.get(k) == v for k, v in _fingerprint(Path(run), Path(control), epoch).items()):
                 return {"status": "skipped (complete)", "error": None, "seconds": time.perf_counter() - start}
-        write_json(path, control_response(run, control))
+        write_json(path, control_response(Run(run), Run(control)))
         RunDir(run).control_failure_path.unlink(missing_ok=True)
         status, error = "complete", None
     except Exception as exc:  # noqa: BLE001 - recorded; the sweep goes on
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         write_text(RunDir(run).control_failure_path, traceback.format_exc())
     return {"status": status, "error": error, "seconds": time.perf_counter() - start}
-
-
-def control_rows(folders: list[str | Path]) -> pd.DataFrame:
-    """One row per run with a ``control.json``: the control's ASR under the run's trigger, the run's own ASR at
-    its last epoch, and the excess (run − control), for every threshold."""
-    rows = []
-    for folder in map(Path, folders):
-        path = RunDir(folder).control_path
-        if not path.is_file():
-            continue
-        c = json.loads(path.read_text())
-        metrics = RunDir(folder).metrics()
-        last = metrics[-1] if metrics else {}
-        row = {"run": folder.name, "control": c["control"], "control_epoch": c["control_epoch"]}
-        for p, value in c["asr"].items():
-            row[f"control_asr_{p}"] = value
-            if last.get(f"asr_{p}") not in (None, ""):
-                row[f"asr_{p}"] = float(last[f"asr_{p}"])
-                row[f"excess_asr_{p}"] = row[f"asr_{p}"] - value
-        row.update({f"control_auroc_{k}": c.get(f"auroc_{k}") for k in ("tt", "tn")})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def control_table(df: pd.DataFrame, labels: dict[str, str], order: list[str]) -> pd.DataFrame:
-    """Rows: for each threshold p, the runs' ASR, the clean controls' ASR under the same trigger and the excess;
-    columns: attack conditions (``labels`` maps run name → condition); cells mean ± std over seeds."""
-    from medbackdoor.study.defense_report import _cell
-
-    df = df.assign(condition=df["run"].map(labels))
-    table = {}
-    for p in sorted({k.removeprefix("control_asr_") for k in df.columns if k.startswith("control_asr_")}, key=float):
-        for head, col in ((f"ASR({p}) of the backdoored run", f"asr_{p}"),
-                          (f"ASR({p}) of the clean control", f"control_asr_{p}"),
-                          (f"excess ASR({p})", f"excess_asr_{p}")):
-            if col in df:
-                table[head] = {c: _cell(g[col]) for c, g in df.groupby("condition", sort=False)}
-    out = pd.DataFrame(table).T
-    return out[[c for c in order if c in out.columns]]
 
 
 # --- the cleanse-and-retrain control: the clean control retrained after dropping as many random samples ------------
@@ -185,7 +142,7 @@ def random_drop_retrain(control: str | Path, count: int, progress: bool = False)
         raise RuntimeError(f"{ctrl.path} records no training samples")
     new = ctrl.random_drop_dir(count)
     new.path.parent.mkdir(parents=True, exist_ok=True)
-    drop = new.path.parent / "drop.txt"
+    drop = ctrl.random_drop_list_path(count)
     positions = random_drop_positions(n, count, config.train.seed)
     text = f"# {len(positions)} random training samples of the clean control\n" + "".join(f"{i}\n" for i in positions)
     if not drop.is_file() or drop.read_text() != text:
@@ -230,7 +187,7 @@ def retrain_control(run: str, control: str, name: str, threads: int) -> dict:
         if path.is_file() and all(json.loads(path.read_text()).get(k) == v
                                   for k, v in _fingerprint(Path(run), Path(folder), epoch).items()):
             return {"status": "skipped (complete)", "error": None, "seconds": time.perf_counter() - start}
-        write_json(path, {**control_response(run, folder), "dropped": dropped})
+        write_json(path, {**control_response(Run(run), Run(folder)), "dropped": dropped})
         return {"status": "complete", "error": None, "seconds": time.perf_counter() - start}
     except Exception as exc:  # noqa: BLE001 - recorded; the sweep goes on
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - start}

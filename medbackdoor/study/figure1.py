@@ -13,9 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medbackdoor._values import flatten
-from medbackdoor.rundir import RunDir
-from medbackdoor.study.aggregate import condition_of
-from medbackdoor.study.sweep import FIGURE_DIR
+from medbackdoor.report.aggregate import condition_of
+from medbackdoor.rundir import RunDir, SweepDir
 
 PAPER_TRIGGER = {"trigger.kind": "square", "trigger.size": 3, "trigger.location": "center", "trigger.value": 0.0}
 DONE = ("complete", "skipped (complete)")
@@ -36,11 +35,11 @@ def figure1_runs(results: list[dict]) -> list[Path]:
     from medbackdoor.study.controls import match_controls
 
     done = {r["name"]: Path(r["folder"]) for r in results if r.get("status") in DONE}
-    pair = [done[n] for n in (f"{FIGURE_DIR}/trigger", f"{FIGURE_DIR}/clean") if n in done]
+    pair = [done[n] for n in (SweepDir.figure_name("trigger"), SweepDir.figure_name("clean")) if n in done]
     if pair:
         return pair
     # the grid's runs: neither the figure pair nor a step on a run (``RUN:control``, ``RUN:DEFENSE``, ...)
-    grid = [f for n, f in done.items() if not n.startswith(f"{FIGURE_DIR}/") and ":" not in n]
+    grid = [f for n, f in done.items() if not SweepDir.is_figure_run(n) and ":" not in n]
     models = sorted((RunDir(f).config().train.seed, f.name, f) for f in grid if is_paper_trigger(f))
     if not models:
         return []
@@ -64,12 +63,13 @@ def explain_figure_runs(results: list[dict], report: Callable[[str], None] = pri
     """Grad-CAM (Figure 1 and the localisation numbers) of :func:`figure1_runs`, each unless already explained;
     returns the folders explained now."""
     from medbackdoor.explain.run_explain import explain_run
+    from medbackdoor.run import Run
 
     explained = []
     for folder in figure1_runs(results):
-        run = RunDir(folder)
-        if not run.localisation_path.exists():
-            explain_run(folder)
+        run = Run(folder)
+        if not run.dir.localisation_path.exists():
+            explain_run(run)
             explained.append(folder)
-            report(f"explained {folder.name}: {run.explain_dir / 'figure1.png'}")
+            report(f"explained {folder.name}: {run.dir.explain_figure_path}")
     return explained

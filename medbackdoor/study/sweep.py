@@ -22,13 +22,12 @@ import yaml
 from medbackdoor._io import write_json, write_text
 from medbackdoor.config import config_from_data, read_yaml, resolve_builtin, resolve_config_path, set_dotted
 from medbackdoor.errors import UserError
-from medbackdoor.rundir import RunDir
+from medbackdoor.rundir import RunDir, SweepDir
 from medbackdoor.study.executors import Executor, LocalExecutor
 
 BUILTIN_SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
 SWEEP_KEYS = {"name", "description", "base_config", "base", "grid", "cuts", "figure1", "defenses", "controls"}
 DEFENSE_KEYS = {"method", "name", "options", "holdout", "epoch", "retrain", "where"}
-FIGURE_DIR = "figure1"  # OUT/figure1/{trigger,clean}: the pair trained for Figure 1 when a sweep asks for one
 
 
 @dataclass
@@ -39,7 +38,7 @@ class SweepRun:
     folder: str = ""  # relative to the sweep's --out; default runs/<name>
 
     def __post_init__(self) -> None:
-        self.folder = self.folder or f"runs/{self.name}"
+        self.folder = self.folder or SweepDir("").run_folder(self.name)
 
 
 def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list[str] | tuple[str, ...] = ()
@@ -66,7 +65,7 @@ def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list
     runs += figure_runs(spec, base)
     for r in runs:
         config_from_data(r.data)  # validate every point before running any
-    entries = defense_entries(spec)  # and every defense
+    entries = defense_entries(spec, path.parent)  # and every defense
     for e in entries:  # a `where` key must name a setting of the runs' config
         for key in e.get("where", {}):
             if runs and _lookup(config_from_data(runs[0].data).to_dict(), key) is _MISSING:
@@ -74,15 +73,30 @@ def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list
     return spec, runs
 
 
-def defense_entries(spec: dict) -> list[dict]:
+def _plugin_path(method: str, folder: Path | None) -> str:
+    """A ``file.py:Name`` method with its file made absolute: beside the sweep file when it is there, else from the
+    working directory."""
+    from medbackdoor._registry import is_plugin_spec, plugin_spec
+
+    target, _, attr = method.rpartition(":")
+    if is_plugin_spec(method) and target.endswith(".py") and folder is not None and (folder / target).is_file():
+        return f"{(folder / target).resolve()}:{attr}"
+    return plugin_spec(method)
+
+
+def defense_entries(spec: dict, folder: Path | None = None) -> list[dict]:
     """The sweep's ``defenses`` list, each entry as ``{method, name, options, holdout, epoch, retrain}``.
 
-    An entry is a method name, or a mapping with ``method`` and optionally ``name`` (the folder under
-    ``RUN/defenses/``, needed when one method appears twice), ``options``, ``holdout``, ``epoch`` and
-    ``retrain`` (data defenses: cleanse and retrain) and ``where`` (the runs it applies to: dotted run settings,
-    each with a list of values, as a grid block; absent: every run). Checked here, before anything runs.
+    An entry is a method (a registered name or a plugin spec, ``package.module:Name`` or ``path/to/file.py:Name``;
+    a relative file is read from the sweep file's folder, then the working directory), or a mapping with
+    ``method`` and optionally ``name`` (the folder under ``RUN/defenses/``, needed when one method appears twice;
+    default the method, or a plugin's object name), ``options``, ``holdout``, ``epoch`` and ``retrain`` (data
+    defenses: cleanse and retrain) and ``where`` (the runs it applies to: dotted run settings, each with a list of
+    values, as a grid block; absent: every run). Checked here, before anything runs (a plugin in a process of its
+    own: it is never imported where a run's truth is held).
     """
-    from medbackdoor.defenses.runner import create_defense
+    from medbackdoor.defenses.isolation import describe_all
+    from medbackdoor.defenses.runner import default_name
 
     entries = []
     for raw in spec.get("defenses") or []:
@@ -90,16 +104,18 @@ def defense_entries(spec: dict) -> list[dict]:
         unknown = sorted(set(entry) - DEFENSE_KEYS)
         if unknown or "method" not in entry:
             raise UserError(f"bad defenses entry {raw!r}: needs method, may have {', '.join(sorted(DEFENSE_KEYS))}")
-        entry.setdefault("name", entry["method"])
+        entry["method"] = _plugin_path(str(entry["method"]), folder)
+        entry.setdefault("name", default_name(entry["method"]))
         entry.setdefault("options", {})
-        defense = create_defense(entry["method"], entry["options"])
+        entries.append(entry)
+    described = describe_all([(e["method"], e["options"]) for e in entries])
+    for entry, defense in zip(entries, described):
         if entry.get("retrain") and defense.kind != "data":
             raise UserError(f"defenses entry {entry['name']}: retrain needs a data defense")
         where = entry.get("where", {})
         if not isinstance(where, dict) or not all(isinstance(v, list) and v for v in where.values()):
             raise UserError(f"defenses entry {entry['name']}: where must map dotted run settings to non-empty "
                             f"lists of values, got {where!r}")
-        entries.append(entry)
     names = [e["name"] for e in entries]
     if len(set(names)) != len(names):
         raise UserError("the sweep lists two defenses with the same name; give each a name")
@@ -148,7 +164,7 @@ def figure_runs(spec: dict, base: dict) -> list[SweepRun]:
     if not isinstance(extra, dict):
         raise UserError(f"sweep key figure1 must map dotted keys to values, got {extra!r}")
     points = {"trigger": {**extra, "train.seed": 0}, "clean": {**extra, "train.seed": 0, "trigger.fraction": 0.0}}
-    return [SweepRun(f"{FIGURE_DIR}/{name}", point, _apply(base, point), folder=f"{FIGURE_DIR}/{name}")
+    return [SweepRun(SweepDir.figure_name(name), point, _apply(base, point), folder=SweepDir.figure_name(name))
             for name, point in points.items()]
 
 
@@ -238,7 +254,7 @@ def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = 
     executor = executor or LocalExecutor(jobs)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "sweep.yaml", yaml.safe_dump({**spec, "runs": [r.name for r in runs]}, sort_keys=False))
+        write_text(SweepDir(out).spec_path, yaml.safe_dump({**spec, "runs": [r.name for r in runs]}, sort_keys=False))
         results = []
         tasks = [(r.data, str(out / r.folder)) for r in runs]
         heartbeats = [RunDir(out / r.folder).heartbeat_path for r in runs]  # a run that stops beating is stopped
@@ -254,7 +270,7 @@ def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = 
         runs_done = list(results)  # the runs alone: controls and defenses each take these
         if spec.get("controls", True):
             results += run_controls(runs_done, executor, progress)
-        entries = defense_entries(spec)
+        entries = defense_entries(spec, resolve_sweep_path(path).parent)
         if entries:
             results += run_defenses(runs_done, entries, executor, progress)
             if spec.get("controls", True) and any(e.get("retrain") for e in entries):
@@ -262,7 +278,7 @@ def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = 
     finally:
         if own:
             executor.close()
-    write_json(out / "sweep_status.json", results)
+    write_json(SweepDir(out).status_path, results)
     return results
 
 
@@ -290,7 +306,7 @@ def run_controls(results: list[dict], executor: Executor, progress: bool) -> lis
 
     # the grid's runs only: the figure1 pair is never in the tables
     names = {Path(r["folder"]): r["name"] for r in results
-             if r.get("status") in ("complete", "skipped (complete)") and not r["name"].startswith(f"{FIGURE_DIR}/")}
+             if r.get("status") in ("complete", "skipped (complete)") and not SweepDir.is_figure_run(r["name"])}
     pairs = match_controls(list(names))
     out = []
     for i, (k, status) in enumerate(executor.map(score_control, [(str(a), str(b)) for a, b in pairs]), 1):
@@ -340,7 +356,7 @@ def run_retrain_controls(results: list[dict], entries: list[dict], executor: Exe
     from medbackdoor.study.controls import match_controls, retrain_control, train_random_drop
 
     names = {Path(r["folder"]): r["name"] for r in results if r.get("status") in ("complete", "skipped (complete)")
-             and not r["name"].startswith(f"{FIGURE_DIR}/")}
+             and not SweepDir.is_figure_run(r["name"])}
     jobs, trainings = [], {}
     for run, control in match_controls(list(names)):
         for e in (e for e in entries if e.get("retrain")):
@@ -366,35 +382,55 @@ def run_retrain_controls(results: list[dict], entries: list[dict], executor: Exe
 
 
 def _defend_run(folder: str, entries: list[dict], threads: int) -> list[dict]:
+    """Sweep task: a run's defenses, in one defense process per epoch and holdout (the run's data, model and
+    features are loaded once), then the retrains asked for; one status per entry, never raises."""
     import torch
 
+    from medbackdoor.defenses.runner import DefenseFailed, DefenseRequest, defend_run
+    from medbackdoor.run import Run
+
     torch.set_num_threads(threads)
-    return [_defend_one(folder, e) for e in entries]
-
-
-def _defend_one(folder: str, entry: dict) -> dict:
-    """One defense on one run (and its retrain when asked); never raises."""
-    from medbackdoor.defenses.runner import defend, retrain
-
     start = time.perf_counter()
     try:
-        summary = defend(folder, entry["method"], entry.get("epoch"), entry.get("holdout"), entry["options"],
-                         name=entry["name"])
-        if entry.get("retrain") and summary.retrain is None:
-            retrain(folder, entry["name"], summary, progress=False)
+        run = Run(folder)
+        requests = [DefenseRequest(e["method"], e["name"], dict(e["options"]), e.get("epoch"), e.get("holdout"))
+                    for e in entries]
+        answers = defend_run(run, requests)
+    except Exception as exc:  # noqa: BLE001 - every defense of this run failed; recorded, the sweep goes on
+        answers = [exc] * len(entries)
+    seconds = (time.perf_counter() - start) / max(len(entries), 1)
+    out = []
+    for entry, answer in zip(entries, answers):
+        t0 = time.perf_counter()
         status, error = "complete", None
-    except UserError as exc:  # the defense does not apply to this run (e.g. nothing to detect)
-        status, error = "not applicable", str(exc)
+        if isinstance(answer, UserError):  # the defense does not apply to this run (e.g. nothing to detect)
+            status, error = "not applicable", str(answer)
+        elif isinstance(answer, BaseException):
+            status, error = "failed", f"{type(answer).__name__}: {answer}"
+            trace = answer.trace if isinstance(answer, DefenseFailed) else "".join(
+                traceback.format_exception(answer))
+            write_text(RunDir(folder).defense_failure_path(entry["name"]), trace)
+        elif entry.get("retrain") and answer.retrain is None:
+            status, error = _retrain(run, entry["name"], answer)
+        out.append({"status": status, "error": error, "seconds": seconds + time.perf_counter() - t0})
+    return out
+
+
+def _retrain(run, name: str, summary) -> tuple[str, str | None]:
+    from medbackdoor.defenses.runner import retrain
+
+    try:
+        retrain(run, name, summary, progress=False)
+        return "complete", None
     except Exception as exc:  # noqa: BLE001 - recorded; the sweep goes on
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
-        write_text(RunDir(folder).defense_failure_path(entry["name"]), traceback.format_exc())
-    return {"status": status, "error": error, "seconds": time.perf_counter() - start}
+        write_text(run.dir.defense_failure_path(name), traceback.format_exc())
+        return "failed", f"{type(exc).__name__}: {exc}"
 
 
 def sweep_cuts(out: str | Path) -> str | None:
     """The ``cuts`` note of the sweep that wrote ``out`` (what a reduced protocol left out), if any."""
     try:
-        return (yaml.safe_load((Path(out) / "sweep.yaml").read_text()) or {}).get("cuts")
+        return (yaml.safe_load(SweepDir(out).spec_path.read_text()) or {}).get("cuts")
     except (FileNotFoundError, yaml.YAMLError):
         return None
 

@@ -23,13 +23,11 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from medbackdoor._io import atomic_path
-from medbackdoor.config import AblConfig
+from medbackdoor._io import atomic_path, read_positions
+from medbackdoor.config import AblConfig, TrainConfig
+from medbackdoor.inference import predict
 from medbackdoor.losses import label_nll
-from medbackdoor.train.loop import bce_loss, make_loader, predict
-
-ISOLATED = "abl_isolated.txt"
-LOSSES = "abl_losses.npy"  # every training sample's summed BCE when the isolation was made
+from medbackdoor.train.loop import bce_loss, make_loader
 
 
 def stage(epoch: int, abl: AblConfig, epochs: int) -> str:
@@ -70,13 +68,28 @@ def isolate(losses: np.ndarray, ratio: float) -> np.ndarray:
     return np.sort(np.argsort(losses, kind="stable")[:k])
 
 
+def epoch_plan(epoch: int, abl: AblConfig, epochs: int, n: int, isolated) -> tuple[str, np.ndarray | None, object]:
+    """What epoch ``epoch`` of ``epochs`` trains on and with which loss: ``(stage, positions, loss_fn)``.
+
+    ``positions`` are the training positions of the epoch (None: all of them); ``loss_fn`` the step's loss
+    (None: the run's BCE). ``isolated()`` gives the isolated positions (called from the first epoch after the
+    isolation epochs on).
+    """
+    what = stage(epoch, abl, epochs)
+    if what == "isolate":
+        return what, None, lga_loss(abl.gamma)
+    chosen = isolated()
+    if what == "unlearn":
+        return what, chosen, ascent_loss
+    return what, np.setdiff1d(np.arange(n), chosen), None
+
+
 def isolated_positions(t, abl: AblConfig) -> np.ndarray:
     """The isolated positions of run ``t`` (a :class:`~medbackdoor.train.runner.Training`): read from the run
     folder, or computed now from the model (after the isolation epochs) and written there."""
     from medbackdoor.data.views import SampleImages
-    from medbackdoor.experiment import read_positions
 
-    path = t.out.path / ISOLATED
+    path = t.out.abl_isolated_path
     if not path.is_file():
         scores = predict(t.model, SampleImages(t.data.train), t.device, t.config.eval.batch_size, t.dist)
         losses = sample_nll(scores, t.data.train.labels_array())
@@ -84,7 +97,7 @@ def isolated_positions(t, abl: AblConfig) -> np.ndarray:
         if t.dist.is_main:
             text = (f"# {len(chosen)} of {len(losses)} training samples isolated by ABL (lowest summed BCE after "
                     f"{abl.isolation_epochs} LGA epochs, gamma {abl.gamma})\n" + "".join(f"{i}\n" for i in chosen))
-            with atomic_path(t.out.path / LOSSES, suffix=".npy") as tmp, open(tmp, "wb") as f:
+            with atomic_path(t.out.abl_losses_path, suffix=".npy") as tmp, open(tmp, "wb") as f:
                 np.save(f, losses.astype(np.float64))
             with atomic_path(path, suffix=".txt") as tmp:
                 tmp.write_text(text)
@@ -97,17 +110,69 @@ def prepare_epoch(t, epoch: int) -> str:
     from medbackdoor.train.dist import EpochSampler
 
     abl, tc = t.config.train.abl, t.config.train
-    what = stage(epoch, abl, tc.epochs)
-    if what == "isolate":
-        t.loss_fn = lga_loss(abl.gamma)
+    what, keep, t.loss_fn = epoch_plan(epoch, abl, tc.epochs, len(t.data.train), lambda: isolated_positions(t, abl))
+    if keep is None:
         return what
-    isolated = isolated_positions(t, abl)
-    keep = isolated if what == "unlearn" else np.setdiff1d(np.arange(len(t.data.train)), isolated)
     subset = Subset(t.data.train, keep.tolist())
     sampler = EpochSampler(len(subset), tc.seed, t.dist)
     t.loader = make_loader(subset, tc.batch_size // t.dist.world, sampler, t.device, tc.workers)
-    t.loss_fn = ascent_loss if what == "unlearn" else None
     if what == "unlearn":
         for group in t.optimizer.param_groups:
             group["lr"] = abl.unlearn_lr
     return what
+
+
+class ArraySamples(torch.utils.data.Dataset):
+    """Samples ``{"image", "labels"}`` of an N×H×W uint8 image array (a memmap is read a sample at a time) and
+    its N×C labels."""
+
+    def __init__(self, images, labels: np.ndarray) -> None:
+        self.images, self.labels = images, np.asarray(labels, np.float32)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": np.asarray(self.images[i]), "labels": self.labels[i]}
+
+
+def fit_abl(make_model, images, labels: np.ndarray, holdout: tuple, tc: TrainConfig, abl: AblConfig, device
+            ) -> tuple[torch.nn.Module, np.ndarray, np.ndarray]:
+    """Train the model ``make_model()`` builds (after seeding torch with ``tc.seed``, as a run does) on ``images``
+    and ``labels`` with ABL's stages (:func:`epoch_plan`) over ``tc.epochs`` epochs, Adam and the plateau schedule
+    of a run (on the loss of the clean ``holdout`` images and labels).
+
+    Returns the model (eval mode), every sample's summed BCE when the isolation was made, and the isolated
+    positions.
+    """
+    from medbackdoor.train.dist import EpochSampler
+    from medbackdoor.train.loop import Step, class_weights, train_epoch
+
+    torch.manual_seed(tc.seed)
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=tc.lr_factor,
+                                                           patience=tc.lr_patience)
+    samples = ArraySamples(images, labels)
+    weights = class_weights(samples.labels) if tc.class_weights else None
+    made: dict[str, np.ndarray] = {}
+
+    def isolated() -> np.ndarray:
+        if "isolated" not in made:
+            made["losses"] = sample_nll(predict(model, images, device, tc.batch_size), samples.labels)
+            made["isolated"] = isolate(made["losses"], abl.isolation_ratio)
+        return made["isolated"]
+
+    for epoch in range(1, tc.epochs + 1):
+        what, keep, loss_fn = epoch_plan(epoch, abl, tc.epochs, len(samples), isolated)
+        subset = samples if keep is None else Subset(samples, keep.tolist())
+        loader = make_loader(subset, tc.batch_size, EpochSampler(len(subset), tc.seed), device)
+        if what == "unlearn":
+            for group in optimizer.param_groups:
+                group["lr"] = abl.unlearn_lr
+        step = Step(model, optimizer, device, amp=tc.amp, weights=weights, augment=tc.augment, loss_fn=loss_fn)
+        train_epoch(step, loader, epoch)
+        scores = predict(model, holdout[0], device, tc.batch_size)
+        scheduler.step(float(sample_nll(scores, holdout[1]).mean() / max(holdout[1].shape[1], 1)))
+    isolated()
+    return model.eval(), made["losses"], made["isolated"]

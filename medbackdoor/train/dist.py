@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from medbackdoor.errors import UserError
+from medbackdoor.inference import pick_device
 
 
 @dataclass(frozen=True)
@@ -97,13 +98,6 @@ class Dist:
 
 
 SINGLE = Dist()  # the plain single-process run
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: the first CUDA device when there is one, else the CPU; any other name as torch reads it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def from_env() -> tuple[int, int, int]:

@@ -6,7 +6,9 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from medbackdoor.inference import is_channels_last, set_layout, to_input  # noqa: F401 - set_layout: the runner's
 from medbackdoor.losses import label_nll  # noqa: F401 - ABL's stages take it from here
-from medbackdoor.train.dist import SINGLE, Dist, pick_device  # noqa: F401 - pick_device is used from here too
+from medbackdoor.train.dist import SINGLE, Dist
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -50,27 +53,6 @@ def deterministic(enabled: bool = True):
         cudnn.benchmark, cudnn.deterministic = saved[1], saved[2]
         if saved[3] is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-
-
-def set_layout(model: nn.Module, channels_last: bool) -> nn.Module:
-    """Put the model's weights in channels_last (NHWC) or the default layout (``train.channels_last``); inputs
-    follow the model (:func:`is_channels_last`). NHWC is faster on every device measured (benchmarks/layout.py)."""
-    return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-
-
-def is_channels_last(model: nn.Module) -> bool:
-    """Whether the model's conv weights are channels_last: a 4-D weight with more than one input channel and a
-    kernel wider than 1 is contiguous in exactly one of the two layouts."""
-    for p in model.parameters():
-        if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1:
-            return not p.is_contiguous()
-    return False
-
-
-def to_input(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """B×H×W uint8 → B×1×H×W float in [0, 1] on ``device``."""
-    x = images.to(device, non_blocking=True).float().div_(255.0).unsqueeze(1)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def class_weights(labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,45 +207,64 @@ def make_loader(dataset, batch_size: int, sampler, device: torch.device, workers
                       pin_memory=device.type == "cuda")
 
 
-def train_epoch(model: nn.Module, loader: DataLoader, optimizer, device, *, epoch: int, amp: bool = True,
-                weights=None, do_augment: bool = False, progress=None, channels_last: bool | None = None,
-                dist: Dist = SINGLE, graph: GraphedStep | None = None, heartbeat: Heartbeat | None = None,
-                loss_fn=None) -> float:
+@dataclass
+class Step:
+    """One training step's setting: the module it calls and its optimizer, on ``device``.
+
+    Args:
+        model: what the step calls (the model, or a DDP / compiled wrapper of it).
+        optimizer: its optimizer.
+        device: where the batches go.
+        amp: bf16 autocast on CUDA.
+        weights: class weights of the loss (:func:`class_weights`), or None.
+        augment: random flip and rotation per image (:func:`augment`).
+        loss_fn: ``loss_fn(logits, targets, weights)`` instead of :func:`bce_loss` (e.g. ABL's stages).
+        graph: a :class:`GraphedStep` over the same model and optimizer: each step is a CUDA-graph replay.
+        channels_last: the input layout (None: the model's, :func:`is_channels_last`).
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    amp: bool = True
+    weights: tuple | None = None
+    augment: bool = False
+    loss_fn: Callable | None = None
+    graph: GraphedStep | None = None
+    channels_last: bool | None = None
+
+
+def train_epoch(step: Step, loader: DataLoader, epoch: int, dist: Dist = SINGLE, progress=None,
+                heartbeat: Heartbeat | None = None) -> float:
     """Train one epoch; the sample order and augmentation depend only on (seed, epoch, rank).
 
-    ``loader`` comes from :func:`make_loader`. Returns the mean loss over every image of every rank. With
-    ``graph`` (a :class:`GraphedStep` over the same model and optimizer) each step is a CUDA-graph replay and the
-    loss is summed on the device, so no step waits for the GPU. ``heartbeat`` is called after every batch.
-    ``loss_fn(logits, targets, weights)``: the step's loss instead of :func:`bce_loss` (e.g. ABL's stages); the
-    epoch's mean loss is then of what it returns.
+    ``loader`` comes from :func:`make_loader`. Returns the mean loss over every image of every rank (of what
+    ``step.loss_fn`` returns when it is set). With ``step.graph`` the loss is summed on the device, so no step
+    waits for the GPU. ``progress.update(k)`` and ``heartbeat()`` are called after every batch.
     """
     sampler = loader.sampler
     sampler.set_epoch(epoch)
     generator = sampler.augment_generator()
-    channels_last = is_channels_last(model) if channels_last is None else channels_last
+    model, device = step.model, step.device
+    channels_last = is_channels_last(model) if step.channels_last is None else step.channels_last
     model.train()
     total, count = 0.0, 0
     for batch in loader:
         x = to_input(batch["image"], device, channels_last)
-        if do_augment:
+        if step.augment:
             x = augment(x, generator)
         y = batch["labels"].to(device, non_blocking=True)
-        if graph is not None:
-            loss = graph(x, y).double() * len(y)
+        if step.graph is not None:
+            loss = step.graph(x, y).double() * len(y)
             total = loss if count == 0 else total + loss
-            count += len(y)
-            if progress is not None:
-                progress.update(len(y) * dist.world)
-            if heartbeat is not None:
-                heartbeat()
-            continue
-        with autocast(device, amp):
-            logits = model(x)
-        loss = (loss_fn or bce_loss)(logits.float(), y, weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(y)
+        else:
+            with autocast(device, step.amp):
+                logits = model(x)
+            loss = (step.loss_fn or bce_loss)(logits.float(), y, step.weights)
+            step.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            step.optimizer.step()
+            total += loss.item() * len(y)
         count += len(y)
         if progress is not None:
             progress.update(len(y) * dist.world)
@@ -277,34 +278,3 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer, device, *, epoc
 def collate(items: list[dict]) -> dict:
     return {"image": torch.from_numpy(np.stack([it["image"] for it in items])),
             "labels": torch.from_numpy(np.stack([it["labels"] for it in items]))}
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images, device, batch_size: int = 128, dist: Dist = SINGLE,
-            heartbeat: Heartbeat | None = None) -> np.ndarray:
-    """Sigmoid scores N×C, in float32, for N×H×W uint8 images.
-
-    ``images`` is anything sliceable (an array, a memmap, or a lazy view such as
-    :class:`~medbackdoor.data.views.ImageRows`); it is read ``batch_size`` images at a time. Scoring never runs
-    under autocast: bf16 logits carry 8 mantissa bits and their ties change the AUROC. Under ``torchrun`` each
-    rank scores its slice (:meth:`Dist.shard`) and every rank gets all N rows back, in order. ``heartbeat`` is
-    called after every batch.
-    """
-    model.eval()
-    out = []
-    channels_last = is_channels_last(model)
-    part = dist.shard(len(images))
-    for lo in range(part.start, part.stop, batch_size):
-        hi = min(lo + batch_size, part.stop)
-        x = to_input(torch.from_numpy(np.array(images[lo:hi])), device, channels_last)
-        out.append(torch.sigmoid(model(x).float()).cpu().numpy())
-        if heartbeat is not None:
-            heartbeat()
-    classes = out[0].shape[1] if out else _num_outputs(model)
-    scores = np.concatenate(out) if out else np.zeros((0, classes), np.float32)
-    return dist.gather(scores, len(images))
-
-
-def _num_outputs(model: nn.Module) -> int:
-    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linear[-1].out_features if linear else 14

@@ -24,41 +24,49 @@ from medbackdoor.config import NEUTRAL_KEYS, RunConfig, config_diff
 from medbackdoor.data.views import ImageRows, SampleImages
 from medbackdoor.errors import UserError
 from medbackdoor.experiment import RunData, attack_record, build_run_data
+from medbackdoor.inference import predict, set_layout
+from medbackdoor.loggers import open_loggers
 from medbackdoor.manifest import Manifest
 from medbackdoor.metrics import micro_auroc, save_predictions, stealth
 from medbackdoor.metrics.columns import MetricColumn, column_values, metric_columns, score_columns
 from medbackdoor.models import create_model
 from medbackdoor.rundir import RunDir
 from medbackdoor.train.dist import Dist, EpochSampler, setup, teardown
-from medbackdoor.train.loggers import open_loggers
 from medbackdoor.train.loop import (
     GraphedStep,
     Heartbeat,
+    Step,
     class_weights,
     deterministic,
     make_loader,
-    predict,
-    set_layout,
     train_epoch,
 )
 
 RESUME_IGNORES = NEUTRAL_KEYS | {"train.epochs"}  # a finished run can be extended with more epochs
 
-def metric_row(epoch: int, m: dict, train_loss: float, val_loss: float, val_auroc: float, lr: float,
-               seconds: float, images_per_s: float, label_names: tuple[str, ...],
-               columns: tuple[MetricColumn, ...]) -> dict:
-    """Flatten one epoch's numbers into a CSV row (fixed column order).
+@dataclass
+class EpochNumbers:
+    """One epoch's numbers: its backdoor metrics (:func:`~medbackdoor.metrics.score_columns`), its losses
+    (``train_loss``, ``val_loss``, ``val_auroc``), the learning rate, the seconds it took and the training
+    throughput."""
 
-    Args:
-        m: the epoch's :func:`~medbackdoor.metrics.backdoor_metrics` result.
-        columns: the run's backdoor metric columns (:func:`~medbackdoor.metrics.metric_columns` of its
-            ``eval`` settings).
-    """
-    row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auroc": val_auroc,
+    epoch: int
+    metrics: dict
+    losses: dict
+    lr: float
+    seconds: float
+    images_per_s: float
+
+
+def metric_row(n: EpochNumbers, label_names: tuple[str, ...], columns: tuple[MetricColumn, ...]) -> dict:
+    """Flatten one epoch's numbers into a CSV row (fixed column order); ``columns``: the run's backdoor metric
+    columns (:func:`~medbackdoor.metrics.metric_columns` of its ``eval`` settings)."""
+    m = n.metrics
+    row = {"epoch": n.epoch, **{k: n.losses[k] for k in ("train_loss", "val_loss", "val_auroc")},
            **column_values(columns, m)}
     row["mean_auroc_clean"] = m["mean_auroc_clean"]
     row.update({f"auroc_{label}": v for label, v in zip(label_names, m["per_class_auroc_clean"])})
-    row.update({"lr": lr, "seconds": seconds, "train_images_per_s": images_per_s})
+    row.update({"lr": n.lr, "seconds": n.seconds, "train_images_per_s": n.images_per_s})
     return row
 
 
@@ -203,7 +211,21 @@ def _manifest(config: RunConfig, data: RunData, out: RunDir, dist: Dist, device:
         torch_threads=torch.get_num_threads(),
         timings={"epochs": previous.timings.get("epochs", {})},
         pretrained=previous.pretrained or None,
+        plugins=_plugins(config),
     )
+
+
+def _plugins(config: RunConfig) -> dict | None:
+    """Where the run's dataset, trigger and model come from, for those that are not built in."""
+    from medbackdoor.data import DATASETS
+    from medbackdoor.models import MODELS
+    from medbackdoor.triggers import TRIGGERS
+
+    chosen = {"dataset": (DATASETS, config.dataset.name), "trigger": (TRIGGERS, config.trigger.kind)}
+    if not config.model.arch.startswith("timm:"):
+        chosen["model"] = (MODELS, config.model.arch)
+    found = {what: registry.origin(name) for what, (registry, name) in chosen.items() if not registry.is_builtin(name)}
+    return found or None
 
 
 STEALTH_IMAGES = 1000  # stealth is measured on the first test images (SSIM costs ~6 ms per 224-px image)
@@ -316,9 +338,9 @@ def _epoch(t: Training, epoch: int) -> None:
     beat = Heartbeat(t.out.heartbeat_path if dist.is_main else None)  # a sweep watches it for progress
     with tqdm(total=len(t.loader.sampler) * dist.world, desc=f"epoch {epoch}/{tc.epochs}", unit="img", leave=False,
               disable=None if t.progress else True) as bar:
-        train_loss = train_epoch(t.step_model, t.loader, t.optimizer, t.device, epoch=epoch, amp=tc.amp,
-                                 weights=t.weights, do_augment=tc.augment, progress=bar, dist=dist, graph=t.graph,
-                                 heartbeat=beat, loss_fn=t.loss_fn)
+        step = Step(t.step_model, t.optimizer, t.device, amp=tc.amp, weights=t.weights, augment=tc.augment,
+                    loss_fn=t.loss_fn, graph=t.graph)
+        train_loss = train_epoch(step, t.loader, epoch, dist, progress=bar, heartbeat=beat)
     train_seconds = time.perf_counter() - t0
     dist.sync_buffers(t.model)  # one set of BatchNorm statistics (rank 0's) for scoring on every rank
     val_scores, clean, triggered = _score(t, beat)
@@ -358,9 +380,9 @@ def _write_epoch(t: Training, epoch: int, losses: dict, clean: np.ndarray, trigg
                      rows=data.test.rows, **extra)
     save_checkpoint(out.checkpoint_path(epoch), epoch, t.model, t.optimizer, t.scheduler)
     seconds = time.perf_counter() - t0
-    row = metric_row(epoch, m, losses["train_loss"], losses["val_loss"], losses["val_auroc"],
-                     t.optimizer.param_groups[0]["lr"], round(seconds, 3), round(len(data.train) / train_seconds, 2),
-                     data.dataset.label_names, columns)
+    numbers = EpochNumbers(epoch, m, losses, t.optimizer.param_groups[0]["lr"], round(seconds, 3),
+                           round(len(data.train) / train_seconds, 2))
+    row = metric_row(numbers, data.dataset.label_names, columns)
     t.rows.append(row)
     out.write_metrics(t.rows)
     t.manifest.timings.setdefault("epochs", {})[str(epoch)] = {"seconds": round(seconds, 3),

@@ -6,9 +6,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from medbackdoor._registry import Registry
 from medbackdoor.triggers.adaptive import AdaptiveBlend, AdaptivePatch, ConditionalTrigger
-from medbackdoor.triggers.base import Trigger, apply_trigger, from_unit, image_rng, to_unit
+from medbackdoor.triggers.base import TRIGGERS, Trigger, apply_trigger, from_unit, image_rng, to_unit
 from medbackdoor.triggers.blend import BlendTrigger
 from medbackdoor.triggers.frequency import FrequencyTrigger
 from medbackdoor.triggers.label_combination import LabelCombination
@@ -17,7 +16,6 @@ from medbackdoor.triggers.sig import SigTrigger
 from medbackdoor.triggers.square import SquareTrigger
 from medbackdoor.triggers.warp import WarpTrigger
 
-TRIGGERS: Registry[Trigger] = Registry("trigger")
 TRIGGERS.register("square")(SquareTrigger)
 TRIGGERS.register("patch")(PatchTrigger)
 TRIGGERS.register("blend")(BlendTrigger)

@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from medbackdoor.errors import UserError
-from medbackdoor.triggers.base import Trigger, apply_trigger
+from medbackdoor.triggers.base import TRIGGERS, Trigger, apply_trigger
 from medbackdoor.triggers.blend import BlendTrigger
 
 
@@ -86,7 +86,8 @@ class AdaptiveBlend(_Covered):
         return np.full((height, width), self.test_alpha, np.float32), self._blend.blend_pattern(height, width)
 
     def tiles(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
-        """The ``(top, left, bottom, right)`` of each tile, row by row (edges split as evenly as they can be)."""
+        """The ``(top, left, bottom, right)`` of each tile, row by row: edge ``k`` of an axis ``n`` px long sits at
+        ``k·n/√pieces`` rounded to the nearest pixel (halves to even), so tile sides differ by at most one pixel."""
         side = math.isqrt(self.pieces)
         rows = np.linspace(0, height, side + 1).round().astype(int)
         cols = np.linspace(0, width, side + 1).round().astype(int)
@@ -205,8 +206,6 @@ class ConditionalTrigger(Trigger):
 
     def __init__(self, source: str = "Effusion", base: str = "square", size: int | None = None,
                  location: str | None = None, value: float | None = None, cover_ratio: float = 1.0) -> None:
-        from medbackdoor.triggers import TRIGGERS  # the registry imports this module
-
         if base == "conditional":
             raise UserError("trigger base of a conditional trigger cannot be conditional")
         shared = {k: v for k, v in (("size", size), ("location", location), ("value", value)) if v is not None}
@@ -226,9 +225,8 @@ class ConditionalTrigger(Trigger):
 
     def _index(self) -> int:
         if self._source_index is None:
-            from medbackdoor.labels import LABELS
-
-            self.bind_labels(tuple(LABELS))
+            raise UserError(f"trigger conditional: bind it to the dataset's labels first (bind_labels), to find "
+                            f"its source {self.source!r}")
         return int(self._source_index)
 
     def condition(self, labels: np.ndarray) -> np.ndarray:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from medbackdoor._registry import Registry
 from medbackdoor.errors import UserError
+
+TRIGGERS: Registry = Registry("trigger", group="medbackdoor.triggers")  # filled by medbackdoor.triggers; base below
 
 
 def apply_trigger(x, r, m):
@@ -123,6 +126,9 @@ class Trigger:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in sorted(vars(self).items()) if not k.startswith("_"))
         return f"{type(self).__name__}({params})"
+
+
+TRIGGERS.base = Trigger
 
 
 def to_unit(image: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from medbackdoor.config import NEUTRAL_KEYS, EvalConfig, flatten
 from medbackdoor.errors import UserError
 from medbackdoor.manifest import Manifest
 from medbackdoor.metrics.columns import eval_config_of, table_columns
-from medbackdoor.rundir import RunDir
+from medbackdoor.rundir import RunDir, SweepDir
 from medbackdoor.triggers import shared_defaults
 
 # The five metrics of the paper's tables (its p = 0.6 and 0.9: the default evaluation settings), in its row order,
@@ -39,7 +39,7 @@ class RunRecord:
 
 def read_runs(sweep_dir: Path) -> tuple[list[RunRecord], list[str]]:
     """Every run folder under ``sweep_dir/runs``; returns (complete runs, notes about the others)."""
-    runs_dir = Path(sweep_dir) / "runs"
+    runs_dir = SweepDir(sweep_dir).runs_dir
     if not runs_dir.is_dir():
         raise UserError(f"{sweep_dir} has no runs/ folder: is it the --out of a sweep?")
     records, notes = [], []

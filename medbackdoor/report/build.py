@@ -16,9 +16,8 @@ import pandas as pd
 
 from medbackdoor._io import atomic_path, save_figure, write_text
 from medbackdoor.errors import UserError
-from medbackdoor.rundir import RunDir
-from medbackdoor.study import paper_values as paper
-from medbackdoor.study.aggregate import (
+from medbackdoor.report import paper_values as paper
+from medbackdoor.report.aggregate import (
     TABLE_ROWS,
     RunRecord,
     condition_of,
@@ -28,6 +27,7 @@ from medbackdoor.study.aggregate import (
     table_rows,
     varying_keys,
 )
+from medbackdoor.rundir import RunDir, SweepDir
 from medbackdoor.triggers import SHARED_OPTIONS
 
 PREFERRED_SIZE = 3
@@ -396,19 +396,19 @@ def explain_section(records, sweep_dir: Path) -> list[str]:
 
     Includes the sweep's Figure-1 pair (``figure1/trigger`` and ``figure1/clean``) when it has one.
     """
-    from medbackdoor.study.sweep import FIGURE_DIR
-
+    sweep = SweepDir(sweep_dir)
     explained = [(r.name, r.folder) for r in records]
-    explained += [(f"{FIGURE_DIR}/{n}", sweep_dir / FIGURE_DIR / n) for n in ("trigger", "clean")]
+    explained += [(SweepDir.figure_name(n), sweep.figure_run(n).path) for n in ("trigger", "clean")]
     explained = [(name, folder) for name, folder in explained if RunDir(folder).localisation_path.is_file()]
     if not explained:
         return []
     lines = ["", "## Explainability: Grad-CAM localisation and detection", ""]
-    figure = sweep_dir / FIGURE_DIR / "trigger" / "explain" / "figure1.png"
-    if figure.is_file():
-        config = RunDir(figure.parents[1]).config()
-        lines += [f"![Figure 1](../{FIGURE_DIR}/trigger/explain/figure1.png)", "",
-                  f"Figure 1 comes from a clean/trigger pair trained for it alone (`{FIGURE_DIR}/`, "
+    pair = sweep.figure_run("trigger")
+    if pair.explain_figure_path.is_file():
+        config = pair.config()
+        shown = pair.explain_figure_path.relative_to(sweep.path).as_posix()
+        lines += [f"![Figure 1](../{shown})", "",
+                  f"Figure 1 comes from a clean/trigger pair trained for it alone (`{SweepDir.FIGURE_DIR}/`, "
                   f"{config.image_size} px, {config.train.epochs} epochs, seed 0), at a resolution where the last "
                   "layer's map is at least 4×4; its runs are not in the tables above.", ""]
     lines += ["Mass in box: share of saliency inside the trigger box (dilated); pointing: the map's maximum is in "
@@ -427,7 +427,7 @@ def explain_section(records, sweep_dir: Path) -> list[str]:
 
 def defense_section(records: list[RunRecord], folder: Path) -> list[str]:
     """The defense tables, when the runs hold ``defenses/*/summary.json`` (written by ``medbackdoor defend``)."""
-    from medbackdoor.study.defense_report import defense_rows, defense_tables
+    from medbackdoor.report.defenses import defense_rows, defense_tables
 
     df = defense_rows(records, describe, _label_keys)
     if df.empty:
@@ -447,7 +447,7 @@ def defense_section(records: list[RunRecord], folder: Path) -> list[str]:
 def controls_section(records: list[RunRecord], folder: Path) -> list[str]:
     """The natural response: every poisoned run's trigger scored on its clean control (``RUN/control.json``,
     written by the sweep)."""
-    from medbackdoor.study.controls import control_rows, control_table
+    from medbackdoor.report.controls import control_rows, control_table
 
     df = control_rows([r.folder for r in records])
     if df.empty:
@@ -471,7 +471,7 @@ def controls_section(records: list[RunRecord], folder: Path) -> list[str]:
 def build_report(sweep_dir: str | Path, cuts: str | None = None) -> Path:
     """Write ``sweep_dir/report/`` from the run folders; returns the path of ``report.md``."""
     sweep_dir = Path(sweep_dir)
-    folder = sweep_dir / "report"
+    folder = SweepDir(sweep_dir).report_dir
     folder.mkdir(parents=True, exist_ok=True)
     records, notes = read_runs(sweep_dir)
     runs = runs_table(records)

@@ -1,5 +1,5 @@
-"""What ``medbackdoor poison preview`` shows: a run config's poisoned training split (clean vs infected images and
-counts) and how visible every registered trigger is (PSNR, SSIM, changed pixels) on the run's test images.
+"""What ``medbackdoor poison preview`` shows: a run's poisoned training split (clean vs infected images and counts)
+and how visible every registered trigger is (PSNR, SSIM, changed pixels) on the run's test images.
 
 :func:`preview` computes and writes it all (``poison_summary.json``, ``preview.png``, ``triggers.png``); the CLI
 only prints the summary it returns.
@@ -13,26 +13,25 @@ import numpy as np
 from PIL import Image
 
 from medbackdoor._io import atomic_path, save_figure, write_json
-from medbackdoor.config import RunConfig
 from medbackdoor.errors import UserError
 from medbackdoor.metrics import image_psnr, image_ssim, stealth
 from medbackdoor.poison.wrapper import TEST_STREAM
+from medbackdoor.run import Run
 from medbackdoor.triggers import TRIGGERS, create_trigger, image_rng
 
 STEALTH_IMAGES = 64  # test images each registered trigger is measured on
 
 
-def preview(config: RunConfig, out: str | Path, show: int = 6) -> dict:
-    """Poison the config's training split and measure every trigger's stealth; write the files into ``out``.
+def preview(run: Run, out: str | Path, show: int = 6) -> dict:
+    """Look at ``run``'s poisoned training split (a run made, or :meth:`Run.planned` of a config) and measure
+    every trigger's stealth; write the files into ``out``.
 
     Returns the summary written to ``poison_summary.json`` (counts, survival, the configured trigger's stealth on
     every test image and each registered trigger's on the first :data:`STEALTH_IMAGES`), plus ``files``: what was
     written, by name.
     """
-    from medbackdoor.experiment import build_run_data
-
     out = Path(out)
-    data = build_run_data(config)
+    config, data = run.config, run.data
     t, train = config.trigger, data.train
     order = train.order[:show]
     summary = {

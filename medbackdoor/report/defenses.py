@@ -28,8 +28,8 @@ import pandas as pd
 
 from medbackdoor.defenses.summary import DefenseSummary, read_summary
 from medbackdoor.metrics.columns import eval_config_of, table_columns
+from medbackdoor.report.aggregate import RunRecord, condition_of
 from medbackdoor.rundir import RunDir
-from medbackdoor.study.aggregate import RunRecord, condition_of
 
 
 def defense_rows(records: list[RunRecord], describe, label_keys) -> pd.DataFrame:
@@ -71,8 +71,11 @@ def der(asr_before: float, asr_after: float, nn_before: float, nn_after: float, 
 
     ``((max(0, ΔASR) − max(0, ΔNN)) + 1) / 2`` with ΔASR the drop of the ASR in excess of the clean control's
     (``max(0, ASR − control_asr)``, before minus after) and ΔNN the drop of AUROC-NN: 1 removes all the excess
-    at no cost to the clean AUROC, 0.5 changes nothing (or trades one for the other), 0 is the worst.
+    at no cost to the clean AUROC, 0.5 changes nothing (or trades one for the other), 0 is the worst. NaN when
+    the clean control's ASR is unknown (NaN: the run has no scored clean control), as the excess is then unknown.
     """
+    if np.isnan(control_asr):
+        return float("nan")
     excess_before, excess_after = max(0.0, asr_before - control_asr), max(0.0, asr_after - control_asr)
     return (max(0.0, excess_before - excess_after) - max(0.0, nn_before - nn_after) + 1.0) / 2.0
 
@@ -167,7 +170,8 @@ def defense_tables(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
         out.append(("defenses_mitigation", "Mitigation: the run's ASR and AUROC-NN, before → after",
                     _pivot(mit, _before_after, order)))
         out.append(("defenses_der", "Mitigation: DER on the ASR in excess of the clean control's (1: all of it "
-                    "removed at no cost to AUROC-NN; 0.5: nothing changed)", _pivot(mit, _der_mitigation, order)))
+                    f"removed at no cost to AUROC-NN; 0.5: nothing changed; {NO_CONTROL}: a run of the condition has "
+                    "no scored clean control, so its excess is unknown)", _pivot(mit, _der_mitigation, order)))
         out.append(("defenses_repaired", f"Mitigation: repaired, i.e. the ASR in excess of the clean control's at "
                     f"most {REPAIRED_ASR} after, at an AUROC-NN drop of at most {REPAIRED_NN} (means over seeds): "
                     "yes / no, with the excess ASR and the drop", _pivot(mit, _repaired, order)))
@@ -231,11 +235,21 @@ def _der_mitigation(g: pd.DataFrame) -> str:
     metric = _asr(g)[0]
     if f"before_{metric}" not in g or f"after_{metric}" not in g:
         return "–"
-    return _cell(pd.Series([der(r[f"before_{metric}"], r[f"after_{metric}"], r["before_auroc_nn"], r["after_auroc_nn"],
-                                0.0 if pd.isna(r["control_asr"]) else r["control_asr"]) for _, r in g.iterrows()]))
+    values = pd.Series([der(r[f"before_{metric}"], r[f"after_{metric}"], r["before_auroc_nn"], r["after_auroc_nn"],
+                            float(r["control_asr"])) for _, r in g.iterrows()], dtype=float)
+    return _no_control(g) or _cell(values)
 
 
-REPAIRED_ASR, REPAIRED_NN = 0.10, 0.02  # the repair target of the defense study (issue 19)
+NO_CONTROL = "– (no clean control)"
+
+
+def _no_control(g: pd.DataFrame) -> str:
+    """:data:`NO_CONTROL` when a run of the group has no scored clean control (its excess ASR is unknown), else
+    ``""``."""
+    return NO_CONTROL if pd.to_numeric(g["control_asr"], errors="coerce").isna().any() else ""
+
+
+REPAIRED_ASR, REPAIRED_NN = 0.10, 0.02  # the repair target of the defense study (docs/results/defenses.md)
 
 
 def _repaired(g: pd.DataFrame) -> str:
@@ -244,7 +258,9 @@ def _repaired(g: pd.DataFrame) -> str:
     metric = _asr(g)[0]
     if f"after_{metric}" not in g:
         return "–"
-    control = pd.to_numeric(g["control_asr"], errors="coerce").fillna(0.0)
+    if _no_control(g):
+        return NO_CONTROL
+    control = pd.to_numeric(g["control_asr"], errors="coerce")
     excess = (pd.to_numeric(g[f"after_{metric}"], errors="coerce") - control).clip(lower=0).mean()
     drop = (pd.to_numeric(g["before_auroc_nn"], errors="coerce") - pd.to_numeric(g["after_auroc_nn"],
                                                                                  errors="coerce")).mean()
@@ -289,7 +305,6 @@ def _retrained(g: pd.DataFrame) -> str:
             f"{_mean(_col(g, 'retrain_control_asr'))}; poisoned kept {_mean(_col(g, 'retrain_poisoned_kept'))}")
     if f"retrain_before_{metric}" in g and "retrain_before_auroc_nn" in g:
         values = [der(r[f"retrain_before_{metric}"], r[f"retrain_{metric}"], r["retrain_before_auroc_nn"],
-                      r["retrain_auroc_nn"], 0.0 if pd.isna(r["control_asr"]) else r["control_asr"])
-                  for _, r in g.iterrows()]
-        text += f"; DER {_mean(pd.Series(values, dtype=float))}"
+                      r["retrain_auroc_nn"], float(r["control_asr"])) for _, r in g.iterrows()]
+        text += f"; DER {_no_control(g) or _mean(pd.Series(values, dtype=float))}"
     return text
