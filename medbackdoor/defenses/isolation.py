@@ -114,15 +114,12 @@ def _portable(method: str) -> str:
 # --- the child process ----------------------------------------------------------------------------------------------
 
 def child_env() -> dict[str, str]:
-    """The child's environment: :data:`CHILD_ENV` only, plus ``PYTHONPATH`` made absolute where this process was
-    given one (a project run from its working tree) and the thread count of this process."""
-    import torch
-
+    """The defense process's environment: :data:`CHILD_ENV` only, plus ``PYTHONPATH`` made absolute where this
+    process was given one (a project run from its working tree). The thread count goes with each request."""
     env = {k: os.environ[k] for k in CHILD_ENV if k in os.environ}
     paths = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if paths:
         env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     return env
 
 
