@@ -150,6 +150,12 @@ class RunDir:
         """A figure of defense ``name`` (``roc``, ``reversed_triggers``), as a PNG."""
         return self.defense_dir(name) / f"{figure}.png"
 
+    def clean_model_dir(self, name: str) -> Path:
+        """``RUN/defenses/NAME/clean-model/``: defense ``name`` run on the clean control's model with this run's test
+        inputs (the trigger-visibility baseline of an input defense; a repair of the clean control scored on this
+        run's trigger), its ``summary.json`` and ``scores.csv``."""
+        return self.defense_dir(name) / "clean-model"
+
     def retrain_drop_path(self, name: str) -> Path:
         """The training positions defense ``name`` flagged, one per line (``train.drop`` of its retrain)."""
         return self.defense_dir(name) / "retrain_drop.txt"
@@ -187,8 +193,12 @@ class RunDir:
         return sorted(self.defenses_dir.glob("*/summary.json"))
 
     def step_failure_path(self, step: str) -> Path:
-        """Where a sweep's step on this run (``control``, or a defense's name) records its traceback."""
-        return self.control_failure_path if step == "control" else self.defense_failure_path(step)
+        """Where a sweep's step on this run (``control``, a defense's name, or ``NAME:clean-model``) records its
+        traceback."""
+        if step == "control":
+            return self.control_failure_path
+        name, _, sub = step.partition(":")
+        return self.clean_model_dir(name) / "failed.txt" if sub == "clean-model" else self.defense_failure_path(name)
 
     def exists(self) -> bool:
         """True when the folder holds a run (its ``config.yaml``)."""

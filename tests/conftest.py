@@ -136,6 +136,18 @@ def image_cache_at(folder: Path):
             os.environ["MEDBACKDOOR_CACHE"] = old
 
 
+def module_run(tmp_path_factory, name: str, overrides: list[str]):
+    """For a module-scoped fixture: a run of ``overrides`` trained once into ``FOLDER/run``, its image cache in
+    ``FOLDER/cache`` (``MEDBACKDOOR_CACHE`` set there while the module's tests use it). Yields the run folder."""
+    from medbackdoor.config import load_config
+    from medbackdoor.train import run
+
+    folder = tmp_path_factory.mktemp(name)
+    with image_cache_at(folder / "cache"):
+        run(load_config(overrides=overrides), folder / "run", progress=False)
+        yield folder / "run"
+
+
 @pytest.fixture
 def one_thread():
     """Tiny tensors: torch threads only fight over the shared CPU cores (use with ``pytest.mark.usefixtures``)."""

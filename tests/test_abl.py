@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import image_cache_at
+from conftest import module_run
 
 from medbackdoor.cli import main
 from medbackdoor.config import AblConfig, load_config
@@ -72,12 +72,10 @@ def test_bad_abl_settings_are_one_line(override, message):
 
 @pytest.fixture(scope="module")
 def abl_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("abl")
-    with image_cache_at(folder / "cache"):
-        run(load_config(overrides=TINY), folder / "run", progress=False)
-        yield folder / "run"
+    yield from module_run(tmp_path_factory, "abl", TINY)
 
 
+@pytest.mark.slow
 def test_defend_abl_trains_a_model_anew_and_scores_its_isolation(abl_run, capsys):
     assert main(["defend", str(abl_run), "--method", "abl", "--set", "unlearn_epochs=1",
                  "--set", "isolation_ratio=0.1"]) == 0

@@ -10,14 +10,12 @@ import json
 
 import numpy as np
 import pytest
-from conftest import image_cache_at
+from conftest import image_cache_at, module_run
 
-from medbackdoor.config import load_config
 from medbackdoor.data import DATASETS, SPLITS, create_dataset
 from medbackdoor.defenses import DEFENSES
 from medbackdoor.defenses.base import KINDS
 from medbackdoor.defenses.runner import defend
-from medbackdoor.train import run
 
 # a holdout of about 40 images (the input defenses need k = 8 reference images in its first half)
 TINY = ["dataset.options.n_images=160", "dataset.val_fraction=0.25", "dataset.options.source_size=32", "image_size=32",
@@ -36,10 +34,7 @@ HOLDOUT = 40
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("conformance")
-    with image_cache_at(folder / "cache"):
-        run(load_config(overrides=TINY), folder / "run", progress=False)
-        yield folder / "run"
+    yield from module_run(tmp_path_factory, "conformance", TINY)
 
 
 @pytest.fixture(scope="module")

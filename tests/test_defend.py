@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import image_cache_at
+from conftest import image_cache_at, module_run
 from torch import nn
 
 from medbackdoor.cli.main import main
@@ -323,10 +323,7 @@ def test_defend_label_audit_nih_on_an_nih_sample_run_is_one_line(tmp_path, capsy
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("defend")
-    with image_cache_at(folder / "cache"):
-        run(load_config(overrides=TINY), folder / "run", progress=False)
-        yield folder / "run"
+    yield from module_run(tmp_path_factory, "defend", TINY)
 
 
 def test_defend_writes_scores_and_summary_and_reuses_them(tiny_run, capsys, monkeypatch):
@@ -385,6 +382,7 @@ def test_dropping_samples_leaves_them_out_everywhere(tiny_run, tmp_path, monkeyp
         build_run_data(load_config(tiny_run / "config.yaml", [f"train.drop={drop}"]), progress=False)
 
 
+@pytest.mark.slow
 def test_sweep_runs_listed_defenses_and_the_report_tables_them(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
     from medbackdoor.report.build import build_report
@@ -466,3 +464,30 @@ def test_the_run_records_its_attack_and_defend_scores_against_that_record(tiny_r
         copy.write_attack({**record, "poisoned": ~record["poisoned"]})  # a record the data no longer match
         with pytest.raises(UserError, match="the data or the code changed since the run was made"):
             _ = Run(copy.path).data
+
+
+def test_a_run_as_its_own_clean_model_reproduces_the_defense_and_writes_beside_it(tiny_run, monkeypatch):
+    """``defend_run(..., clean_model=...)`` writes ``NAME/clean-model/`` and leaves the defense's own answer alone;
+    given the run itself as the clean model (same weights, training set, holdout and test inputs, so the same
+    seeds), its scores are the defense's own, value for value. A data defense answers "not applicable"."""
+    import pandas as pd
+
+    from medbackdoor.defenses.runner import DefenseRequest, defend_run
+    from medbackdoor.run import Run
+    from medbackdoor.rundir import RunDir
+
+    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tiny_run.parent / "cache"))
+    run = Run(tiny_run)
+    requests = [DefenseRequest("scale-up", "scale-up-own"), DefenseRequest("label-audit", "audit-own")]
+    own = defend_run(run, requests)
+    base = defend_run(run, requests, clean_model=Run(tiny_run))
+    assert isinstance(base[1], UserError) and "data defense" in str(base[1])
+    rd = RunDir(tiny_run)
+    assert (rd.defense_dir("scale-up-own") / "summary.json").is_file()  # untouched by the baseline
+    a = pd.read_csv(rd.defense_scores_path("scale-up-own"))
+    b = pd.read_csv(rd.clean_model_dir("scale-up-own") / "scores.csv")
+    pd.testing.assert_frame_equal(a, b)
+    assert base[0].clean_model["checkpoint"] == own[0].request["checkpoint"]
+    assert base[0].request == {**own[0].request, "clean_model": base[0].clean_model}
+    again = defend_run(run, requests[:1], clean_model=Run(tiny_run))[0]  # reused, not computed again
+    assert again.timings == base[0].timings

@@ -89,7 +89,11 @@ def test_the_repair_target_counts_the_excess_asr_and_the_auroc_drop():
     assert table.loc["anp", "square"].startswith("no")
 
 
+@pytest.mark.slow
 def test_sweep_retrains_the_clean_control_without_as_many_random_samples(tmp_path, monkeypatch):
+    """The random-drop control drops as many samples as the cleanse dropped *clean* ones (its flagged samples that
+    were not poisoned, counted here from its scores.csv)."""
+    import csv
     import json
 
     from medbackdoor.defenses.summary import read_summary
@@ -110,9 +114,12 @@ def test_sweep_retrains_the_clean_control_without_as_many_random_samples(tmp_pat
     assert status["fraction-0.4_seed-0:spectral:retrain-control"] == "complete", errors
     run, control = RunDir(tmp_path / "out" / "runs" / "fraction-0.4_seed-0"), \
         RunDir(tmp_path / "out" / "runs" / "fraction-0.0_seed-0")
-    dropped = read_summary(run.defense_summary_path("spectral")).retrain["dropped"]
+    rows = list(csv.DictReader(open(run.defense_scores_path("spectral"))))
+    dropped = sum(r["flagged"] == "True" and r["poisoned"] == "False" for r in rows)
     scored = json.loads(run.retrain_control_path("spectral").read_text())
     assert scored["dropped"] == dropped and scored["control"] == "retrain"
+    assert scored["cleanse_dropped"] == read_summary(run.defense_summary_path("spectral")).retrain["dropped"] \
+        == sum(r["flagged"] == "True" for r in rows)
     retrained = control.random_drop_dir(dropped)
     n = control.manifest().dataset["train_samples"]
     assert retrained.manifest().poisoning["dropped"] == min(dropped, n)
@@ -127,3 +134,15 @@ def test_sweep_retrains_the_clean_control_without_as_many_random_samples(tmp_pat
     build_report(tmp_path / "out")
     table = (tmp_path / "out" / "report" / "defenses_retrain.csv").read_text()
     assert "control retrained without as many random samples" in table
+
+
+def test_the_random_drop_control_counts_the_clean_samples_a_cleanse_dropped(tmp_path):
+    """Flagged and not poisoned, counted by hand on a scores.csv written here: cross samples are clean too."""
+    from medbackdoor.rundir import RunDir
+    from medbackdoor.study.controls import clean_dropped
+
+    path = RunDir(tmp_path).defense_scores_path("spectral")
+    path.parent.mkdir(parents=True)
+    path.write_text("sample,score,flagged,poisoned,cross\n0,1.0,True,True,False\n1,0.9,True,False,False\n"
+                    "2,0.8,True,False,True\n3,0.1,False,False,False\n4,0.7,False,True,False\n")
+    assert clean_dropped(tmp_path, "spectral") == 2

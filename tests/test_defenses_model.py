@@ -369,7 +369,9 @@ def test_runner_scores_the_reversed_trigger(planted, tmp_path):
     truth = Truth(poisoned=np.zeros(4, bool), target=0, trigger_mask=truth_mask)
     held = SimpleNamespace(data=SimpleNamespace(dataset=SimpleNamespace(label_names=d.label_names)),
                            dir=RunDir(tmp_path / "run"))
-    rows, summary = runner._model(held, "nc", answer, tmp_path, SimpleNamespace(n_holdout=8), truth)
+    out = held.dir.defense_dir("nc")
+    out.mkdir(parents=True)
+    rows, summary = runner._model(held, "nc", answer, tmp_path, SimpleNamespace(n_holdout=8), truth, out)
     assert summary["target_rank"] == 1 and summary["target_flagged"]
     assert summary["reversed_trigger"]["iou_with_true_trigger"] >= 0.5
     assert held.dir.defense_figure_path("nc", "reversed_triggers").is_file() and len(rows) == C

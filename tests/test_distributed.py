@@ -91,6 +91,7 @@ def _env(tmp_path):
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_writes_each_file_once_and_matches_one_process(tmp_path):
     env = _env(tmp_path)
     done = _cli(tmp_path / "ddp", nproc=2, env=env)
@@ -151,6 +152,7 @@ def _spawned(rank: int, port: int, folder: str, cache: str) -> None:
         progress=False)
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes_and_a_resumed_ddp_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
     import torch.multiprocessing as mp
 

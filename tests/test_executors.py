@@ -29,6 +29,7 @@ def _die_on_two(x, threads):
     return {"status": "complete", "value": x}
 
 
+@pytest.mark.slow
 def test_local_executor_maps_every_task_with_its_threads():
     ex = LocalExecutor(jobs=2)
     got = dict(ex.map(_square, [(1,), (2,), (3,)]))
@@ -36,6 +37,7 @@ def test_local_executor_maps_every_task_with_its_threads():
     assert all(r["threads"] == max(1, (os.cpu_count() or 1) // 2) for r in got.values())
 
 
+@pytest.mark.slow
 def test_local_executor_reports_a_dead_worker_as_failed():
     got = dict(LocalExecutor(jobs=1).map(_die_on_two, [(1,), (2,), (3,)]))
     assert got[0]["value"] == 1 and got[2]["value"] == 3  # one process per task: a death touches no other task
@@ -71,6 +73,7 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
+@pytest.mark.slow
 def test_local_executor_stops_a_stalled_task_and_the_others_go_on(tmp_path):
     """A task whose heartbeat stops is killed after the timeout and failed with the reason; a task that runs longer
     than the timeout but keeps beating is not; the third task still runs (jobs=2: two at a time)."""

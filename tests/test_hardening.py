@@ -73,6 +73,7 @@ def _kill_after(monkeypatch, point: str, epoch: int):
     monkeypatch.setattr(RunDir, "write_manifest", manifest)
 
 
+@pytest.mark.slow
 def test_kill_at_every_write_point_resumes_from_newest_complete_epoch(tiny, tmp_path, monkeypatch):
     config = tiny("train.epochs=3", "train.keep_checkpoints=[]", "dataset.options.n_images=60")
     run(config, tmp_path / "ref", progress=False)

@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import image_cache_at
+from conftest import module_run
 
 from medbackdoor.cli.main import main
-from medbackdoor.config import load_config
-from medbackdoor.train import run
 
 TINY = ["dataset.options.n_images=120", "dataset.options.source_size=32", "image_size=32", "train.epochs=1",
         "train.batch_size=16", "eval.epsilons=[0.1]", "trigger.mode=append", "trigger.fraction=0.3"]
@@ -97,10 +95,7 @@ SNOOP = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("isolation")
-    with image_cache_at(folder / "cache"):
-        run(load_config(overrides=TINY), folder / "run", progress=False)
-        yield folder / "run"
+    yield from module_run(tmp_path_factory, "isolation", TINY)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import image_cache_at
+from conftest import module_run
 
 from medbackdoor._registry import Registry, is_plugin_spec, plugin_spec
 from medbackdoor.cli.main import main
@@ -82,10 +82,7 @@ def plugin_dir(tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("plugins")
-    with image_cache_at(folder / "cache"):
-        run(load_config(overrides=TINY), folder / "run", progress=False)
-        yield folder / "run"
+    yield from module_run(tmp_path_factory, "plugins", TINY)
 
 
 def test_plugin_specs_are_told_apart_from_names():

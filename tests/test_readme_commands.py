@@ -192,6 +192,7 @@ def test_write_your_own_shows_short_complete_components():
         assert 20 <= len(files[name]) <= 40, (name, len(files[name]))
 
 
+@pytest.mark.slow
 def test_write_your_own_runs(tmp_path, monkeypatch):
     """The page's components, its run with the trigger and its two defenses, exactly as the page writes them."""
     import json

@@ -53,6 +53,7 @@ def _expected(folders: list[Path], metric: str, stat: str) -> str:
     return _expected_cell([v for v in values if v is not None])
 
 
+@pytest.mark.slow
 def test_fraction_by_size_sweep_table1_every_cell(tmp_path):
     spec = tmp_path / "sweep.yaml"
     base = {**TINY_BASE, "cache_dir": str(tmp_path / "cache")}

@@ -7,12 +7,10 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import image_cache_at
+from conftest import module_run
 
-from medbackdoor.config import load_config
 from medbackdoor.errors import UserError
 from medbackdoor.rundir import RunDir, SweepDir
-from medbackdoor.train import run
 
 TINY = ["dataset.options.n_images=96", "dataset.options.source_size=32", "image_size=32", "train.epochs=1",
         "train.batch_size=16", "eval.epsilons=[0.1]", "trigger.mode=append", "trigger.kind=adaptive-blend",
@@ -22,10 +20,7 @@ TINY = ["dataset.options.n_images=96", "dataset.options.source_size=32", "image_
 @pytest.fixture(scope="module")
 def covered_run(tmp_path_factory):
     """A run of an attack with cover samples (adaptive-blend: one cover sample per poisoned one)."""
-    folder = tmp_path_factory.mktemp("run-object")
-    with image_cache_at(folder / "cache"):
-        run(load_config(overrides=TINY), folder / "run", progress=False)
-        yield folder / "run"
+    yield from module_run(tmp_path_factory, "run-object", TINY)
 
 
 def test_a_run_builds_its_data_once_and_its_test_split_alone(covered_run, monkeypatch):

@@ -147,6 +147,7 @@ def test_sweep_and_reproduce_exit_non_zero_when_a_run_failed(study, capsys):
     assert main(["sweep", str(spec), "--out", str(out), "--dry-run"]) == 0
 
 
+@pytest.mark.slow
 def test_figure1_pair_is_trained_apart_explained_and_kept_out_of_the_tables(tmp_path, monkeypatch):
     from medbackdoor.study.figure1 import explain_figure_runs
 

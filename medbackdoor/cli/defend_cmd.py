@@ -29,6 +29,10 @@ def add_parser(sub) -> None:
                    help="output folder under RUN/defenses/ (default: the method, or a plugin's class name)")
     p.add_argument("--defender-seed", type=int, default=0,
                    help="root of the defender's seeds: the order it sees the training set in, its own draws")
+    p.add_argument("--clean-model", type=Path, default=None, metavar="CONTROL",
+                   help="input defenses and repairs: run on this clean control's model (its weights, training set "
+                   "and holdout) with RUN's test inputs, into RUN/defenses/NAME/clean-model/: the detector's response "
+                   "to the trigger where no backdoor is, or the clean control repaired and scored on RUN's trigger")
     p.add_argument("--force", action="store_true", help="recompute even if the same request is done")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's train.device)")
     p.set_defaults(func=run)
@@ -42,9 +46,14 @@ def run(args: argparse.Namespace) -> int:
 
     options = parse_options(args.options)  # a bad --set is one line before the run folder is read
     run = Run(args.run)
+    if args.clean_model is not None and args.retrain:
+        from medbackdoor.errors import UserError
+
+        raise UserError("--clean-model runs input defenses and repairs; --retrain needs a data defense")
     try:
         summary = defend(run, args.method, args.epoch, args.holdout, options, args.force,
-                         args.device, require_data=args.retrain, name=args.name, defender_seed=args.defender_seed)
+                         args.device, require_data=args.retrain, name=args.name, defender_seed=args.defender_seed,
+                         clean_model=None if args.clean_model is None else Run(args.clean_model))
     except DefenseFailed as exc:  # the defense's own error, with its traceback from the defense process
         print(f"{exc.trace.rstrip()}\nmedbackdoor: defense {args.method} failed: {exc}", file=sys.stderr)
         return 1

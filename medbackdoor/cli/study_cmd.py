@@ -18,11 +18,26 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run_sweep_cmd)
     r = sub.add_parser("report", help="Tables 1-3, Figure 3 and report.md from a sweep's run folders")
     r.add_argument("dir", type=Path, help="the sweep's --out folder")
+    r.add_argument("--page", type=Path, default=None,
+                   help="also write the scorecard into this Markdown page, between its <!-- scorecard:begin --> and "
+                   "<!-- scorecard:end --> markers (docs/results/defenses.md)")
     r.set_defaults(func=run_report)
     q = sub.add_parser("reproduce", help="the built-in sweep for the paper's Tables 1-3, then the report")
     q.add_argument("--protocol", choices=builtin_sweeps(), default="quick", help="a built-in sweep")
     _sweep_args(q)
     q.set_defaults(func=run_reproduce)
+    b = sub.add_parser("bench", help="the defense benchmark: its sweep (attacks x defenses, clean controls, "
+                       "clean-model baselines), then the report and report/scorecard.csv")
+    b.add_argument("--grid", default="benchmark",
+                   help="the benchmark sweep: benchmark (evaluation), benchmark-tune (tuning), or a sweep YAML")
+    b.add_argument("--defense", dest="defenses", action="append", default=[], metavar="SPEC",
+                   help="add your own defense beside the built-ins: package.module:Name or path/to/file.py:Name "
+                   "(repeatable)")
+    _sweep_args(b)
+    b.set_defaults(func=run_bench)
+    d = sub.add_parser("defaults", help="the frozen defaults record: its digest, and whether the code matches it")
+    d.add_argument("--freeze", action="store_true", help="write the code's defaults as the frozen record")
+    d.set_defaults(func=run_defaults)
 
 
 def _sweep_args(p: argparse.ArgumentParser) -> None:
@@ -45,19 +60,19 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
 
 
-def _run(args: argparse.Namespace, sweep: str) -> list[dict]:
+def _run(args: argparse.Namespace, sweep: str, defenses: list | None = None) -> list[dict]:
     from medbackdoor.study.executors import create_executor
     from medbackdoor.study.sweep import load_sweep, run_sweep
 
     if args.dry_run:
         executor = None
     else:
-        load_sweep(sweep, args.seeds, args.overrides)  # a bad sweep fails before a cluster is started or joined
+        load_sweep(sweep, args.seeds, args.overrides, defenses)  # a bad sweep fails before a cluster starts
         executor = create_executor(args.executor, args.jobs, args.address, args.cpus_per_run, args.gpus_per_run,
                                    args.stall_timeout)
     try:
         results = run_sweep(sweep, args.out, args.jobs, args.dry_run, args.seeds, overrides=args.overrides,
-                            executor=executor)
+                            executor=executor, defenses=defenses)
     finally:
         if executor is not None:
             executor.close()
@@ -80,7 +95,7 @@ def _traceback_path(r: dict, folders: dict[str, str]) -> Path:
 
     if ":" not in r["name"]:
         return RunDir(r["folder"]).manifest_path
-    run, _, step = r["name"].rpartition(":")
+    run, _, step = r["name"].partition(":")
     return RunDir(folders[run]).step_failure_path(step)
 
 
@@ -112,8 +127,15 @@ def run_report(args: argparse.Namespace) -> int:
 
     if not args.dir.is_dir():
         raise UserError(f"{args.dir} does not exist")
+    if args.page is not None and not args.page.is_file():
+        raise UserError(f"{args.page} does not exist")
     path = build_report(args.dir, sweep_cuts(args.dir))
     print(f"report: {path}")
+    if args.page is not None:
+        from medbackdoor.report.scorecard import write_page
+
+        write_page(args.page, (path.parent / "scorecard.md").read_text())
+        print(f"scorecard written into {args.page}")
     return 0
 
 
@@ -133,3 +155,35 @@ def run_reproduce(args: argparse.Namespace) -> int:
         if steps else ""
     print(f"{done} of {len(runs)} runs complete{extra}; report: {path}")
     return report_failures(args.out, results)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """The benchmark sweep (with the user's defenses added), then the report with its scorecard."""
+    from medbackdoor.report.build import build_report
+    from medbackdoor.study.sweep import sweep_cuts
+
+    results = _run(args, args.grid, [{"method": spec} for spec in args.defenses])
+    if args.dry_run:
+        return 0
+    path = build_report(args.out, sweep_cuts(args.out))
+    print(f"report: {path}; scorecard: {path.parent / 'scorecard.md'}")
+    return report_failures(args.out, results)
+
+
+def run_defaults(args: argparse.Namespace) -> int:
+    """Print the frozen record's digest and every default the code changed since; exit 1 when any."""
+    from medbackdoor.defaults import FROZEN, current_defaults, differences, freeze, frozen_defaults
+
+    if args.freeze:
+        print(f"froze {FROZEN}: digest {freeze()}")
+        return 0
+    from medbackdoor.defaults import defaults_digest
+
+    diff = differences(frozen_defaults(), current_defaults())
+    print(f"frozen defaults {FROZEN}: digest {defaults_digest()}")
+    for line in diff:
+        print(f"  changed in the code: {line}")
+    if diff:
+        print(f"{len(diff)} default(s) differ from the frozen record: an evaluation now would not run under it "
+              "(freeze again, and log a new evaluation in docs/results/ledger.md)")
+    return 1 if diff else 0

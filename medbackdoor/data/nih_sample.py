@@ -68,6 +68,20 @@ def _load(path: str) -> dict[str, np.ndarray]:
     return data
 
 
+PARTS = ("all", "tune", "eval")
+TUNE_FRACTION = 0.25
+PART_SEED = 20261207
+
+
+def part_rows(patients: np.ndarray, part: str) -> np.ndarray:
+    """The asset rows of ``part``: all, or the patient-disjoint ``tune`` (about :data:`TUNE_FRACTION` of the
+    images, whole patients drawn with :data:`PART_SEED`) or ``eval`` (the others)."""
+    if part == "all":
+        return np.arange(len(patients))
+    parts = split_by_patient(patients, {"tune": TUNE_FRACTION}, PART_SEED)
+    return np.flatnonzero(parts == "tune") if part == "tune" else np.flatnonzero(parts != "tune")
+
+
 class NIHSample(ChestXrayDataset):
     """1,617 real NIH ChestX-ray14 radiographs (881 patients) bundled with the package as 64×64 8-bit gray.
 
@@ -92,6 +106,10 @@ class NIHSample(ChestXrayDataset):
         test_fraction: share of images (whole patients) in the test split.
         seed: seeds the patient split and ``limit``.
         limit: keep at most this many images per split (a seeded subset), for quick runs.
+        part: ``all`` (every image), or one of two patient-disjoint parts: ``tune`` (about
+            :data:`TUNE_FRACTION` of the images, whole patients, drawn once with :data:`PART_SEED` whatever
+            ``seed`` is) or ``eval`` (the rest). The benchmark chooses its defaults on ``tune`` and evaluates on
+            ``eval``, so no evaluation image (or patient) is ever a tuning one.
 
     Attributes:
         source: which subset each image came from (``nih1000-64`` or ``nih-real-sample``).
@@ -106,15 +124,19 @@ class NIHSample(ChestXrayDataset):
         return {"limit": 12}
 
     def __init__(self, root: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                 seed: int = 0, limit: int | None = None) -> None:
+                 seed: int = 0, limit: int | None = None, part: str = "all") -> None:
         if val_fraction + test_fraction >= 1.0:
             raise UserError(f"nih-sample val_fraction + test_fraction must be below 1, "
                             f"got {val_fraction} + {test_fraction}")
+        if part not in PARTS:
+            raise UserError(f"nih-sample part must be one of {', '.join(PARTS)}, got {part!r}")
         self.asset = str(asset_path())
         data = load_asset(self.asset)
-        self.seed, self.val_fraction, self.test_fraction = seed, val_fraction, test_fraction
-        splits = split_by_patient(data["patients"], {"test": test_fraction, "val": val_fraction}, seed)
-        self._set_table(data["names"], data["labels"], data["patients"], splits, limit, seed)
+        self.seed, self.val_fraction, self.test_fraction, self.part = seed, val_fraction, test_fraction, part
+        keep = part_rows(data["patients"], part)
+        names, labels, patients = data["names"][keep], data["labels"][keep], data["patients"][keep]
+        splits = split_by_patient(patients, {"test": test_fraction, "val": val_fraction}, seed)
+        self._set_table(names, labels, patients, splits, limit, seed)
         row_of = {name: i for i, name in enumerate(data["names"].tolist())}
         self._rows = np.array([row_of[n] for n in self.names], dtype=np.int64)
         self.source = data["source"][self._rows].astype(str)

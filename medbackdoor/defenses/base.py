@@ -32,6 +32,7 @@ from medbackdoor.models.info import feature_vector
 
 DEFENSES: Registry[type] = Registry("defense", group="medbackdoor.defenses")  # its base: Defense, below
 KINDS = ("data", "input", "model", "mitigation")
+DEFAULT_HOLDOUT = 1000  # clean holdout images a defender gets when none is asked for (capped at the split's size)
 
 
 class Images:

@@ -23,7 +23,7 @@ import numpy as np
 
 from medbackdoor._io import atomic_path, save_figure, write_rows
 from medbackdoor.config import parse_assignment
-from medbackdoor.defenses.base import Truth
+from medbackdoor.defenses.base import DEFAULT_HOLDOUT, Truth
 from medbackdoor.defenses.isolation import (
     PROCESS,
     Described,
@@ -41,7 +41,6 @@ from medbackdoor.errors import UserError
 from medbackdoor.metrics.columns import column_values, metric_columns, score_columns
 from medbackdoor.run import Run
 
-DEFAULT_HOLDOUT = 1000
 PROTOCOL = 2  # part of every request: answers of the in-process protocol (1) are computed again
 
 
@@ -85,12 +84,14 @@ def create_defense(method: str, options: dict):
 
 def defend(run_dir: str | Path | Run, method: str, epoch: int | None = None, holdout: int | None = None,
            options: dict | None = None, force: bool = False, device: str | None = None,
-           require_data: bool = False, name: str | None = None, defender_seed: int = 0) -> DefenseSummary:
+           require_data: bool = False, name: str | None = None, defender_seed: int = 0,
+           clean_model: Run | None = None) -> DefenseSummary:
     """Run ``method`` on the run in ``run_dir``; returns the summary (also written to ``summary.json``).
 
     ``require_data``: refuse any defense that is not a data defense (``--retrain`` needs flags per sample).
     ``name``: the output folder under ``RUN/defenses/`` (default: the method), e.g. to keep two option sets.
     ``defender_seed``: the root of the defender's seeds (the training order it sees, the test mix, its own draws).
+    ``clean_model``: run it on that clean control's model instead (see :func:`defend_run`).
 
     Raises:
         UserError: a bad method or option, or the defense does not apply to this run (one line).
@@ -98,16 +99,22 @@ def defend(run_dir: str | Path | Run, method: str, epoch: int | None = None, hol
     """
     run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
     request = DefenseRequest(method, name, dict(options or {}), epoch, holdout)
-    result = defend_run(run, [request], device, force, defender_seed, require_data)[0]
+    result = defend_run(run, [request], device, force, defender_seed, require_data, clean_model)[0]
     if isinstance(result, BaseException):
         raise result
     return result
 
 
 def defend_run(run: Run, requests: list[DefenseRequest], device: str | None = None, force: bool = False,
-               defender_seed: int = 0, require_data: bool = False) -> list[DefenseSummary | Exception]:
+               defender_seed: int = 0, require_data: bool = False, clean_model: Run | None = None
+               ) -> list[DefenseSummary | Exception]:
     """Every request on ``run``: each answer is a summary or the exception that stopped it (a defense that does
     not apply, or one that failed); a bad method or option raises before anything runs.
+
+    ``clean_model``: run the input defenses and repairs on that run's model instead (the clean control of
+    ``run``: its weights, training set and holdout) with ``run``'s test inputs, and write them to
+    ``RUN/defenses/NAME/clean-model/``: the same detector's response to the trigger where no backdoor is, and the
+    clean control repaired and scored on ``run``'s trigger. Other kinds answer "not applicable".
 
     A summary on disk is reused when it answers the same request: method and its ``revision``, options (as given
     and as resolved with the defaults of the code that runs now), holdout, defender seed, the checkpoint (its epoch
@@ -124,36 +131,55 @@ def defend_run(run: Run, requests: list[DefenseRequest], device: str | None = No
     results: list = [None] * len(requests)
     groups: dict[tuple, list[int]] = {}
     keys = []
+    model_epoch = clean_model.resolve_epoch(None) if clean_model is not None else None
     for i, (r, d) in enumerate(zip(requests, described)):
         epoch = run.resolve_epoch(r.epoch)
         key = {"method": r.method, "revision": d.revision, "options": r.options, "resolved": d.options,
                "epoch": epoch, "checkpoint": run.fingerprint(epoch), "holdout": r.holdout,
                "defender_seed": int(defender_seed), "protocol": PROTOCOL}
+        if clean_model is not None:
+            key["clean_model"] = {"run": clean_model.name, "epoch": model_epoch,
+                                  "checkpoint": clean_model.fingerprint(model_epoch)}
         keys.append(key)
-        done = None if force else _reusable(run, r.name, key)
+        if clean_model is not None and d.kind not in CLEAN_MODEL_KINDS:
+            results[i] = UserError(f"{r.name} is a {d.kind} defense: the clean-model baseline runs input defenses "
+                                   "and repairs")
+            continue
+        done = None if force else _reusable(_out_dir(run, r.name, clean_model), key)
         if done is not None:
             results[i] = done
         else:
             groups.setdefault((epoch, r.holdout), []).append(i)
     for (epoch, holdout), members in groups.items():
         answers = _run_group(run, epoch, holdout, [requests[i] for i in members], [described[i] for i in members],
-                             [keys[i] for i in members], device, defender_seed)
+                             [keys[i] for i in members], device, defender_seed, clean_model)
         for i, answer in zip(members, answers):
             results[i] = answer
     return results
 
 
-def _reusable(run: Run, name: str, key: dict) -> DefenseSummary | None:
-    """The summary on disk of defense ``name`` when it answered request ``key`` and its scores are there."""
-    path = run.dir.defense_summary_path(name)
-    if not path.is_file() or not run.dir.defense_scores_path(name).is_file():
+CLEAN_MODEL_KINDS = ("input", "mitigation")
+
+
+def _out_dir(run: Run, name: str, clean_model: Run | None) -> Path:
+    """Where defense ``name``'s answer goes: ``RUN/defenses/NAME/``, or its ``clean-model/`` folder."""
+    return run.dir.defense_dir(name) if clean_model is None else run.dir.clean_model_dir(name)
+
+
+def _reusable(folder: Path, key: dict) -> DefenseSummary | None:
+    """The summary in ``folder`` when it answered request ``key`` (under the frozen defaults in force now) and its
+    scores are there."""
+    from medbackdoor.defaults import defaults_digest
+
+    path = folder / "summary.json"
+    if not path.is_file() or not (folder / "scores.csv").is_file():
         return None
     done = read_summary(path)
-    return done if done.request == key else None
+    return done if done.request == key and done.defaults_digest == defaults_digest() else None
 
 
 def _run_group(run: Run, epoch: int, holdout: int | None, requests: list[DefenseRequest], described: list[Described],
-               keys: list[dict], device: str | None, defender_seed: int) -> list:
+               keys: list[dict], device: str | None, defender_seed: int, clean_model: Run | None = None) -> list:
     """One defense process for ``requests`` (same epoch and holdout): materials, the child, then the scoring."""
     PROCESS.start()  # its imports overlap the data and the materials below
     data = run.data
@@ -168,12 +194,12 @@ def _run_group(run: Run, epoch: int, holdout: int | None, requests: list[Defense
             runnable.append(i)
     if not runnable:
         return answers
-    truth = truth_of(run)
+    truth = truth_of(run if clean_model is None else clean_model)
     folder = make_folder()
     try:
         t0 = time.perf_counter()
         materials = _materials(run, folder, epoch, holdout, defender_seed,
-                               any(described[i].kind in ("input", "mitigation") for i in runnable))
+                               any(described[i].kind in ("input", "mitigation") for i in runnable), clean_model)
         dev = run.device(device)
         request = {"mode": "defend", "device": str(dev), "batch_size": run.config.eval.batch_size,
                    "seed": materials.seed, "label_names": list(data.dataset.label_names),
@@ -188,7 +214,8 @@ def _run_group(run: Run, epoch: int, holdout: int | None, requests: list[Defense
                        "startup_seconds": round(index["startup_seconds"], 3),
                        "defense_seconds": round(answer["seconds"], 3), "run_defenses": len(runnable)}
             answers[i] = _settle(run, requests[i], described[i], keys[i], answer, folder / "answers" / answer["name"],
-                                 materials, truth, epoch, timings, time.perf_counter() - t0, defender_seed)
+                                 materials, truth, epoch, timings, time.perf_counter() - t0, defender_seed,
+                                 clean_model)
     finally:
         remove_folder(folder)
     return answers
@@ -213,12 +240,16 @@ def truth_of(run: Run) -> Truth:
                  extra={"cross": np.asarray(cross, bool)})
 
 
-def _materials(run: Run, folder: Path, epoch: int, holdout: int | None, defender_seed: int, with_test: bool
-               ) -> Materials:
+def _materials(run: Run, folder: Path, epoch: int, holdout: int | None, defender_seed: int, with_test: bool,
+               clean_model: Run | None = None) -> Materials:
     """The defender's materials of ``run`` at ``epoch``: its weights, the training set as trained, the first
-    ``holdout`` images of the validation split and (``with_test``) the test inputs, clean and triggered."""
+    ``holdout`` images of the validation split and (``with_test``) the test inputs, clean and triggered.
+    With ``clean_model``: that run's weights (last epoch), training set and holdout, with ``run``'s test inputs."""
     from medbackdoor.data.views import ImageRows, SampleImages
 
+    test = run.data.test
+    if clean_model is not None:
+        run, epoch = clean_model, clean_model.resolve_epoch(None)
     data, config = run.data, run.config
     state = run.dir.load_state(epoch)["model"]
     recipe = {"arch": config.model.arch, "options": dict(config.model.options), "image_size": config.image_size,
@@ -227,10 +258,9 @@ def _materials(run: Run, folder: Path, epoch: int, holdout: int | None, defender
     n_hold = min(len(data.val), holdout or DEFAULT_HOLDOUT)
     rows = data.val.indices[:n_hold]
     seeds = defender_seeds(defender_seed, run.fingerprint(epoch))
-    test_clean = data.test.clean if with_test else None
     return write_materials(folder, state, recipe, SampleImages(data.train), data.train.labels_array(),
-                           ImageRows(data.images, rows), data.val.labels[rows], test_clean,
-                           data.test.triggered if with_test else None, seeds)
+                           ImageRows(data.images, rows), data.val.labels[rows], test.clean if with_test else None,
+                           test.triggered if with_test else None, seeds)
 
 
 def _training_recipe(run: Run) -> dict:
@@ -246,17 +276,20 @@ def _training_recipe(run: Run) -> dict:
 
 
 def _settle(run: Run, r: DefenseRequest, d: Described, key: dict, answer: dict, folder: Path, materials: Materials,
-            truth: Truth, epoch: int, timings: dict, seconds: float, defender_seed: int):
+            truth: Truth, epoch: int, timings: dict, seconds: float, defender_seed: int,
+            clean_model: Run | None = None):
     """A child's answer for one defense as a written summary, or the exception it stands for."""
+    from medbackdoor.defaults import defaults_digest
+
     if answer["status"] == "user_error":
         return UserError(answer["error"])
     if answer["status"] != "complete":
         return DefenseFailed(answer["error"], answer.get("traceback", ""))
-    out = run.dir.defense_dir(r.name)
-    shutil.rmtree(out, ignore_errors=True)  # another request's outputs
+    out = _out_dir(run, r.name, clean_model)
+    shutil.rmtree(out, ignore_errors=True)  # another request's outputs (the defense's clean-model baseline too)
     out.mkdir(parents=True, exist_ok=True)
     scorer = {"data": _data, "input": _input, "model": _model, "mitigation": _mitigation}[d.kind]
-    rows, extra = scorer(run, r.name, answer, folder, materials, truth)
+    rows, extra = scorer(run, r.name, answer, folder, materials, truth, out)
     config = run.config
     summary = DefenseSummary(
         name=r.name, method=r.method, kind=d.kind, run=str(run.path), epoch=epoch,
@@ -265,9 +298,10 @@ def _settle(run: Run, r: DefenseRequest, d: Described, key: dict, answer: dict, 
         metric_columns={c.name: c.label for c in metric_columns(config.eval, run.data.test.condition is not None)},
         seconds=round(seconds, 3), ms_per_image=round(1000 * answer["seconds"] / max(extra.get("images_scored", 1), 1),
                                                       3),
-        origin=d.origin, timings=timings, defender_seed=int(defender_seed), **extra)
-    write_rows(run.dir.defense_scores_path(r.name), rows)
-    write_summary(run.dir.defense_summary_path(r.name), summary)
+        origin=d.origin, timings=timings, defender_seed=int(defender_seed), defaults_digest=defaults_digest(),
+        clean_model=None if clean_model is None else key["clean_model"], **extra)
+    write_rows(out / "scores.csv", rows)
+    write_summary(out / "summary.json", summary)
     return summary
 
 
@@ -305,7 +339,7 @@ def retrain(run_dir: str | Path | Run, name: str, summary: DefenseSummary, progr
 
 # --- one function per kind: read the answer back, then score it -------------------------------------------------
 
-def _data(run: Run, name: str, answer: dict, folder: Path, m: Materials, truth: Truth):
+def _data(run: Run, name: str, answer: dict, folder: Path, m: Materials, truth: Truth, out: Path):
     scores = m.as_trained(np.load(folder / "scores.npy"))
     flagged = m.as_trained(np.load(folder / "flagged.npy")).astype(bool)
     if len(scores) != len(truth.poisoned):
@@ -321,7 +355,7 @@ def _data(run: Run, name: str, answer: dict, folder: Path, m: Materials, truth: 
     summary = {"detection": _detection(truth, scores, flagged), "info": answer.get("info"),
                "images_scored": len(scores), "flagged_positions": np.flatnonzero(flagged).tolist(),
                "cross_samples": _cross(truth, flagged)}
-    _roc_figure(run.dir.defense_figure_path(name, "roc"), truth.poisoned[~cross], scores[~cross],
+    _roc_figure(out / "roc.png", truth.poisoned[~cross], scores[~cross],
                 "data defense: poisoned training samples")
     return rows, summary
 
@@ -340,7 +374,7 @@ def _cross(truth: Truth, flagged: np.ndarray) -> dict:
     return {"n": n, "flagged": hit, "flagged_rate": hit / n if n else float("nan")}
 
 
-def _input(run: Run, name: str, answer: dict, folder: Path, m: Materials, truth: Truth):
+def _input(run: Run, name: str, answer: dict, folder: Path, m: Materials, truth: Truth, out: Path):
     test = run.data.test
     clean, triggered = m.unmix(np.load(folder / "scores.npy"))
     clean_flags, triggered_flags = m.unmix(np.load(folder / "flagged.npy").astype(bool))
@@ -355,13 +389,13 @@ def _input(run: Run, name: str, answer: dict, folder: Path, m: Materials, truth:
     if not survived.all():  # images the trigger did not change are clean in fact: score those that changed
         keep = np.r_[np.ones(len(clean), bool), survived]
         det["survived_only"] = detection_summary(y[keep], s[keep], flagged[keep])
-    _roc_figure(run.dir.defense_figure_path(name, "roc"), y, s, "input defense: triggered test images")
+    _roc_figure(out / "roc.png", y, s, "input defense: triggered test images")
     return rows, {"detection": det, "threshold": answer["threshold"], "calibration": answer["calibration"],
                   "calibration_images": answer["calibration_images"], "images_scored": len(s),
                   "info": answer.get("info")}
 
 
-def _model(run: Run, name: str, answer: dict, folder: Path, m: Materials, truth: Truth):
+def _model(run: Run, name: str, answer: dict, folder: Path, m: Materials, truth: Truth, out: Path):
     names = list(run.data.dataset.label_names)
     scores = np.load(folder / "scores.npy")
     flagged = np.load(folder / "flagged.npy").astype(bool)
@@ -375,12 +409,12 @@ def _model(run: Run, name: str, answer: dict, folder: Path, m: Materials, truth:
                "poisoned_run": bool(truth.poisoned.any()), "info": answer.get("info"), "images_scored": m.n_holdout}
     if (folder / "masks.npy").is_file():
         patterns = np.load(folder / "patterns.npy") if (folder / "patterns.npy").is_file() else None
-        summary["reversed_trigger"] = _reversed(run.dir.defense_figure_path(name, "reversed_triggers"),
+        summary["reversed_trigger"] = _reversed(out / "reversed_triggers.png",
                                                 np.load(folder / "masks.npy"), patterns, truth, names)
     return rows, summary
 
 
-def _mitigation(run: Run, name: str, answer: dict, folder: Path, m: Materials, truth: Truth):
+def _mitigation(run: Run, name: str, answer: dict, folder: Path, m: Materials, truth: Truth, out: Path):
     before, after = _metrics(run, m, np.load(folder / "before.npy")), _metrics(run, m, np.load(folder / "after.npy"))
     rows = [{"when": when, **values} for when, values in (("before", before), ("after", after))]
     summary = {"before": before, "after": after, "images_scored": 2 * len(run.data.test), "info": answer.get("info")}
@@ -398,14 +432,18 @@ def _mitigation(run: Run, name: str, answer: dict, folder: Path, m: Materials, t
 
 def _metrics(run: Run, m: Materials, scores: np.ndarray) -> dict:
     """The run's metric columns (:func:`~medbackdoor.metrics.metric_columns` of its ``eval`` settings: ASR at
-    each p, strict or not, AUROC-TT/NN/TN, mixed ε) of a model's scores of the mixed test inputs."""
+    each p, strict or not, AUROC-TT/NN/TN, mixed ε) of a model's scores of the mixed test inputs, and
+    ``auroc_nn_macro`` (AUROC-NN as the mean of the per-class AUROCs)."""
+    from medbackdoor.metrics.multilabel import mean_auroc
+
     config, data = run.config, run.data
     clean, triggered = m.unmix(scores)
     if not len(triggered):  # a label-only trigger: the triggered inputs are the clean ones
         triggered = clean
     values = score_columns(config.eval, data.test.labels, clean, triggered, data.target, config.attack_seed,
                            config.trigger.label, data.test.carriers, data.test.condition)
-    return column_values(metric_columns(config.eval, data.test.condition is not None), values)
+    return {**column_values(metric_columns(config.eval, data.test.condition is not None), values),
+            "auroc_nn_macro": mean_auroc(data.test.labels, clean)}
 
 
 def _reversed(path: Path, masks, patterns, truth: Truth, names) -> dict:

@@ -14,6 +14,8 @@ Two flag rules:
 
 * ``rule: faithful`` — the paper's: per group, score ``z = |p − mean(p)| / std(p)`` (a monotone transform of the
   squared projection, so the same ranking), remove the top ``round(1.5·eps·n_group)`` (at least one).
+  ``projection: uncentred`` scores ``|x·v|`` instead, as the authors' released code does (sweep name
+  ``spectral-released``).
   It assumes the poisoned samples are a *minority* of the group: when they are the majority (the project's one-hot
   Atelectasis attack poisons 538 of 685 Atelectasis samples) the group mean sits in the poisoned cluster and the
   clean samples get the largest projections — the ranking is inverted.
@@ -62,6 +64,7 @@ from medbackdoor.defenses.base import DEFENSES, DataDefense, Defender, Detection
 from medbackdoor.errors import UserError
 
 RULES = ("holdout", "faithful")
+PROJECTIONS = ("centred", "uncentred")
 FALLBACKS = ("all", "skip")
 CENTRES = ("holdout", "anchored")
 CALIBRATIONS = ("group", "sample")
@@ -421,6 +424,10 @@ class SpectralSignatures(FindingGroupDefense):
         rule: ``holdout`` (default) or ``faithful`` (the paper's top-1.5·ε·n removal per group).
         eps: faithful rule: the assumed upper bound on the poisoned fraction of a group, in (0, 2/3); 1.5·eps of
             every group is removed (default 0.05, one of the paper's settings, i.e. 7.5%).
+        projection: faithful rule: ``centred`` (the paper's text: the squared projection of the centred
+            representation, ``((x − mean)·v)²``) or ``uncentred`` (the authors' released code and IBM ART's port
+            of it: ``|x·v|`` of the raw representation, ``v`` still from the centred matrix). The two rank a group
+            differently whenever its mean has a component along ``v``.
         fpr: holdout rule: the threshold is at least the holdout's own (1 − fpr) quantile of z (default 0.01).
         min_z: holdout rule: the floor under the calibrated threshold, a robust z (default 3; 0 for none): the
             flag threshold is ``max(min_z, calibrated)``, see "The floor" above.
@@ -451,9 +458,13 @@ class SpectralSignatures(FindingGroupDefense):
 
     def __init__(self, rule: str = "holdout", eps: float = 0.05, fpr: float = 0.01, min_z: float = 3.0,
                  folds: int = 2, min_group: int = 10, min_holdout: int = 5, fallback: str = "all",
-                 centre: str = "holdout", window: float = 2.0, calibration: str = "sample") -> None:
+                 centre: str = "holdout", window: float = 2.0, calibration: str = "sample",
+                 projection: str = "centred") -> None:
         self._check_common(rule, min_group, min_holdout, fallback)
         self._check_calibration(calibration)
+        if projection not in PROJECTIONS:
+            raise UserError(f"spectral projection must be centred or uncentred, got {projection!r}")
+        self.projection = projection
         if centre not in CENTRES:
             raise UserError(f"spectral centre must be holdout or anchored, got {centre!r}")
         _check_number(self.label, "window", window, 0.0, np.inf)
@@ -470,8 +481,13 @@ class SpectralSignatures(FindingGroupDefense):
         if self.rule == "faithful":
             mean = x.mean(0, dtype=np.float64)
             xc = x - mean.astype(x.dtype)
-            p = xc @ top_directions(xc, 1, seed)[0]
-            z = np.abs(p - p.mean()) / (p.std() if p.std() > 1e-12 else 1.0)
+            v = top_directions(xc, 1, seed)[0]
+            if self.projection == "uncentred":  # the authors' released code: |x·v| of the raw representation
+                p = x @ v
+                z = np.abs(p) / (p.std() if p.std() > 1e-12 else 1.0)
+            else:  # the paper's text: ((x − mean)·v)²
+                p = xc @ v
+                z = np.abs(p - p.mean()) / (p.std() if p.std() > 1e-12 else 1.0)
             flags, cut = top_cut(z, cut_count(self.eps, len(z)))
             return GroupResult(scaled(z, cut), flags, z, {"cut_z": cut})
         z, threshold = np.zeros(len(x)), np.ones(len(x))

@@ -42,6 +42,9 @@ class DefenseSummary:
         timings: seconds spent writing the defender's materials, starting the defense process, and in the defense
             itself (``defense_seconds``; ``seconds`` is the whole call).
         defender_seed: the root of the defender's seeds (``--defender-seed``).
+        defaults_digest: the digest of the frozen defaults record (:func:`medbackdoor.defaults.defaults_digest`)
+            the summary was made under.
+        clean_model: for a summary under ``NAME/clean-model/``: the clean control whose model ran the defense.
     """
 
     name: str
@@ -78,6 +81,8 @@ class DefenseSummary:
     origin: dict | None = None
     timings: dict | None = None
     defender_seed: int | None = None
+    defaults_digest: str | None = None
+    clean_model: dict | None = None
 
 
 def write_summary(path: Path, summary: DefenseSummary) -> None:

@@ -444,6 +444,21 @@ def defense_section(records: list[RunRecord], folder: Path) -> list[str]:
     return parts
 
 
+def scorecard_section(records: list[RunRecord], folder: Path, sweep_dir: Path) -> list[str]:
+    """The benchmark's scorecard (``report/scorecard.csv`` and ``scorecard.md``), when poisoned runs hold defense
+    summaries: one row per (attack, defense) with the benchmark's rules (:mod:`medbackdoor.report.scorecard`)."""
+    from medbackdoor.report.scorecard import write_scorecard
+
+    df = write_scorecard(records, folder, f"medbackdoor report {sweep_dir}")
+    if df.empty:
+        return []
+    implanted = df.drop_duplicates(["trigger", "label", "target", "fraction", "model", "dataset"])["implanted"]
+    return ["", "## Scorecard", "",
+            f"{len(df)} (attack, defense) rows over {len(implanted)} attacks, {int(implanted.sum())} of which "
+            "implanted: `report/scorecard.csv`, and the leaderboard with intervals in "
+            "[scorecard.md](scorecard.md)."]
+
+
 def controls_section(records: list[RunRecord], folder: Path) -> list[str]:
     """The natural response: every poisoned run's trigger scored on its clean control (``RUN/control.json``,
     written by the sweep)."""
@@ -519,6 +534,7 @@ def build_report(sweep_dir: str | Path, cuts: str | None = None) -> Path:
         parts.append("*Skipped: no poisoned runs with a fixed location.*")
     parts += controls_section(records, folder)
     parts += defense_section(records, folder)
+    parts += scorecard_section(records, folder, sweep_dir)
     parts += runs_section(records)
     parts += explain_section(records, sweep_dir)
     if notes:

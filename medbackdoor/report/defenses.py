@@ -66,17 +66,20 @@ def _control_asr(folder, metric: str | None, path=None) -> float:
     return float("nan") if value is None else float(value)
 
 
-def der(asr_before: float, asr_after: float, nn_before: float, nn_after: float, control_asr: float = 0.0) -> float:
+def der(asr_before: float, asr_after: float, nn_before: float, nn_after: float, control_asr: float = 0.0,
+        control_after: float | None = None) -> float:
     """Defense effectiveness rating, BackdoorBench's DER made to count only the backdoor's own ASR.
 
     ``((max(0, ΔASR) − max(0, ΔNN)) + 1) / 2`` with ΔASR the drop of the ASR in excess of the clean control's
-    (``max(0, ASR − control_asr)``, before minus after) and ΔNN the drop of AUROC-NN: 1 removes all the excess
-    at no cost to the clean AUROC, 0.5 changes nothing (or trades one for the other), 0 is the worst. NaN when
-    the clean control's ASR is unknown (NaN: the run has no scored clean control), as the excess is then unknown.
+    (``max(0, ASR − control)``, before minus after) and ΔNN the drop of AUROC-NN: 1 removes all the excess
+    at no cost to the clean AUROC, 0.5 changes nothing (or trades one for the other), 0 is the worst. The excess
+    after is measured against ``control_after`` (the clean control put through the same repair) when given, else
+    against ``control_asr``. NaN when a control's ASR is unknown (NaN), as the excess is then unknown.
     """
-    if np.isnan(control_asr):
+    control_after = control_asr if control_after is None else control_after
+    if np.isnan(control_asr) or np.isnan(control_after):
         return float("nan")
-    excess_before, excess_after = max(0.0, asr_before - control_asr), max(0.0, asr_after - control_asr)
+    excess_before, excess_after = max(0.0, asr_before - control_asr), max(0.0, asr_after - control_after)
     return (max(0.0, excess_before - excess_after) - max(0.0, nn_before - nn_after) + 1.0) / 2.0
 
 
@@ -155,8 +158,9 @@ def defense_tables(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
                     "after the name; Clean: FPR only)", _pivot(calibrated, _tpr_fpr, order).rename(index=_nominal(
                         calibrated))))
     if not attacked.empty:
-        out.append(("defenses_best", "Per attack: the best data and input defense by mean AUROC, and whether every "
-                    "detection defense fails it (AUROC < 0.8)", _best(attacked, order)))
+        out.append(("defenses_best", "Per attack: the best data and input defense by mean AUROC, chosen with the "
+                    "truth (no defender can make this choice; the scorecard reports declared defaults only), and "
+                    "whether every detection defense fails it (AUROC < 0.8)", _best(attacked, order)))
         out.append(("defenses_failures", "Per defense: the attacks it fails (mean AUROC < 0.8)",
                     _failures(attacked, order)))
         speed = attacked.groupby("defense")["ms_per_image"].mean().to_frame("ms per image").round(2)

@@ -166,10 +166,19 @@ def train_random_drop(control: str, count: int, threads: int) -> dict:
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - start}
 
 
+def clean_dropped(run: str | Path, name: str) -> int:
+    """How many clean (not poisoned) training samples defense ``name``'s cleanse of ``run`` dropped: what its
+    random-drop control drops from the clean control (the poisoned ones it dropped are the cleanse's point)."""
+    import pandas as pd
+
+    scores = pd.read_csv(RunDir(run).defense_scores_path(name), usecols=["flagged", "poisoned"])
+    return int((scores["flagged"].astype(bool) & ~scores["poisoned"].astype(bool)).sum())
+
+
 def retrain_control(run: str, control: str, name: str, threads: int) -> dict:
     """Sweep task: for defense ``name``'s cleanse-and-retrain of ``run``, retrain the clean ``control`` without as
-    many random samples as the cleanse dropped and score it on ``run``'s trigger (``RUN/defenses/NAME/
-    retrain_control.json``); a status dict, never raises."""
+    many random samples as the cleanse dropped clean ones (:func:`clean_dropped`) and score it on ``run``'s
+    trigger (``RUN/defenses/NAME/retrain_control.json``); a status dict, never raises."""
     import torch
 
     from medbackdoor.defenses.summary import read_summary
@@ -180,14 +189,15 @@ def retrain_control(run: str, control: str, name: str, threads: int) -> dict:
         summary = read_summary(RunDir(run).defense_summary_path(name))
         if summary.retrain is None:
             return {"status": "not applicable", "error": f"{name} has no retrain", "seconds": 0.0}
-        dropped = int(summary.retrain["dropped"])
+        dropped = clean_dropped(run, name)
         folder = random_drop_retrain(control, dropped)
         path = RunDir(run).retrain_control_path(name)
         epoch = RunDir(folder).last_complete_epoch()
         if path.is_file() and all(json.loads(path.read_text()).get(k) == v
                                   for k, v in _fingerprint(Path(run), Path(folder), epoch).items()):
             return {"status": "skipped (complete)", "error": None, "seconds": time.perf_counter() - start}
-        write_json(path, {**control_response(Run(run), Run(folder)), "dropped": dropped})
+        write_json(path, {**control_response(Run(run), Run(folder)), "dropped": dropped,
+                          "cleanse_dropped": int(summary.retrain["dropped"])})
         return {"status": "complete", "error": None, "seconds": time.perf_counter() - start}
     except Exception as exc:  # noqa: BLE001 - recorded; the sweep goes on
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - start}

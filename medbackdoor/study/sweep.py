@@ -26,7 +26,8 @@ from medbackdoor.rundir import RunDir, SweepDir
 from medbackdoor.study.executors import Executor, LocalExecutor
 
 BUILTIN_SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
-SWEEP_KEYS = {"name", "description", "base_config", "base", "grid", "cuts", "figure1", "defenses", "controls"}
+SWEEP_KEYS = {"name", "description", "base_config", "base", "grid", "cuts", "figure1", "defenses", "controls",
+              "clean_model"}
 DEFENSE_KEYS = {"method", "name", "options", "holdout", "epoch", "retrain", "where"}
 
 
@@ -41,22 +42,26 @@ class SweepRun:
         self.folder = self.folder or SweepDir("").run_folder(self.name)
 
 
-def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list[str] | tuple[str, ...] = ()
-               ) -> tuple[dict, list[SweepRun]]:
+def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list[str] | tuple[str, ...] = (),
+               defenses: list | None = None) -> tuple[dict, list[SweepRun]]:
     """Read a sweep file (or built-in sweep name) and expand it.
 
     Args:
         path: the sweep YAML, or ``quick`` / ``paper``.
         seeds: replaces every ``train.seed`` list of the grid.
         overrides: ``dotted.key=value`` applied to the base of every run.
+        defenses: entries appended to the sweep's ``defenses`` list.
     """
     path = resolve_sweep_path(path)
     spec = read_yaml(path)
+    if defenses:
+        spec = {**spec, "defenses": [*(spec.get("defenses") or []), *defenses]}
     unknown = sorted(set(spec) - SWEEP_KEYS)
     if unknown:
         raise UserError(f"unknown sweep key {unknown[0]} in {path}")
-    if not isinstance(spec.get("controls", True), bool):
-        raise UserError(f"sweep key controls must be true or false, got {spec['controls']!r} in {path}")
+    for key, default in (("controls", True), ("clean_model", False)):
+        if not isinstance(spec.get(key, default), bool):
+            raise UserError(f"sweep key {key} must be true or false, got {spec[key]!r} in {path}")
     base = _base(spec, path, overrides)
     runs = [SweepRun(run_name(point), point, _apply(base, point)) for point in expand_grid(spec.get("grid"), seeds)]
     names = [r.name for r in runs]
@@ -239,15 +244,19 @@ def run_state(folder: Path) -> str:
 
 def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = False,
               seeds: list[int] | None = None, progress: bool = True, overrides: list[str] | tuple[str, ...] = (),
-              executor: Executor | None = None) -> list[dict]:
+              executor: Executor | None = None, defenses: list | None = None) -> list[dict]:
     """Run every grid point into ``out/runs/<name>`` (and a ``figure1`` pair into ``out/figure1/``); returns one
     status dict per run, with its ``folder``.
+
+    ``defenses``: entries added to the sweep's ``defenses`` list (a user's own defense beside the built-ins).
+    With sweep key ``clean_model: true``, every input defense and repair also runs on each poisoned run's clean
+    control model (:func:`run_clean_model_defenses`).
 
     ``executor`` runs the tasks (default: a local pool of ``jobs`` processes; see
     :mod:`medbackdoor.study.executors` for Ray); whichever runs them, the folders and results are the same.
     """
     out = Path(out)
-    spec, runs = load_sweep(path, seeds, overrides)
+    spec, runs = load_sweep(path, seeds, overrides, defenses)
     if dry_run:
         return [{"name": r.name, "state": run_state(out / r.folder), "overrides": r.overrides} for r in runs]
     own = executor is None
@@ -273,6 +282,8 @@ def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = 
         entries = defense_entries(spec, resolve_sweep_path(path).parent)
         if entries:
             results += run_defenses(runs_done, entries, executor, progress)
+            if spec.get("controls", True) and spec.get("clean_model", False):
+                results += run_clean_model_defenses(runs_done, entries, executor, progress)
             if spec.get("controls", True) and any(e.get("retrain") for e in entries):
                 results += run_retrain_controls(runs_done, entries, executor, progress)
     finally:
@@ -348,12 +359,76 @@ def run_defenses(results: list[dict], entries: list[dict], executor: Executor, p
     return out
 
 
+def run_clean_model_defenses(results: list[dict], entries: list[dict], executor: Executor, progress: bool
+                             ) -> list[dict]:
+    """Every input defense and repair of a poisoned run again on its clean control's model, with the run's test
+    inputs (``RUN/defenses/NAME/clean-model/``): the trigger-visibility baseline of a detector and the clean
+    control put through the same repair. One status per (run, defense), named ``RUN:NAME:clean-model``."""
+    from medbackdoor.defenses.isolation import describe_all
+    from medbackdoor.study.controls import match_controls
+
+    names = {Path(r["folder"]): r["name"] for r in results if r.get("status") in ("complete", "skipped (complete)")
+             and not SweepDir.is_figure_run(r["name"])}
+    kinds = [d.kind for d in describe_all([(e["method"], e["options"]) for e in entries])]
+    tasks = []
+    for run, control in match_controls(list(names)):
+        config = RunDir(run).config().to_dict()
+        chosen = [e for e, kind in zip(entries, kinds) if kind in ("input", "mitigation") and applies(e, config)]
+        if chosen:
+            tasks.append((str(run), str(control), chosen))
+    out = []
+    for i, (k, statuses) in enumerate(executor.map(_defend_clean_model, tasks), 1):
+        run, _, chosen = tasks[k]
+        if isinstance(statuses, dict):
+            statuses = [{key: v for key, v in statuses.items() if key != "traceback"}] * len(chosen)
+        for e, status in zip(chosen, statuses):
+            result = {"name": f"{names[Path(run)]}:{e['name']}:clean-model",
+                      "folder": str(RunDir(run).clean_model_dir(e["name"])), **status}
+            out.append(result)
+            if progress:
+                _print_step("clean-model baselines", i, len(tasks), result)
+    out.sort(key=lambda x: x["name"])
+    return out
+
+
+def _defend_clean_model(folder: str, control: str, entries: list[dict], threads: int) -> list[dict]:
+    """Sweep task: a run's input defenses and repairs on its clean control's model; one status per entry."""
+    import torch
+
+    from medbackdoor.defenses.runner import DefenseFailed, DefenseRequest, defend_run
+    from medbackdoor.run import Run
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        requests = [DefenseRequest(e["method"], e["name"], dict(e["options"]), e.get("epoch"), e.get("holdout"))
+                    for e in entries]
+        answers = defend_run(Run(folder), requests, clean_model=Run(control))
+    except Exception as exc:  # noqa: BLE001 - recorded; the sweep goes on
+        answers = [exc] * len(entries)
+    seconds = (time.perf_counter() - start) / max(len(entries), 1)
+    out = []
+    for entry, answer in zip(entries, answers):
+        status, error = "complete", None
+        if isinstance(answer, UserError):
+            status, error = "not applicable", str(answer)
+        elif isinstance(answer, BaseException):
+            status, error = "failed", f"{type(answer).__name__}: {answer}"
+            trace = answer.trace if isinstance(answer, DefenseFailed) else "".join(
+                traceback.format_exception(answer))
+            path = RunDir(folder).clean_model_dir(entry["name"])
+            path.mkdir(parents=True, exist_ok=True)
+            write_text(path / "failed.txt", trace)
+        out.append({"status": status, "error": error, "seconds": seconds})
+    return out
+
+
 def run_retrain_controls(results: list[dict], entries: list[dict], executor: Executor, progress: bool) -> list[dict]:
     """For every cleanse-and-retrain of a poisoned run, its control: the run's clean control retrained after
     dropping as many random training samples as the cleanse dropped, scored on the run's trigger
     (``RUN/defenses/NAME/retrain_control.json``). One status per retrain, named ``RUN:NAME:retrain-control``."""
     from medbackdoor.defenses.summary import read_summary
-    from medbackdoor.study.controls import match_controls, retrain_control, train_random_drop
+    from medbackdoor.study.controls import clean_dropped, match_controls, retrain_control, train_random_drop
 
     names = {Path(r["folder"]): r["name"] for r in results if r.get("status") in ("complete", "skipped (complete)")
              and not SweepDir.is_figure_run(r["name"])}
@@ -365,7 +440,7 @@ def run_retrain_controls(results: list[dict], entries: list[dict], executor: Exe
             if summary is None or summary.retrain is None:
                 continue
             jobs.append((str(run), str(control), e["name"]))
-            trainings.setdefault((str(control), int(summary.retrain["dropped"])), None)
+            trainings.setdefault((str(control), clean_dropped(run, e["name"])), None)
     # each (control, count) is trained once, before any scoring reads it (two runs may share one)
     for _ in executor.map(train_random_drop, list(trainings)):
         pass
