@@ -379,9 +379,9 @@ sec("Attack, ABL training, holdout, evaluation, rules and grids", "`attack.*` ar
   "ANP's `budget` (0.02) was set against that older target"),
  ("rules.target_repair_excess", A, "the benchmark's specification (issue 36), before any benchmark run"),
  ("grids.benchmark", A, "not a chosen value: the first 16 hex digits of the SHA-256 of "
-  "`configs/sweeps/benchmark.yaml`, so a changed grid changes the record. By its description, its attack strengths (ρ 0.1 "
-  "and each trigger's defaults) are checked to implant on `benchmark-tune`; no run of `benchmark-tune` is "
-  "recorded on the results pages"),
+  "`configs/sweeps/benchmark.yaml`, so a changed grid changes the record. Its attack strengths (ρ 0.1; the patch "
+  "at 5×5, the conditional attack's cover ratio 0.5, the Cardiomegaly blend's α 0.2) were chosen on `benchmark-tune`, "
+  "seeds 2000 and 2001 ([tuning record](defenses-tuning.md))"),
  ("grids.benchmark-tune", A, "not a chosen value: the first 16 hex digits of the SHA-256 of "
   "`configs/sweeps/benchmark-tune.yaml`, so a changed grid changes the record"),
 ])
