@@ -270,7 +270,9 @@ def test_bench_runs_the_clean_model_baseline_and_adds_a_users_defense(tmp_path, 
     bright = table[table["defense"] == "Brightness"].iloc[0]
     assert bright["auroc"] == pytest.approx(bright["auroc_clean_model"]) or math.isnan(bright["auroc"])
     assert bool(table[table["defense"] == "fine-pruning"].iloc[0]["control_mitigated"])
-    frozen = hashlib.sha256((__import__("medbackdoor").defaults.FROZEN).read_bytes()).hexdigest()[:12]
+    from medbackdoor.defaults import FROZEN
+
+    frozen = hashlib.sha256(FROZEN.read_bytes()).hexdigest()[:12]
     assert set(table["defaults_digest"]) == {frozen}
 
 
