@@ -308,3 +308,12 @@ def test_the_defaults_page_is_rendered_from_the_frozen_record():
     tool = Path(__file__).resolve().parents[1] / "tools" / "defaults_page.py"
     done = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_cells_trigger_setting_names_what_it_changed():
+    from medbackdoor.report.scorecard import trigger_setting
+
+    assert trigger_setting({"trigger.kind": "patch", "trigger.size": 5, "trigger.location": None}) == "size=5"
+    assert trigger_setting({"trigger.options.cover_ratio": 0.5, "trigger.options.alpha": 0.2}) == \
+        "alpha=0.2 cover_ratio=0.5"
+    assert trigger_setting({"trigger.kind": "square"}) == ""

@@ -452,7 +452,8 @@ def scorecard_section(records: list[RunRecord], folder: Path, sweep_dir: Path) -
     df = write_scorecard(records, folder, f"medbackdoor report {sweep_dir}")
     if df.empty:
         return []
-    implanted = df.drop_duplicates(["trigger", "label", "target", "fraction", "model", "dataset"])["implanted"]
+    cells = df.drop_duplicates(["trigger", "setting", "label", "target", "fraction", "model", "dataset"])
+    implanted = cells["implanted"]
     return ["", "## Scorecard", "",
             f"{len(df)} (attack, defense) rows over {len(implanted)} attacks, {int(implanted.sum())} of which "
             "implanted: `report/scorecard.csv`, and the leaderboard with intervals in "

@@ -49,10 +49,10 @@ RULES = {
     "target_repair_excess": 0.10, "target_repair_d_auroc_nn": -0.03,
 }
 
-COLUMNS = ["trigger", "label", "target", "fraction", "model", "dataset", "defense", "kind", "seeds", "implanted",
-           "asr", "asr_lo", "asr_hi", "asr_clean_model", "auroc", "auroc_lo", "auroc_hi", "auroc_clean_model",
-           "detects", "auroc_macro", "tpr", "fpr", "fpr_nominal", "cross_flagged", "firing", "asr_after",
-           "asr_after_lo", "asr_after_hi", "d_asr", "control_after", "control_mitigated", "excess_after",
+COLUMNS = ["trigger", "setting", "label", "target", "fraction", "model", "dataset", "defense", "kind", "seeds",
+           "implanted", "asr", "asr_lo", "asr_hi", "asr_clean_model", "auroc", "auroc_lo", "auroc_hi",
+           "auroc_clean_model", "detects", "auroc_macro", "tpr", "fpr", "fpr_nominal", "cross_flagged", "firing",
+           "asr_after", "asr_after_lo", "asr_after_hi", "d_asr", "control_after", "control_mitigated", "excess_after",
            "d_auroc_nn", "d_auroc_nn_lo", "d_auroc_nn_hi", "der", "meets_target", "defaults_digest"]
 
 
@@ -196,12 +196,21 @@ def seed_rows(records: list[RunRecord]) -> pd.DataFrame:
         c = r.config
         if not c.get("trigger.fraction"):
             continue
-        attack = {"trigger": c.get("trigger.kind"), "label": c.get("trigger.label"), "target": c.get("trigger.target"),
+        attack = {"trigger": c.get("trigger.kind"), "setting": trigger_setting(c), "label": c.get("trigger.label"),
+                  "target": c.get("trigger.target"),
                   "fraction": c.get("trigger.fraction"), "model": c.get("model.arch"), "dataset": c.get("dataset.name"),
                   "seed": c.get("train.seed"), "condition": _condition_key(c)}
         for path in RunDir(r.folder).defense_summary_paths():
             rows.append({**attack, **seed_row(r, path)})
     return pd.DataFrame(rows)
+
+
+def trigger_setting(config: dict) -> str:
+    """The trigger's own settings a run sets (``size``, ``location``, ``value`` and its ``options``), as
+    ``key=value`` pairs; ``""`` when it runs at the trigger's defaults."""
+    keys = [f"trigger.{k}" for k in ("size", "location", "value")]
+    keys += sorted(k for k in config if k.startswith("trigger.options."))
+    return " ".join(f"{k.rsplit('.', 1)[1]}={config[k]}" for k in keys if config.get(k) is not None)
 
 
 def _condition_key(config: dict) -> str:
@@ -232,7 +241,8 @@ def scorecard(records: list[RunRecord]) -> pd.DataFrame:
     out = []
     for (_, defense), g in df.groupby(["condition", "defense"], sort=False):
         first = g.iloc[0]
-        row = {k: first[k] for k in ("trigger", "label", "target", "fraction", "model", "dataset", "defense", "kind")}
+        row = {k: first[k] for k in ("trigger", "setting", "label", "target", "fraction", "model", "dataset", "defense",
+                                     "kind")}
         row["seeds"] = int(g["seed"].nunique())
         asr_m, asr_lo, asr_hi = interval(g["asr"])
         base = _mean(g, "asr_clean_model")
@@ -306,7 +316,9 @@ def _ci(row, name: str) -> str:
 
 
 def attack_name(row) -> str:
-    return f"{row['trigger']} ({row['label']}) → {row['target']}, ρ={_num(row['fraction']):g}"
+    setting = row.get("setting")
+    setting = f" {setting}" if isinstance(setting, str) and setting else ""
+    return f"{row['trigger']}{setting} ({row['label']}) → {row['target']}, ρ={_num(row['fraction']):g}"
 
 
 def scorecard_markdown(df: pd.DataFrame, command: str = "medbackdoor report SWEEP") -> str:
@@ -321,7 +333,7 @@ def scorecard_markdown(df: pd.DataFrame, command: str = "medbackdoor report SWEE
     digests = sorted(set(df["defaults_digest"]))
     lines += [f"Defaults digest: {', '.join(f'`{d}`' for d in digests)}", "", "## Attacks", "",
               "| attack | seeds | ASR | clean model's ASR | implanted |", "|---|---|---|---|---|"]
-    attacks = df.drop_duplicates(["trigger", "label", "target", "fraction", "model", "dataset"])
+    attacks = df.drop_duplicates(["trigger", "setting", "label", "target", "fraction", "model", "dataset"])
     for _, r in attacks.iterrows():
         lines.append(f"| {attack_name(r)} | {r['seeds']} | {_ci(r, 'asr')} | {_f(r['asr_clean_model'])} | "
                      f"{_f(r['implanted'])} |")
