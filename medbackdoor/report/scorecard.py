@@ -35,6 +35,7 @@ import pandas as pd
 
 from medbackdoor.defenses.scoring import detection_summary
 from medbackdoor.defenses.summary import DefenseSummary, read_summary
+from medbackdoor.metrics.multilabel import mean_auroc
 from medbackdoor.report.aggregate import RunRecord
 from medbackdoor.report.defenses import der
 from medbackdoor.rundir import RunDir
@@ -112,7 +113,7 @@ def clean_model_summary(folder: Path, name: str) -> DefenseSummary | None:
     return read_summary(path) if path.is_file() else None
 
 
-def _input_numbers(folder: Path, s: DefenseSummary, fires: np.ndarray, rows: np.ndarray) -> dict:
+def _input_numbers(folder: Path, fires: np.ndarray, rows: np.ndarray) -> dict:
     """AUROC, TPR and FPR of an input defense's scores (its ``scores.csv`` in ``folder``) on the firing triggered
     rows against every clean row."""
     path = folder / "scores.csv"
@@ -144,14 +145,14 @@ def seed_row(record: RunRecord, path: Path) -> dict:
            "asr_clean_model": _num(control.get("asr", {}).get(key)) if control else math.nan,
            "fpr_nominal": _num((s.options or {}).get("fpr"))}
     pred_path = RunDir(folder).predictions_path(s.epoch)
-    if s.kind == "input" and pred_path.is_file():
-        pred = RunDir(folder).load_predictions(s.epoch)
+    pred = RunDir(folder).load_predictions(s.epoch) if pred_path.is_file() else None
+    if s.kind == "input" and pred is not None:
         fires = firing_mask(pred, p, strict)
         rows = pred["rows"] if "rows" in pred else np.arange(len(fires))
-        row.update(_input_numbers(path.parent, s, fires, rows))
+        row.update(_input_numbers(path.parent, fires, rows))
         base = clean_model_summary(folder, s.name)
         if base is not None:
-            row["auroc_clean_model"] = _input_numbers(RunDir(folder).clean_model_dir(s.name), base, fires,
+            row["auroc_clean_model"] = _input_numbers(RunDir(folder).clean_model_dir(s.name), fires,
                                                       rows).get("auroc", math.nan)
     if s.kind == "data" or (s.kind == "mitigation" and s.detection):
         det = s.detection or {}
@@ -160,10 +161,7 @@ def seed_row(record: RunRecord, path: Path) -> dict:
                     "cross_flagged": _num((s.cross_samples or {}).get("flagged_rate"))})
     if s.kind == "model":
         row["tpr"] = float(bool(s.backdoored_verdict))
-    if pred_path.is_file() and s.kind != "mitigation":
-        pred = RunDir(folder).load_predictions(s.epoch)
-        from medbackdoor.metrics.multilabel import mean_auroc
-
+    if pred is not None and s.kind != "mitigation":
         row["auroc_macro"] = mean_auroc(pred["y_true"], pred["score_clean"])
     before, after, control_after, mitigated = None, None, math.nan, False
     if s.kind == "mitigation" and s.before and s.after:

@@ -393,34 +393,7 @@ def run_clean_model_defenses(results: list[dict], entries: list[dict], executor:
 
 def _defend_clean_model(folder: str, control: str, entries: list[dict], threads: int) -> list[dict]:
     """Sweep task: a run's input defenses and repairs on its clean control's model; one status per entry."""
-    import torch
-
-    from medbackdoor.defenses.runner import DefenseFailed, DefenseRequest, defend_run
-    from medbackdoor.run import Run
-
-    torch.set_num_threads(threads)
-    start = time.perf_counter()
-    try:
-        requests = [DefenseRequest(e["method"], e["name"], dict(e["options"]), e.get("epoch"), e.get("holdout"))
-                    for e in entries]
-        answers = defend_run(Run(folder), requests, clean_model=Run(control))
-    except Exception as exc:  # noqa: BLE001 - recorded; the sweep goes on
-        answers = [exc] * len(entries)
-    seconds = (time.perf_counter() - start) / max(len(entries), 1)
-    out = []
-    for entry, answer in zip(entries, answers):
-        status, error = "complete", None
-        if isinstance(answer, UserError):
-            status, error = "not applicable", str(answer)
-        elif isinstance(answer, BaseException):
-            status, error = "failed", f"{type(answer).__name__}: {answer}"
-            trace = answer.trace if isinstance(answer, DefenseFailed) else "".join(
-                traceback.format_exception(answer))
-            path = RunDir(folder).clean_model_dir(entry["name"])
-            path.mkdir(parents=True, exist_ok=True)
-            write_text(path / "failed.txt", trace)
-        out.append({"status": status, "error": error, "seconds": seconds})
-    return out
+    return _defend(folder, entries, threads, control)
 
 
 def run_retrain_controls(results: list[dict], entries: list[dict], executor: Executor, progress: bool) -> list[dict]:
@@ -459,6 +432,13 @@ def run_retrain_controls(results: list[dict], entries: list[dict], executor: Exe
 def _defend_run(folder: str, entries: list[dict], threads: int) -> list[dict]:
     """Sweep task: a run's defenses, in one defense process per epoch and holdout (the run's data, model and
     features are loaded once), then the retrains asked for; one status per entry, never raises."""
+    return _defend(folder, entries, threads)
+
+
+def _defend(folder: str, entries: list[dict], threads: int, control: str | None = None) -> list[dict]:
+    """A run's defenses (on the clean ``control``'s model when given, see
+    :func:`~medbackdoor.defenses.runner.defend_run`), then the retrains asked for; one status per entry. A failure
+    is recorded where :meth:`RunDir.step_failure_path` says, never raised."""
     import torch
 
     from medbackdoor.defenses.runner import DefenseFailed, DefenseRequest, defend_run
@@ -470,7 +450,7 @@ def _defend_run(folder: str, entries: list[dict], threads: int) -> list[dict]:
         run = Run(folder)
         requests = [DefenseRequest(e["method"], e["name"], dict(e["options"]), e.get("epoch"), e.get("holdout"))
                     for e in entries]
-        answers = defend_run(run, requests)
+        answers = defend_run(run, requests, clean_model=None if control is None else Run(control))
     except Exception as exc:  # noqa: BLE001 - every defense of this run failed; recorded, the sweep goes on
         answers = [exc] * len(entries)
     seconds = (time.perf_counter() - start) / max(len(entries), 1)
@@ -484,8 +464,9 @@ def _defend_run(folder: str, entries: list[dict], threads: int) -> list[dict]:
             status, error = "failed", f"{type(answer).__name__}: {answer}"
             trace = answer.trace if isinstance(answer, DefenseFailed) else "".join(
                 traceback.format_exception(answer))
-            write_text(RunDir(folder).defense_failure_path(entry["name"]), trace)
-        elif entry.get("retrain") and answer.retrain is None:
+            step = entry["name"] if control is None else f"{entry['name']}:clean-model"
+            write_text(RunDir(folder).step_failure_path(step), trace)
+        elif control is None and entry.get("retrain") and answer.retrain is None:
             status, error = _retrain(run, entry["name"], answer)
         out.append({"status": status, "error": error, "seconds": seconds + time.perf_counter() - t0})
     return out
