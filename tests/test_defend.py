@@ -491,3 +491,17 @@ def test_a_run_as_its_own_clean_model_reproduces_the_defense_and_writes_beside_i
     assert base[0].request == {**own[0].request, "clean_model": base[0].clean_model}
     again = defend_run(run, requests[:1], clean_model=Run(tiny_run))[0]  # reused, not computed again
     assert again.timings == base[0].timings
+
+
+def test_a_clean_model_of_another_setting_is_one_line(tiny_run, monkeypatch, capsys):
+    """A clean model that cannot take the run's inputs (another image size here) is refused before anything runs."""
+    import shutil
+
+    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tiny_run.parent / "cache"))
+    other = tiny_run.parent / "other-size"
+    shutil.copytree(tiny_run, other, dirs_exist_ok=True, ignore=shutil.ignore_patterns("defenses"))
+    config = (other / "config.yaml").read_text()
+    (other / "config.yaml").write_text(config.replace("image_size: 32", "image_size: 48"))
+    assert main(["defend", str(tiny_run), "--method", "strip", "--clean-model", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "image_size is 48, the run's is 32" in err[0]

@@ -131,6 +131,8 @@ def defend_run(run: Run, requests: list[DefenseRequest], device: str | None = No
     results: list = [None] * len(requests)
     groups: dict[tuple, list[int]] = {}
     keys = []
+    if clean_model is not None:
+        _check_clean_model(run, clean_model)
     model_epoch = clean_model.resolve_epoch(None) if clean_model is not None else None
     for i, (r, d) in enumerate(zip(requests, described)):
         epoch = run.resolve_epoch(r.epoch)
@@ -159,6 +161,17 @@ def defend_run(run: Run, requests: list[DefenseRequest], device: str | None = No
 
 
 CLEAN_MODEL_KINDS = ("input", "mitigation")
+
+
+def _check_clean_model(run: Run, clean: Run) -> None:
+    """A clean model must take ``run``'s inputs and answer in its labels: the same architecture, image size and
+    label columns (one line when not)."""
+    for what, a, b in (("model.arch", run.config.model.arch, clean.config.model.arch),
+                       ("image_size", run.config.image_size, clean.config.image_size),
+                       ("labels", list(run.label_names), list(clean.label_names))):
+        if a != b:
+            raise UserError(f"--clean-model {clean.path}: its {what} is {b}, the run's is {a}; a clean model must "
+                            "be the run's clean control (same setting, trigger fraction 0)")
 
 
 def _out_dir(run: Run, name: str, clean_model: Run | None) -> Path:
