@@ -493,6 +493,84 @@ def test_a_run_as_its_own_clean_model_reproduces_the_defense_and_writes_beside_i
     assert again.timings == base[0].timings
 
 
+@pytest.fixture(scope="module")
+def control_and_blend(tiny_run):
+    """The tiny run's clean control and a second poisoned run of the same setting (a blend), trained beside it."""
+    with image_cache_at(tiny_run.parent / "cache"):
+        for name, extra in (("control", ["trigger.fraction=0"]), ("blend", ["trigger.kind=blend"])):
+            run(load_config(overrides=TINY + extra), tiny_run.parent / name, progress=False)
+    return tiny_run.parent / "control", tiny_run.parent / "blend"
+
+
+def test_the_clean_model_baseline_of_runs_sharing_a_control_runs_once_and_answers_as_alone(
+        tiny_run, control_and_blend, monkeypatch):
+    """Two poisoned runs with one clean control: each defense runs once on the control for both runs' test inputs
+    (the shared clean set written once), and each run's answer equals the one computed for that run alone."""
+    import pandas as pd
+
+    from medbackdoor.defenses.runner import DefenseRequest, defend_clean_model, defend_run
+    from medbackdoor.run import Run
+    from medbackdoor.rundir import RunDir
+
+    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tiny_run.parent / "cache"))
+    control, blend = (Run(p) for p in control_and_blend)
+    runs = [Run(tiny_run), blend]
+    # conservative ties: ``ties: random`` draws its tie-breaks in the mixed order of all the inputs scored at once
+    requests = [DefenseRequest("scale-up", options={"ties": "conservative"}), DefenseRequest("fine-pruning")]
+    together = defend_clean_model(control, [(r, requests) for r in runs])
+    frames = {}
+    for r, answers in zip(runs, together):
+        for request, summary in zip(requests, answers):
+            assert not isinstance(summary, Exception), summary
+            assert summary.timings["runs_sharing"] == 2
+            assert summary.clean_model["run"] == control.name and summary.run == str(r.path)
+            frames[r.name, request.name] = pd.read_csv(r.dir.clean_model_dir(request.name) / "scores.csv")
+        scores = frames[r.name, "scale-up"]
+        test = r.data.test
+        assert (scores["set"] == "clean").sum() == len(test.clean) and (scores["set"] == "triggered").sum() == len(
+            test.triggered)
+        assert scores["test_row"].tolist() == [*map(int, test.rows), *map(int, test.rows)]
+    # the two triggers differ, so their shares differ: a mix-up of the shares could not pass the comparison below
+    a, b = (frames[r.name, "scale-up"] for r in runs)
+    assert not np.allclose(a.loc[a.set == "triggered", "score"], b.loc[b.set == "triggered", "score"])
+    for r in runs:
+        alone = defend_run(r, requests, clean_model=control, force=True)
+        for request, summary in zip(requests, alone):
+            assert summary.timings["runs_sharing"] == 1
+            pd.testing.assert_frame_equal(pd.read_csv(RunDir(r.path).clean_model_dir(request.name) / "scores.csv"),
+                                          frames[r.name, request.name], check_exact=False, rtol=1e-5)
+
+
+def test_a_sweeps_clean_model_step_is_one_task_per_clean_control(tiny_run, control_and_blend, monkeypatch):
+    """The sweep's clean-model step gives the clean control one task for both of its poisoned runs, and names one
+    status per (run, defense); a data defense gets none."""
+    from medbackdoor.study.executors import Executor
+    from medbackdoor.study.sweep import defense_entries, run_clean_model_defenses
+
+    class Inline(Executor):
+        def __init__(self):
+            self.tasks = []
+
+        def map(self, fn, tasks, heartbeats=None):
+            self.tasks += list(tasks)
+            for i, task in enumerate(tasks):
+                yield i, fn(*task, 1)
+
+    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tiny_run.parent / "cache"))
+    control, blend = control_and_blend
+    folders = {"run": tiny_run, "control": control, "blend": blend}
+    results = [{"name": name, "folder": str(folder), "status": "complete"} for name, folder in folders.items()]
+    entries = defense_entries({"defenses": [{"method": "scale-up", "name": "scale-up-sweep"}, "label-audit"]})
+    executor = Inline()
+    statuses = run_clean_model_defenses(results, entries, executor, progress=False)
+    assert len(executor.tasks) == 1 and executor.tasks[0][0] == str(control)
+    assert sorted(s["name"] for s in statuses) == ["blend:scale-up-sweep:clean-model", "run:scale-up-sweep:clean-model"]
+    assert all(s["status"] == "complete" for s in statuses), statuses
+    for folder in (tiny_run, blend):
+        summary = json.loads((folder / "defenses" / "scale-up-sweep" / "clean-model" / "summary.json").read_text())
+        assert summary["timings"]["runs_sharing"] == 2 and summary["clean_model"]["run"] == control.name
+
+
 def test_a_clean_model_of_another_setting_is_one_line(tiny_run, monkeypatch, capsys):
     """A clean model that cannot take the run's inputs (another image size here) is refused before anything runs."""
     import shutil

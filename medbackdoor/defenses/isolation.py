@@ -8,7 +8,7 @@ run folder (:func:`write_materials`):
   defense never sees (so appended poisoned copies are not a block at the end);
 * ``holdout_images.npy`` / ``holdout_labels.npy``: the clean holdout;
 * ``test_images.npy`` (input defenses and mitigations): the clean and the triggered test inputs as plain pixels,
-  in one random order that mixes them;
+  in one random order that mixes them (for a clean-model baseline, those of several runs);
 * ``request.json``: which defenses to run (method, options), the device, the batch size, the defense's seed, the
   label names, the dataset's name and, for a defense that trains, the training recipe.
 
@@ -210,7 +210,8 @@ class Materials:
     """The defender's materials in ``folder`` and what the parent alone keeps to read the answers back.
 
     ``train_order[i]`` is the position (as trained) of the training sample written at ``i``; ``test_mix[i]`` the
-    index into ``[clean test inputs, triggered test inputs]`` of the test input written at ``i``.
+    index into the test parts, one after another (a run's clean test inputs, then its triggered ones), of the test
+    input written at ``i``; ``n_test`` the size of the first part, ``part_sizes`` the size of each.
     """
 
     folder: Path
@@ -220,6 +221,7 @@ class Materials:
     n_holdout: int
     seconds: float
     seed: int  # the defense's own seed (the child's)
+    part_sizes: tuple[int, ...] = ()
 
     def train_positions(self, materials_positions) -> np.ndarray:
         """Positions as trained of positions in the materials' training order."""
@@ -233,11 +235,20 @@ class Materials:
         return out
 
     def unmix(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-test-input values in the mixed order → (values of the clean inputs, of the triggered ones)."""
+        """Per-test-input values in the mixed order → (values of the first part, the clean inputs; of the rest,
+        the triggered ones)."""
         values = np.asarray(values)
         out = np.empty_like(values)
         out[self.test_mix] = values
         return out[: self.n_test], out[self.n_test :]
+
+    def parts(self, values: np.ndarray) -> list[np.ndarray]:
+        """Per-test-input values in the mixed order → the values of each test part, in the part's own order."""
+        values = np.asarray(values)
+        out = np.empty_like(values)
+        out[self.test_mix] = values
+        bounds = np.cumsum([0, *self.part_sizes])
+        return [out[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 def defender_seeds(root: int, digest: str) -> dict[int, int]:
@@ -251,7 +262,7 @@ def defender_seeds(root: int, digest: str) -> dict[int, int]:
 
 def write_materials(folder: Path, model_state: dict, model_recipe: dict, train_images, train_labels,
                     holdout_images, holdout_labels, test_clean=None, test_triggered=None,
-                    seeds: dict[int, int] | None = None) -> Materials:
+                    seeds: dict[int, int] | None = None, test_parts: list | None = None) -> Materials:
     """Write the defender's materials into ``folder`` (see the module docstring); returns what reads them back.
 
     Args:
@@ -266,6 +277,8 @@ def write_materials(folder: Path, model_state: dict, model_recipe: dict, train_i
         test_triggered: the triggered test inputs, or None (none; or the same as the clean ones, a label-only
             trigger: then only the clean ones are written).
         seeds: :func:`defender_seeds`.
+        test_parts: instead of ``test_clean`` and ``test_triggered``, the test inputs as a list of parts (sliceable),
+            written in one mixed order (:meth:`Materials.parts` reads the answers back per part).
     """
     import torch
 
@@ -280,14 +293,16 @@ def write_materials(folder: Path, model_state: dict, model_recipe: dict, train_i
     np.save(folder / "train_labels.npy", np.asarray(train_labels, np.float32)[order])
     _copy(folder / "holdout_images.npy", [holdout_images], np.arange(len(holdout_images)))
     np.save(folder / "holdout_labels.npy", np.asarray(holdout_labels, np.float32))
-    mix, n_test = None, 0
-    if test_clean is not None:
-        parts = [test_clean] if test_triggered is None or test_triggered is test_clean else [test_clean,
-                                                                                             test_triggered]
-        n_test = len(test_clean)
-        mix = np.random.default_rng(seeds[TEST_MIX]).permutation(sum(len(p) for p in parts))
-        _copy(folder / "test_images.npy", parts, mix)
-    return Materials(folder, order, mix, n_test, len(holdout_images), time.perf_counter() - t0, seeds[DEFENSE_SEED])
+    if test_parts is None and test_clean is not None:
+        test_parts = [test_clean] if test_triggered is None or test_triggered is test_clean else [test_clean,
+                                                                                                 test_triggered]
+    mix, sizes = None, ()
+    if test_parts:
+        sizes = tuple(len(p) for p in test_parts)
+        mix = np.random.default_rng(seeds[TEST_MIX]).permutation(sum(sizes))
+        _copy(folder / "test_images.npy", test_parts, mix)
+    return Materials(folder, order, mix, sizes[0] if sizes else 0, len(holdout_images), time.perf_counter() - t0,
+                     seeds[DEFENSE_SEED], sizes)
 
 
 def _copy(path: Path, parts: list, order: np.ndarray) -> None:

@@ -14,6 +14,7 @@ in one such process, so its features are computed once.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -128,36 +129,97 @@ def defend_run(run: Run, requests: list[DefenseRequest], device: str | None = No
                 raise UserError(f"--retrain needs a data defense; {r.method} is a {d.kind} defense")
     for r in requests:
         run.dir.defense_dir(r.name)  # a bad folder name is one line before any work
+    if clean_model is not None:
+        return defend_clean_model(clean_model, [(run, requests)], device, force, defender_seed, described)[0]
     results: list = [None] * len(requests)
     groups: dict[tuple, list[int]] = {}
     keys = []
-    if clean_model is not None:
-        _check_clean_model(run, clean_model)
-    model_epoch = clean_model.resolve_epoch(None) if clean_model is not None else None
     for i, (r, d) in enumerate(zip(requests, described)):
         epoch = run.resolve_epoch(r.epoch)
-        key = {"method": r.method, "revision": d.revision, "options": r.options, "resolved": d.options,
-               "epoch": epoch, "checkpoint": run.fingerprint(epoch), "holdout": r.holdout,
-               "defender_seed": int(defender_seed), "protocol": PROTOCOL}
-        if clean_model is not None:
-            key["clean_model"] = {"run": clean_model.name, "epoch": model_epoch,
-                                  "checkpoint": clean_model.fingerprint(model_epoch)}
-        keys.append(key)
-        if clean_model is not None and d.kind not in CLEAN_MODEL_KINDS:
-            results[i] = UserError(f"{r.name} is a {d.kind} defense: the clean-model baseline runs input defenses "
-                                   "and repairs")
-            continue
-        done = None if force else _reusable(_out_dir(run, r.name, clean_model), key)
+        keys.append(_request_key(run, r, d, epoch, defender_seed))
+        done = None if force else _reusable(run.dir.defense_dir(r.name), keys[i])
         if done is not None:
             results[i] = done
         else:
             groups.setdefault((epoch, r.holdout), []).append(i)
     for (epoch, holdout), members in groups.items():
         answers = _run_group(run, epoch, holdout, [requests[i] for i in members], [described[i] for i in members],
-                             [keys[i] for i in members], device, defender_seed, clean_model)
+                             [keys[i] for i in members], device, defender_seed)
         for i, answer in zip(members, answers):
             results[i] = answer
     return results
+
+
+def _request_key(run: Run, r: DefenseRequest, d: Described, epoch: int, defender_seed: int) -> dict:
+    """What a summary answers (see :func:`defend_run`): a reusable summary's ``request`` equals it."""
+    return {"method": r.method, "revision": d.revision, "options": r.options, "resolved": d.options,
+            "epoch": epoch, "checkpoint": run.fingerprint(epoch), "holdout": r.holdout,
+            "defender_seed": int(defender_seed), "protocol": PROTOCOL}
+
+
+def defend_clean_model(clean: Run, jobs: list[tuple[Run, list[DefenseRequest]]], device: str | None = None,
+                       force: bool = False, defender_seed: int = 0, described: list[Described] | None = None
+                       ) -> list[list[DefenseSummary | Exception]]:
+    """The clean-model baseline of several runs that share one clean control ``clean``: each job is a run and
+    the requests asked of it; returns, per job, one summary or exception per request (see :func:`defend_run`).
+
+    Each input defense and repair runs once on the clean control's model, training set and holdout (so it is
+    calibrated once, and the control is repaired once), in one defense process, and answers for the test inputs
+    of every job's run at once: each run's clean and triggered inputs, a clean test set two runs share written
+    once, all in one mixed order. Each run's answer, its share of the scores, is written to
+    ``RUN/defenses/NAME/clean-model/`` and scored on that run's truth and test rows. The materials hold the test
+    inputs of every job whichever answers are already on disk, so an answer does not depend on which of them were
+    reused. A built-in defense scores each input on its own, so a run's scores are those it gets alone; a random
+    tie-break (``ties: random``) is drawn in the mixed order, so flags on scores tied with a calibration score can
+    differ. ``described``: the requests of a single job, already described."""
+    for run, _ in jobs:
+        _check_clean_model(run, clean)
+    if described is None or len(jobs) != 1:
+        described_all = describe_all([(r.method, r.options) for _, requests in jobs for r in requests])
+    else:
+        described_all = list(described)
+    model_epoch = clean.resolve_epoch(None)
+    clean_key = {"run": clean.name, "epoch": model_epoch, "checkpoint": clean.fingerprint(model_epoch)}
+    results = [[None] * len(requests) for _, requests in jobs]
+    # one child request per holdout and set of distinct names: (holdout, slot) -> name -> (request, described, asked)
+    groups: dict[tuple, dict[str, list]] = {}
+    position = 0
+    for k, (run, requests) in enumerate(jobs):
+        for j, r in enumerate(requests):
+            d = described_all[position]
+            position += 1
+            key = {**_request_key(run, r, d, run.resolve_epoch(r.epoch), defender_seed), "clean_model": clean_key}
+            if d.kind not in CLEAN_MODEL_KINDS:
+                results[k][j] = UserError(f"{r.name} is a {d.kind} defense: the clean-model baseline runs input "
+                                          "defenses and repairs")
+                continue
+            if d.kind == "input" and run.data.test.triggered is run.data.test.clean:
+                results[k][j] = UserError(LABEL_ONLY)
+                continue
+            done = None if force else _reusable(run.dir.clean_model_dir(r.name), key)
+            if done is not None:
+                results[k][j] = done
+                continue
+            spec = (r.method, json.dumps(r.options, sort_keys=True, default=str))
+            slot = 0
+            while True:
+                group = groups.setdefault((r.holdout, slot), {})
+                if r.name not in group or group[r.name][3] == spec:
+                    break
+                slot += 1
+            group.setdefault(r.name, [r, d, [], spec])[2].append((k, j, key))
+    for (holdout, _), group in groups.items():
+        names = list(group)
+        answers = _run_clean_group(clean, [run for run, _ in jobs], holdout, [group[n][0] for n in names],
+                                   [group[n][1] for n in names], [group[n][2] for n in names], device,
+                                   defender_seed)
+        for n, per_name in zip(names, answers):
+            for (k, j, _), answer in zip(group[n][2], per_name):
+                results[k][j] = answer
+    return results
+
+
+LABEL_ONLY = ("this run's trigger changes no pixel (a label-only attack): an input defense has nothing to detect")
 
 
 CLEAN_MODEL_KINDS = ("input", "mitigation")
@@ -192,7 +254,7 @@ def _reusable(folder: Path, key: dict) -> DefenseSummary | None:
 
 
 def _run_group(run: Run, epoch: int, holdout: int | None, requests: list[DefenseRequest], described: list[Described],
-               keys: list[dict], device: str | None, defender_seed: int, clean_model: Run | None = None) -> list:
+               keys: list[dict], device: str | None, defender_seed: int) -> list:
     """One defense process for ``requests`` (same epoch and holdout): materials, the child, then the scoring."""
     PROCESS.start()  # its imports overlap the data and the materials below
     data = run.data
@@ -201,37 +263,118 @@ def _run_group(run: Run, epoch: int, holdout: int | None, requests: list[Defense
     runnable = []
     for i, d in enumerate(described):
         if d.kind == "input" and label_only:
-            answers[i] = UserError("this run's trigger changes no pixel (a label-only attack): an input defense has "
-                                   "nothing to detect")
+            answers[i] = UserError(LABEL_ONLY)
         else:
             runnable.append(i)
     if not runnable:
         return answers
-    truth = truth_of(run if clean_model is None else clean_model)
+    truth = truth_of(run)
     folder = make_folder()
     try:
         t0 = time.perf_counter()
         materials = _materials(run, folder, epoch, holdout, defender_seed,
-                               any(described[i].kind in ("input", "mitigation") for i in runnable), clean_model)
-        dev = run.device(device)
-        request = {"mode": "defend", "device": str(dev), "batch_size": run.config.eval.batch_size,
-                   "seed": materials.seed, "label_names": list(data.dataset.label_names),
-                   "dataset": run.config.dataset.name, "training": _training_recipe(run),
-                   "defenses": [{"name": requests[i].name, "method": _portable(requests[i].method),
-                                 "options": requests[i].options} for i in runnable]}
-        start = time.perf_counter()
-        index = run_child(folder, request)
-        child_seconds = time.perf_counter() - start
+                               any(described[i].kind in ("input", "mitigation") for i in runnable))
+        index, child_seconds = _child(run, folder, materials, [requests[i] for i in runnable], device)
         for i, answer in zip(runnable, index["defenses"]):
             timings = {"materials_seconds": round(materials.seconds, 3), "child_seconds": round(child_seconds, 3),
                        "startup_seconds": round(index["startup_seconds"], 3),
                        "defense_seconds": round(answer["seconds"], 3), "run_defenses": len(runnable)}
             answers[i] = _settle(run, requests[i], described[i], keys[i], answer, folder / "answers" / answer["name"],
-                                 materials, truth, epoch, timings, time.perf_counter() - t0, defender_seed,
-                                 clean_model)
+                                 materials, truth, epoch, timings, time.perf_counter() - t0, defender_seed)
     finally:
         remove_folder(folder)
     return answers
+
+
+def _child(run: Run, folder: Path, materials: Materials, requests: list[DefenseRequest], device: str | None
+           ) -> tuple[dict, float]:
+    """The defense process's answers to ``requests`` on ``materials`` (``run``'s settings: device, batch size,
+    labels, training recipe), and the seconds it took."""
+    request = {"mode": "defend", "device": str(run.device(device)), "batch_size": run.config.eval.batch_size,
+               "seed": materials.seed, "label_names": list(run.data.dataset.label_names),
+               "dataset": run.config.dataset.name, "training": _training_recipe(run),
+               "defenses": [{"name": r.name, "method": _portable(r.method), "options": r.options}
+                            for r in requests]}
+    start = time.perf_counter()
+    index = run_child(folder, request)
+    return index, time.perf_counter() - start
+
+
+def _run_clean_group(clean: Run, runs: list[Run], holdout: int | None, requests: list[DefenseRequest],
+                     described: list[Described], asked: list[list[tuple]], device: str | None,
+                     defender_seed: int) -> list[list]:
+    """One defense process on ``clean``'s model for ``requests`` (distinct names, one holdout), with the test
+    inputs of every run in ``runs``; ``asked[i]`` lists the (run index, request index, key) that asked for request
+    ``i``. Returns, per request, one answer per entry of ``asked[i]``."""
+    PROCESS.start()
+    truth = truth_of(clean)
+    folder = make_folder()
+    answers = [[None] * len(a) for a in asked]
+    try:
+        t0 = time.perf_counter()
+        parts, where = _test_parts(runs)
+        materials = _materials(clean, folder, clean.resolve_epoch(None), holdout, defender_seed, False,
+                               test_parts=parts)
+        index, child_seconds = _child(runs[0], folder, materials, requests, device)
+        for i, answer in enumerate(index["defenses"]):
+            timings = {"materials_seconds": round(materials.seconds, 3), "child_seconds": round(child_seconds, 3),
+                       "startup_seconds": round(index["startup_seconds"], 3),
+                       "defense_seconds": round(answer["seconds"], 3), "run_defenses": len(requests),
+                       "runs_sharing": len(runs)}
+            for a, (k, _, key) in enumerate(asked[i]):
+                share, own = _share(folder, answer["name"], described[i].kind, materials, where[k], k)
+                answers[i][a] = _settle(runs[k], requests[i], described[i], key, answer, share, own, truth,
+                                        key["epoch"], timings, time.perf_counter() - t0, defender_seed, clean)
+    finally:
+        remove_folder(folder)
+    return answers
+
+
+def _test_parts(runs: list[Run]) -> tuple[list, list[tuple[int, int | None]]]:
+    """The test inputs of ``runs`` as parts of one set: each run's clean inputs (written once where two runs have
+    the same test rows and pixels) and its triggered ones (none for a label-only trigger). Returns the parts and,
+    per run, the indices of its clean and its triggered part."""
+    parts, where, seen = [], [], []  # seen: (rows, pixels, part index) of each clean part written
+    for run in runs:
+        test = run.data.test
+        pixels = np.asarray(test.clean[: len(test.clean)])
+        c = next((i for rows, seen_pixels, i in seen
+                  if np.array_equal(rows, test.rows) and np.array_equal(seen_pixels, pixels)), None)
+        if c is None:
+            c = len(parts)
+            seen.append((np.asarray(test.rows), pixels, c))
+            parts.append(test.clean)
+        t = None
+        if test.triggered is not test.clean:
+            t = len(parts)
+            parts.append(test.triggered)
+        where.append((c, t))
+    return parts, where
+
+
+# the arrays a child answers per test input, by kind: split into each run's share of the test inputs
+TEST_ARRAYS = {"input": ("scores.npy", "flagged.npy"), "mitigation": ("before.npy", "after.npy")}
+
+
+def _share(folder: Path, name: str, kind: str, m: Materials, where: tuple[int, int | None], k: int
+           ) -> tuple[Path, Materials]:
+    """One run's share of a defense's answer on the test inputs of several runs: a folder with its per-input
+    arrays cut to the run's clean and triggered inputs (in that order; any other answer file as it is), and the
+    materials that read it back."""
+    answer = folder / "answers" / name
+    out = folder / "shares" / str(k) / name
+    out.mkdir(parents=True, exist_ok=True)
+    clean, triggered = where
+    for path in answer.iterdir():
+        if path.name in TEST_ARRAYS[kind]:
+            values = m.parts(np.load(path))
+            mine = values[clean] if triggered is None else np.concatenate([values[clean], values[triggered]])
+            np.save(out / path.name, mine)
+        else:
+            shutil.copy2(path, out / path.name)
+    n_clean = m.part_sizes[clean]
+    n = n_clean + (0 if triggered is None else m.part_sizes[triggered])
+    return out, Materials(m.folder, m.train_order, np.arange(n), n_clean, m.n_holdout, m.seconds, m.seed)
 
 
 def _portable(method: str) -> str:
@@ -254,15 +397,12 @@ def truth_of(run: Run) -> Truth:
 
 
 def _materials(run: Run, folder: Path, epoch: int, holdout: int | None, defender_seed: int, with_test: bool,
-               clean_model: Run | None = None) -> Materials:
+               test_parts: list | None = None) -> Materials:
     """The defender's materials of ``run`` at ``epoch``: its weights, the training set as trained, the first
-    ``holdout`` images of the validation split and (``with_test``) the test inputs, clean and triggered.
-    With ``clean_model``: that run's weights (last epoch), training set and holdout, with ``run``'s test inputs."""
+    ``holdout`` images of the validation split and (``with_test``) its test inputs, clean and triggered, or the
+    given ``test_parts`` (other runs' test inputs, for the clean-model baseline)."""
     from medbackdoor.data.views import ImageRows, SampleImages
 
-    test = run.data.test
-    if clean_model is not None:
-        run, epoch = clean_model, clean_model.resolve_epoch(None)
     data, config = run.data, run.config
     state = run.dir.load_state(epoch)["model"]
     recipe = {"arch": config.model.arch, "options": dict(config.model.options), "image_size": config.image_size,
@@ -271,9 +411,11 @@ def _materials(run: Run, folder: Path, epoch: int, holdout: int | None, defender
     n_hold = min(len(data.val), holdout or DEFAULT_HOLDOUT)
     rows = data.val.indices[:n_hold]
     seeds = defender_seeds(defender_seed, run.fingerprint(epoch))
+    if test_parts is None and with_test:
+        test = data.test
+        test_parts = [test.clean] if test.triggered is test.clean else [test.clean, test.triggered]
     return write_materials(folder, state, recipe, SampleImages(data.train), data.train.labels_array(),
-                           ImageRows(data.images, rows), data.val.labels[rows], test.clean if with_test else None,
-                           test.triggered if with_test else None, seeds)
+                           ImageRows(data.images, rows), data.val.labels[rows], seeds=seeds, test_parts=test_parts)
 
 
 def _training_recipe(run: Run) -> dict:

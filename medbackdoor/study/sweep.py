@@ -363,37 +363,57 @@ def run_clean_model_defenses(results: list[dict], entries: list[dict], executor:
                              ) -> list[dict]:
     """Every input defense and repair of a poisoned run again on its clean control's model, with the run's test
     inputs (``RUN/defenses/NAME/clean-model/``): the trigger-visibility baseline of a detector and the clean
-    control put through the same repair. One status per (run, defense), named ``RUN:NAME:clean-model``."""
+    control put through the same repair. One task per clean control: each defense runs once on it and answers for
+    the test inputs of every run it is the control of (:func:`~medbackdoor.defenses.runner.defend_clean_model`).
+    One status per (run, defense), named ``RUN:NAME:clean-model``."""
     from medbackdoor.defenses.isolation import describe_all
     from medbackdoor.study.controls import match_controls
 
     names = {Path(r["folder"]): r["name"] for r in results if r.get("status") in ("complete", "skipped (complete)")
              and not SweepDir.is_figure_run(r["name"])}
     kinds = [d.kind for d in describe_all([(e["method"], e["options"]) for e in entries])]
-    tasks = []
+    by_control: dict[str, list] = {}
     for run, control in match_controls(list(names)):
         config = RunDir(run).config().to_dict()
         chosen = [e for e, kind in zip(entries, kinds) if kind in ("input", "mitigation") and applies(e, config)]
         if chosen:
-            tasks.append((str(run), str(control), chosen))
+            by_control.setdefault(str(control), []).append((str(run), chosen))
+    tasks = list(by_control.items())
     out = []
     for i, (k, statuses) in enumerate(executor.map(_defend_clean_model, tasks), 1):
-        run, _, chosen = tasks[k]
-        if isinstance(statuses, dict):
-            statuses = [{key: v for key, v in statuses.items() if key != "traceback"}] * len(chosen)
-        for e, status in zip(chosen, statuses):
-            result = {"name": f"{names[Path(run)]}:{e['name']}:clean-model",
-                      "folder": str(RunDir(run).clean_model_dir(e["name"])), **status}
-            out.append(result)
-            if progress:
-                _print_step("clean-model baselines", i, len(tasks), result)
+        jobs = tasks[k][1]
+        if isinstance(statuses, dict):  # the worker died: every defense of every run of this control failed
+            statuses = [[{key: v for key, v in statuses.items() if key != "traceback"}] * len(chosen)
+                        for _, chosen in jobs]
+        for (run, chosen), run_statuses in zip(jobs, statuses):
+            for e, status in zip(chosen, run_statuses):
+                result = {"name": f"{names[Path(run)]}:{e['name']}:clean-model",
+                          "folder": str(RunDir(run).clean_model_dir(e["name"])), **status}
+                out.append(result)
+                if progress:
+                    _print_step("clean-model baselines", i, len(tasks), result)
     out.sort(key=lambda x: x["name"])
     return out
 
 
-def _defend_clean_model(folder: str, control: str, entries: list[dict], threads: int) -> list[dict]:
-    """Sweep task: a run's input defenses and repairs on its clean control's model; one status per entry."""
-    return _defend(folder, entries, threads, control)
+def _defend_clean_model(control: str, jobs: list[tuple[str, list[dict]]], threads: int) -> list[list[dict]]:
+    """Sweep task: the input defenses and repairs of every run in ``jobs`` (folder, entries) on their clean
+    ``control``'s model, each defense run once; per run, one status per entry, never raises."""
+    import torch
+
+    from medbackdoor.defenses.runner import defend_clean_model
+    from medbackdoor.run import Run
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        runs = [(Run(folder), _requests(entries)) for folder, entries in jobs]
+        answers = defend_clean_model(Run(control), runs)
+    except Exception as exc:  # noqa: BLE001 - recorded per run, the sweep goes on
+        answers = [[exc] * len(entries) for _, entries in jobs]
+    seconds = (time.perf_counter() - start) / max(sum(len(entries) for _, entries in jobs), 1)
+    return [_statuses(folder, entries, run_answers, seconds, clean_model=True)
+            for (folder, entries), run_answers in zip(jobs, answers)]
 
 
 def run_retrain_controls(results: list[dict], entries: list[dict], executor: Executor, progress: bool) -> list[dict]:
@@ -432,28 +452,36 @@ def run_retrain_controls(results: list[dict], entries: list[dict], executor: Exe
 def _defend_run(folder: str, entries: list[dict], threads: int) -> list[dict]:
     """Sweep task: a run's defenses, in one defense process per epoch and holdout (the run's data, model and
     features are loaded once), then the retrains asked for; one status per entry, never raises."""
-    return _defend(folder, entries, threads)
-
-
-def _defend(folder: str, entries: list[dict], threads: int, control: str | None = None) -> list[dict]:
-    """A run's defenses (on the clean ``control``'s model when given, see
-    :func:`~medbackdoor.defenses.runner.defend_run`), then the retrains asked for; one status per entry. A failure
-    is recorded where :meth:`RunDir.step_failure_path` says, never raised."""
     import torch
 
-    from medbackdoor.defenses.runner import DefenseFailed, DefenseRequest, defend_run
+    from medbackdoor.defenses.runner import defend_run
     from medbackdoor.run import Run
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
+    run = None
     try:
         run = Run(folder)
-        requests = [DefenseRequest(e["method"], e["name"], dict(e["options"]), e.get("epoch"), e.get("holdout"))
-                    for e in entries]
-        answers = defend_run(run, requests, clean_model=None if control is None else Run(control))
+        answers = defend_run(run, _requests(entries))
     except Exception as exc:  # noqa: BLE001 - every defense of this run failed; recorded, the sweep goes on
         answers = [exc] * len(entries)
     seconds = (time.perf_counter() - start) / max(len(entries), 1)
+    return _statuses(folder, entries, answers, seconds, run=run)
+
+
+def _requests(entries: list[dict]) -> list:
+    from medbackdoor.defenses.runner import DefenseRequest
+
+    return [DefenseRequest(e["method"], e["name"], dict(e["options"]), e.get("epoch"), e.get("holdout"))
+            for e in entries]
+
+
+def _statuses(folder: str, entries: list[dict], answers: list, seconds: float, run=None,
+              clean_model: bool = False) -> list[dict]:
+    """One status per entry of a run's defense answers (then its retrains asked for, unless ``clean_model``). A
+    failure is recorded where :meth:`RunDir.step_failure_path` says, never raised."""
+    from medbackdoor.defenses.runner import DefenseFailed
+
     out = []
     for entry, answer in zip(entries, answers):
         t0 = time.perf_counter()
@@ -464,9 +492,9 @@ def _defend(folder: str, entries: list[dict], threads: int, control: str | None 
             status, error = "failed", f"{type(answer).__name__}: {answer}"
             trace = answer.trace if isinstance(answer, DefenseFailed) else "".join(
                 traceback.format_exception(answer))
-            step = entry["name"] if control is None else f"{entry['name']}:clean-model"
+            step = f"{entry['name']}:clean-model" if clean_model else entry["name"]
             write_text(RunDir(folder).step_failure_path(step), trace)
-        elif control is None and entry.get("retrain") and answer.retrain is None:
+        elif not clean_model and entry.get("retrain") and answer.retrain is None:
             status, error = _retrain(run, entry["name"], answer)
         out.append({"status": status, "error": error, "seconds": seconds + time.perf_counter() - t0})
     return out
