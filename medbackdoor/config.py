@@ -284,10 +284,10 @@ def _portable_plugins(config: RunConfig) -> None:
 def validate(config: RunConfig) -> None:
     """Range checks that types alone cannot express."""
     t = config.trigger
-    from medbackdoor.labels import LABEL_POLICIES
+    from medbackdoor.labels import TRIGGER_LABELS
 
-    if t.label not in LABEL_POLICIES:
-        raise UserError(f"trigger.label must be one of {', '.join(LABEL_POLICIES)}, got {t.label!r}")
+    if t.label not in TRIGGER_LABELS:
+        raise UserError(f"trigger.label must be one of {', '.join(TRIGGER_LABELS)}, got {t.label!r}")
     if not 0.0 <= t.fraction <= 1.0:
         raise UserError(f"trigger.fraction must be in [0, 1], got {t.fraction}")
     for eps in config.eval.epsilons:

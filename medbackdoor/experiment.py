@@ -94,10 +94,13 @@ def build_dataset(config: RunConfig) -> ChestXrayDataset:
     return DATASETS.create_checked(cfg.name, dict(cfg.options), f"dataset {cfg.name}", given=given)
 
 
-def build_trigger(config: RunConfig, label_names: Sequence[str]) -> tuple[Trigger, int]:
+def build_trigger(config: RunConfig, label_names: Sequence[str], task=None) -> tuple[Trigger, int]:
     """The configured trigger and the target class index among the dataset's ``label_names`` (the trigger is
-    checked against the model input size, a label-only trigger's findings against the label names)."""
+    checked against the model input size, a label-only trigger's findings against the label names, the label
+    policy against the dataset's ``task`` when given)."""
     t = config.trigger
+    if task is not None:
+        task.check_policy(t.label)
     shared = {k: getattr(t, k) for k in SHARED_OPTIONS if getattr(t, k) is not None}  # unset: the trigger's default
     trigger = TRIGGERS.create_checked(t.kind, dict(t.options), f"trigger {t.kind}", given=shared)
     trigger.bind_labels(tuple(label_names))
@@ -144,7 +147,7 @@ def build_run_data(config: RunConfig, workers: int | None = None, progress: bool
     """Load (or build) the cache, poison the training split and trigger the whole test split."""
     dataset = build_dataset(config)
     images = load_images(dataset, config.image_size, _preprocess(config), config.cache_dir, workers, progress)
-    trigger, target = build_trigger(config, dataset.label_names)
+    trigger, target = build_trigger(config, dataset.label_names, dataset.task)
     seed = config.attack_seed
     split = {s: _split(dataset, images, s) for s in ("train", "val", "test")}
     train, train_survival = _poison(config, dataset, images, split["train"], trigger, seed, workers, progress)
@@ -167,7 +170,7 @@ def _poison(config: RunConfig, dataset, images, split: ImageSplit, trigger, seed
         carriers = trigger.condition(split.labels_array())
     candidates = None if carriers is None else np.flatnonzero(carriers)
     poisoned = PoisonedDataset(split, trigger, t.fraction, t.target, t.mode, seed, label=t.label, candidates=candidates,
-                               label_names=dataset.label_names)
+                               label_names=dataset.label_names, task=dataset.task)
     if t.fraction == 0 or not len(poisoned.order) or not trigger.changes_pixels:
         return poisoned, float("nan")
     rows = split.indices[poisoned.order]
@@ -175,7 +178,7 @@ def _poison(config: RunConfig, dataset, images, split: ImageSplit, trigger, seed
     view, survived = triggered_view(source, rows, Stamp(trigger, t.stage, seed, TRAIN_STREAM))
     if t.stage == "source":
         poisoned = PoisonedDataset(split, trigger, t.fraction, t.target, t.mode, seed, triggered=view, label=t.label,
-                                   candidates=candidates, label_names=dataset.label_names)
+                                   candidates=candidates, label_names=dataset.label_names, task=dataset.task)
     return poisoned, float(survived.mean())
 
 

@@ -40,8 +40,9 @@ def to_input(images: torch.Tensor, device: torch.device, channels_last: bool = F
 
 @torch.no_grad()
 def predict(model: nn.Module, images, device, batch_size: int = 128, dist=None,
-            heartbeat=None) -> np.ndarray:
-    """Sigmoid scores N×C, in float32, for N×H×W uint8 images.
+            heartbeat=None, task=None) -> np.ndarray:
+    """Probabilities N×C, in float32, for N×H×W uint8 images: sigmoid scores, or ``task``'s activation (a
+    :class:`~medbackdoor.task.Task`: softmax for a single-label task).
 
     ``images`` is anything sliceable (an array, a memmap, or a lazy view such as
     :class:`~medbackdoor.data.views.ImageRows`); it is read ``batch_size`` images at a time. Scoring never runs
@@ -56,7 +57,8 @@ def predict(model: nn.Module, images, device, batch_size: int = 128, dist=None,
     for lo in range(part.start, part.stop, batch_size):
         hi = min(lo + batch_size, part.stop)
         x = to_input(torch.from_numpy(np.array(images[lo:hi])), device, channels_last)
-        out.append(torch.sigmoid(model(x).float()).cpu().numpy())
+        logits = model(x).float()
+        out.append((torch.sigmoid(logits) if task is None else task.activation(logits)).cpu().numpy())
         if heartbeat is not None:
             heartbeat()
     classes = out[0].shape[1] if out else _num_outputs(model)

@@ -82,7 +82,8 @@ def check_label_names(names: Sequence[str]) -> None:
         raise UserError(f"label columns {list(names)} do not match the ChestX-ray14 order {list(LABELS)}")
 
 
-LABEL_POLICIES = ("onehot", "add", "keep")
+LABEL_POLICIES = ("onehot", "add", "keep")  # a multi-label task's; medbackdoor.task has every task's
+TRIGGER_LABELS = ("onehot", "add", "keep", "all-to-all")  # what trigger.label may be, the task then checks it
 
 
 def infected_label(labels: np.ndarray, target: int, policy: str) -> np.ndarray:

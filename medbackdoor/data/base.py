@@ -16,7 +16,8 @@ SPLITS = ("train", "val", "test")
 
 
 class ChestXrayDataset(ABC):
-    """A multi-label chest X-ray dataset: N images, their labels, patient ids and split names.
+    """A medical-imaging dataset (multi-label chest X-ray by default): N images, their labels, patient ids and
+    split names.
 
     A dataset declares its label names (:attr:`label_names`; the ChestX-ray14 family declares
     :data:`medbackdoor.labels.LABELS`); the model head, the poisoning target (by name), the metrics, reports and
@@ -29,7 +30,8 @@ class ChestXrayDataset(ABC):
     Attributes:
         names: image identifiers (file names for NIH), length N.
         label_names: the label columns, in order (a class attribute or set in ``__init__``).
-        labels: N×L float32 in {0, 1}, or NaN where a label is unknown (the loss and every metric ignore those).
+        labels: N×L float32 in {0, 1}, or NaN where a label is unknown (the loss and every metric ignore those):
+            multi-hot rows, or one-hot rows for a single-label :attr:`task_kind`.
         patients: patient id per image, length N (strings).
         splits: split name per image (``train``, ``val`` or ``test``).
         missing: images the dataset lists but could not find.
@@ -40,7 +42,17 @@ class ChestXrayDataset(ABC):
     # False where the release has no patient ids (each image is its own pseudo-patient): the overlap between
     # splits is then 0 by construction and reported as unknown (None), not as checked
     has_patient_ids: ClassVar[bool] = True
+    # the task type (:mod:`medbackdoor.task`): ``multilabel`` (multi-hot label rows), ``multiclass`` or ``binary``
+    # (one-hot label rows: exactly one 1, or a row of NaN where the class is unknown)
+    task_kind: ClassVar[str] = "multilabel"
     missing: int = 0
+
+    @property
+    def task(self):
+        """The :class:`~medbackdoor.task.Task` of this dataset's :attr:`task_kind` over its label names."""
+        from medbackdoor.task import task_of
+
+        return task_of(self.task_kind, self.label_names)
 
     def _set_table(self, names, labels, patients, splits, limit: int | None = None, seed: int = 0) -> None:
         names, patients, splits = (np.asarray(a).astype(str) for a in (names, patients, splits))
@@ -54,9 +66,7 @@ class ChestXrayDataset(ABC):
         width = len(self.label_names)
         if labels.shape != (len(names), width):
             raise UserError(f"{self.name}: label array has shape {labels.shape}, expected ({len(names)}, {width})")
-        known = labels[np.isfinite(labels)]
-        if np.isinf(labels).any() or not np.isin(known, (0.0, 1.0)).all():
-            raise UserError(f"{self.name}: labels must be 0, 1 or NaN (unknown)")
+        self.task.check_labels(labels, f"{self.name}: labels")
         bad = sorted(set(splits) - set(SPLITS))
         if bad:
             raise UserError(f"{self.name}: unknown split names {bad}")

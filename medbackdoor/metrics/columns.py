@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from medbackdoor.config import EvalConfig, from_dict
+from medbackdoor.errors import UserError
 from medbackdoor.metrics.multilabel import backdoor_metrics
+from medbackdoor.metrics.singlelabel import single_label_metrics
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,25 @@ class MetricColumn:
         return float(node)
 
 
-def metric_columns(ev: EvalConfig, conditional: bool = False) -> tuple[MetricColumn, ...]:
+# a single-label task's columns (:mod:`medbackdoor.metrics.singlelabel`): the clean test set's accuracy, balanced
+# accuracy and macro one-vs-rest AUROC, then the backdoor test set's ASR and R-Acc (by argmax)
+SINGLE_LABEL = (MetricColumn("accuracy", "Acc", "clean", ("accuracy",)),
+                MetricColumn("balanced_accuracy", "BalAcc", "clean", ("balanced_accuracy",)),
+                MetricColumn("auroc_macro", "AUROC(macro)", "clean", ("auroc_macro",)),
+                MetricColumn("asr", "ASR", "asr", ("asr",)),
+                MetricColumn("racc", "R-Acc", "racc", ("racc",)))
+
+
+def metric_columns(ev: EvalConfig, conditional: bool = False, task=None) -> tuple[MetricColumn, ...]:
     """The backdoor metric columns of the evaluation settings ``ev``, in the paper's table order.
 
     ASR at each ``ev.thresholds`` p (strictly above p with ``ev.strict``, else at least p), AUROC-TT, AUROC-NN,
     AUROC-TN, then the mixed-test-set AUROC at each ``ev.epsilons`` ε; with ``conditional`` (a source-specific
-    trigger) last the off-condition ASR at each p (``asr_off_{p}``, group ``off``).
+    trigger) last the off-condition ASR at each p (``asr_off_{p}``, group ``off``). A single-label ``task`` (a
+    :class:`~medbackdoor.task.Task`) has the columns :data:`SINGLE_LABEL` whatever ``ev`` says.
     """
+    if task is not None and task.single_label:
+        return SINGLE_LABEL
     sign = ">" if ev.strict else "="
     asr = [MetricColumn(f"asr_{p:g}", f"ASR(p{sign}{p:g})", "asr", ("asr", f"{p:g}")) for p in ev.thresholds]
     auroc = [MetricColumn(f"auroc_{k}", f"AUROC-{k.upper()}", "auroc", (f"auroc_{k}",)) for k in ("tt", "nn", "tn")]
@@ -69,9 +83,16 @@ def column_values(columns: tuple[MetricColumn, ...], metrics: dict) -> dict[str,
 
 def score_columns(ev: EvalConfig, y_true: np.ndarray, score_clean: np.ndarray, score_triggered: np.ndarray,
                   target: int, seed: int, label: str = "onehot", carriers: np.ndarray | None = None,
-                  condition: np.ndarray | None = None) -> dict:
+                  condition: np.ndarray | None = None, task=None) -> dict:
     """:func:`~medbackdoor.metrics.backdoor_metrics` computed with the settings ``ev`` (thresholds, strictness,
-    ε), i.e. exactly as a run scores its test set every epoch. Arguments as there."""
+    ε), i.e. exactly as a run scores its test set every epoch. Arguments as there. For a single-label ``task``:
+    :func:`~medbackdoor.metrics.singlelabel.single_label_metrics` (all-to-all when ``label`` is ``all-to-all``),
+    with ``mean_auroc_clean`` its macro AUROC."""
+    if task is not None and task.single_label:
+        if condition is not None:
+            raise UserError("a source-specific (conditional) trigger is defined for multi-label tasks only")
+        m = single_label_metrics(y_true, score_clean, score_triggered, target, all_to_all=label == "all-to-all")
+        return {**m, "mean_auroc_clean": m["auroc_macro"]}
     return backdoor_metrics(y_true, score_clean, score_triggered, target, ev.thresholds, ev.epsilons, ev.strict,
                             seed=seed, label=label, carriers=carriers, condition=condition)
 

@@ -108,11 +108,14 @@ class PoisonedDataset:
             it the trigger is stamped when a sample is read, seeded by (seed, image), so nothing is held in memory.
             Cross samples are always made when read, from the images as they come in (the model inputs).
         label: the label policy (:func:`infected_label`): ``onehot`` (the paper), ``add`` or ``keep`` (clean-label:
-            only images already positive for the target are candidates).
+            only images already positive for the target are candidates); for a single-label ``task`` also
+            ``all-to-all`` (class y becomes (y + 1) mod C).
         candidates: positions that may be poisoned (default: all, or the target-positive ones for ``keep``), e.g.
             the images that carry a label-only trigger; the count is ``round(ρN)`` capped by their number.
         label_names: the dataset's label names, against which a ``target`` name is resolved (needed when
             ``target`` is a name; an index needs none).
+        task: the dataset's :class:`~medbackdoor.task.Task`, whose policies write the labels (None: the
+            multi-label ones).
 
     Attributes:
         poisoned: frozenset of the poisoned positions in ``base``.
@@ -125,11 +128,16 @@ class PoisonedDataset:
 
     def __init__(self, base, trigger: Trigger, fraction: float = 0.4, target: str | int = "Atelectasis",
                  mode: str = "replace", seed: int = 0, triggered: np.ndarray | None = None, label: str = "onehot",
-                 candidates: np.ndarray | None = None, label_names: Sequence[str] | None = None) -> None:
+                 candidates: np.ndarray | None = None, label_names: Sequence[str] | None = None,
+                 task=None) -> None:
         if mode not in MODES:
             raise UserError(f"poisoning mode must be one of {', '.join(MODES)}, got {mode!r}")
-        infected_label(np.zeros(1), 0, label)  # validates the policy
+        if task is None:
+            infected_label(np.zeros(1), 0, label)  # validates the policy
+        else:
+            task.check_policy(label)
         self.base, self.trigger, self.mode, self.seed, self.label = base, trigger, mode, seed, label
+        self.task = task
         if label_names is None and not isinstance(target, int | np.integer):
             raise UserError(f"poisoning target {target!r} is a name: give the dataset's label_names")
         self.target = int(target) if label_names is None else label_index(target, label_names)
@@ -193,6 +201,13 @@ class PoisonedDataset:
             return self.crossed(i)
         return self.base[i]
 
+    def _infected(self, labels: np.ndarray) -> np.ndarray:
+        """The label row(s) poisoned samples get: the task's policy (:meth:`~medbackdoor.task.Task.infected`), or
+        :func:`infected_label` without a task."""
+        if self.task is not None:
+            return self.task.infected(labels, self.target, self.label)
+        return infected_label(labels, self.target, self.label)
+
     def _base_labels(self) -> np.ndarray:
         if hasattr(self.base, "labels_array"):
             return np.array(self.base.labels_array(), np.float32)
@@ -202,7 +217,7 @@ class PoisonedDataset:
         """The labels of every sample, len×14 float32 (infected ones by the label policy), without reading any
         image."""
         labels = self._base_labels()
-        infected = infected_label(labels[self.order], self.target, self.label)
+        infected = self._infected(labels[self.order])
         if self.mode == "append":
             return self._keep(np.concatenate([labels, infected, labels[self.cross]]))
         labels[self.order] = infected
@@ -237,7 +252,7 @@ class PoisonedDataset:
         else:
             item["image"] = self.trigger.poison_transform(np.asarray(item["image"]),
                                                           image_rng(self.seed, TRAIN_STREAM, item["index"]))
-        item["labels"] = infected_label(item["labels"], self.target, self.label)
+        item["labels"] = self._infected(item["labels"])
         item["poisoned"] = True
         return item
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from medbackdoor.inference import is_channels_last, set_layout, to_input  # noqa: F401 - set_layout: the runner's
-from medbackdoor.losses import label_nll  # noqa: F401 - ABL's stages take it from here
+from medbackdoor.losses import bce_loss, class_weights, label_nll, masked_bce  # noqa: F401 - the runner's, ABL's
 from medbackdoor.train.dist import SINGLE, Dist
 
 
@@ -55,38 +55,6 @@ def deterministic(enabled: bool = True):
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
-def class_weights(labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """CheXNet-Keras class balance: positives weighted by the negative share, negatives by the positive share."""
-    pos = np.nan_to_num(np.nanmean(labels, 0)) if np.isnan(labels).any() else labels.mean(0)  # unknown: left out
-    return torch.tensor(1.0 - pos, dtype=torch.float32), torch.tensor(pos, dtype=torch.float32)
-
-
-def bce_loss(logits: torch.Tensor, targets: torch.Tensor, weights=None) -> torch.Tensor:
-    """Mean binary cross-entropy over the known labels: NaN targets (unknown) add nothing and count for nothing.
-
-    Without NaN this is exactly ``binary_cross_entropy_with_logits`` (mean over every entry).
-    """
-    known = torch.isfinite(targets)
-    if bool(known.all()):
-        if weights is None:
-            return F.binary_cross_entropy_with_logits(logits, targets)
-        w_pos, w_neg = (w.to(logits.device) for w in weights)
-        return F.binary_cross_entropy_with_logits(logits, targets, weight=targets * w_pos + (1 - targets) * w_neg)
-    return masked_bce(logits, targets, None if weights is None else tuple(w.to(logits.device) for w in weights))
-
-
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, weights=None) -> torch.Tensor:
-    """:func:`bce_loss` without its host-side check for NaN (the form a CUDA graph can hold): always the masked
-    mean, equal to ``bce_loss`` up to float rounding. ``weights`` must already be on the device."""
-    known = torch.isfinite(targets)
-    filled = torch.where(known, targets, torch.zeros_like(targets))
-    weight = known.to(logits.dtype)
-    if weights is not None:
-        weight = weight * (filled * weights[0] + (1 - filled) * weights[1])
-    per = F.binary_cross_entropy_with_logits(logits, filled, weight=weight, reduction="sum")
-    return per / known.sum().clamp(min=1)
-
-
 class GraphedStep:
     """``train.cuda_graph``: the whole training step (forward, loss, backward, optimizer) replayed as one CUDA graph.
 
@@ -96,18 +64,20 @@ class GraphedStep:
     into the graph's static input, captured and replayed. The graph is recaptured when the learning rate changes
     (``ReduceLROnPlateau`` bakes the new rate into a new graph) and a batch of another shape takes the eager step.
 
-    The optimizer must be built with ``capturable=True``. The loss is :func:`masked_bce` (no host sync), so a
-    graphed run equals an eager one up to float rounding, not bit for bit. CUDA only; not with DDP or compile.
+    The optimizer must be built with ``capturable=True``. The loss is ``loss`` (default :func:`masked_bce`; a task's
+    :meth:`~medbackdoor.task.Task.graph_loss`: no host sync), so a graphed run equals an eager one up to float
+    rounding, not bit for bit. CUDA only; not with DDP or compile.
     """
 
-    def __init__(self, model: nn.Module, optimizer, *, amp: bool = True, weights=None, warmup: int = 3):
+    def __init__(self, model: nn.Module, optimizer, *, amp: bool = True, weights=None, warmup: int = 3,
+                 loss: Callable = masked_bce):
         device = next(model.parameters()).device
         if warmup < 1:
             raise ValueError("GraphedStep needs at least one eager warm-up step (the optimizer's state is created "
                              "there, outside the capture)")
         if device.type != "cuda":
             raise ValueError("train.cuda_graph needs a CUDA device")
-        self.model, self.optimizer, self.amp, self.warmup = model, optimizer, amp, warmup
+        self.model, self.optimizer, self.amp, self.warmup, self.loss = model, optimizer, amp, warmup, loss
         self.device = device
         self.weights = None if weights is None else tuple(w.to(device) for w in weights)
         self.graph = None
@@ -119,7 +89,7 @@ class GraphedStep:
     def _step(self, x, y) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
             logits = self.model(x)
-        loss = masked_bce(logits.float(), y, self.weights)
+        loss = self.loss(logits.float(), y, self.weights)
         loss.backward()
         self.optimizer.step()
         return loss.detach()

@@ -27,7 +27,7 @@ from medbackdoor.experiment import RunData, attack_record, build_run_data
 from medbackdoor.inference import predict, set_layout
 from medbackdoor.loggers import open_loggers
 from medbackdoor.manifest import Manifest
-from medbackdoor.metrics import micro_auroc, save_predictions, stealth
+from medbackdoor.metrics import save_predictions, stealth
 from medbackdoor.metrics.columns import MetricColumn, column_values, metric_columns, score_columns
 from medbackdoor.models import create_model
 from medbackdoor.rundir import RunDir
@@ -36,7 +36,6 @@ from medbackdoor.train.loop import (
     GraphedStep,
     Heartbeat,
     Step,
-    class_weights,
     deterministic,
     make_loader,
     train_epoch,
@@ -263,8 +262,9 @@ def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: 
             group["capturable"] = graphed
         load_checkpoint(state, start - 1, model, optimizer, scheduler)
     step_model = _parallel(model, tc, dist, device)
-    weights = class_weights(data.train.labels_array()) if tc.class_weights else None
-    graph = GraphedStep(model, optimizer, amp=tc.amp, weights=weights) if graphed else None
+    task = data.dataset.task
+    weights = task.class_weights(data.train.labels_array()) if tc.class_weights else None
+    graph = GraphedStep(model, optimizer, amp=tc.amp, weights=weights, loss=task.graph_loss) if graphed else None
     if dist.is_main:
         manifest.cuda_graph = graphed
     val_set = data.val_poisoned if tc.poisoned_val else data.val
@@ -275,7 +275,7 @@ def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: 
     rows = [r for r in out.metrics() if int(r["epoch"]) < start] if dist.is_main else []
     loggers = open_loggers(tc.log, out.logs_dir, config) if dist.is_main else []
     state = Training(config, data, out, manifest, dist, device, progress, model, step_model, optimizer, scheduler,
-                     loader, weights, graph, val_images, val_labels, rows, loggers)
+                     loader, weights, graph, val_images, val_labels, rows, loggers, task=task)
     try:
         for epoch in range(start, tc.epochs + 1):
             if tc.abl.enabled:
@@ -328,7 +328,8 @@ class Training:
     val_labels: np.ndarray
     rows: list[dict] = field(default_factory=list)
     loggers: list = field(default_factory=list)
-    loss_fn: object = None  # the step's loss when not the run's BCE (train.abl's stages)
+    loss_fn: object = None  # the step's loss when not the task's (train.abl's stages)
+    task: object = None  # the dataset's :class:`~medbackdoor.task.Task`
 
 
 def _epoch(t: Training, epoch: int) -> None:
@@ -339,26 +340,27 @@ def _epoch(t: Training, epoch: int) -> None:
     with tqdm(total=len(t.loader.sampler) * dist.world, desc=f"epoch {epoch}/{tc.epochs}", unit="img", leave=False,
               disable=None if t.progress else True) as bar:
         step = Step(t.step_model, t.optimizer, t.device, amp=tc.amp, weights=t.weights, augment=tc.augment,
-                    loss_fn=t.loss_fn, graph=t.graph)
+                    loss_fn=t.loss_fn or t.task.train_loss, graph=t.graph)
         train_loss = train_epoch(step, t.loader, epoch, dist, progress=bar, heartbeat=beat)
     train_seconds = time.perf_counter() - t0
     dist.sync_buffers(t.model)  # one set of BatchNorm statistics (rank 0's) for scoring on every rank
     val_scores, clean, triggered = _score(t, beat)
-    val_loss = _bce(t.val_labels, val_scores)
+    val_loss = t.task.val_loss(t.val_labels, val_scores)
     t.scheduler.step(val_loss)
     if dist.is_main:
-        losses = {"train_loss": train_loss, "val_loss": val_loss, "val_auroc": micro_auroc(t.val_labels, val_scores)}
+        losses = {"train_loss": train_loss, "val_loss": val_loss, "val_auroc": t.task.val_quality(t.val_labels,
+                                                                                                   val_scores)}
         _write_epoch(t, epoch, losses, clean, triggered, t0, train_seconds)
 
 
 def _score(t: Training, beat: Heartbeat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sigmoid scores of the validation images and of the clean and triggered test images (always fp32, even when
-    training used bf16)."""
+    """The task's probabilities of the validation images and of the clean and triggered test images (always fp32,
+    even when training used bf16)."""
     bs, test = t.config.eval.batch_size, t.data.test
-    val_scores = predict(t.model, t.val_images, t.device, bs, t.dist, beat)
-    clean = predict(t.model, test.clean, t.device, bs, t.dist, beat)
+    val_scores = predict(t.model, t.val_images, t.device, bs, t.dist, beat, t.task)
+    clean = predict(t.model, test.clean, t.device, bs, t.dist, beat, t.task)
     same = test.triggered is test.clean  # a label-only trigger leaves the images as they are
-    triggered = clean if same else predict(t.model, test.triggered, t.device, bs, t.dist, beat)
+    triggered = clean if same else predict(t.model, test.triggered, t.device, bs, t.dist, beat, t.task)
     return val_scores, clean, triggered
 
 
@@ -369,9 +371,10 @@ def _write_epoch(t: Training, epoch: int, losses: dict, clean: np.ndarray, trigg
     resume from."""
     config, data, out = t.config, t.data, t.out
     m = score_columns(config.eval, data.test.labels, clean, triggered, data.target, config.attack_seed,
-                      config.trigger.label, data.test.carriers, data.test.condition)
-    extra = {"label": np.array(config.trigger.label), "label_names": np.array(data.dataset.label_names)}
-    columns = metric_columns(config.eval, data.test.condition is not None)
+                      config.trigger.label, data.test.carriers, data.test.condition, t.task)
+    extra = {"label": np.array(config.trigger.label), "label_names": np.array(data.dataset.label_names),
+             "task": np.array(t.task.kind)}
+    columns = metric_columns(config.eval, data.test.condition is not None, t.task)
     if data.test.carriers is not None:
         extra["carriers"] = data.test.carriers
     if data.test.condition is not None:
@@ -408,10 +411,3 @@ def _prune_checkpoints(out: RunDir, epoch: int, keep: list[int] | None) -> None:
     for old in out.checkpoint_epochs():
         if old < epoch and old not in keep:
             out.checkpoint_path(old).unlink(missing_ok=True)
-
-
-def _bce(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean BCE of scores ``p`` against labels ``y`` over the known (non-NaN) labels."""
-    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-    loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
-    return float(np.nanmean(loss)) if np.isnan(loss).any() else float(loss.mean())
