@@ -76,6 +76,19 @@ class Task:
         """Raise :class:`UserError` (one line) unless ``labels`` are valid rows of this task."""
         raise NotImplementedError
 
+    def repair_quality(self, labels: np.ndarray, scores: np.ndarray) -> float | None:  # pragma: no cover
+        """What a repair's budget holds on clean judging images (:mod:`medbackdoor.defenses._holdout`); None
+        when it cannot be computed on these labels."""
+        raise NotImplementedError
+
+    def target_loss(self, logits: torch.Tensor, target: int) -> torch.Tensor:  # pragma: no cover
+        """The mean loss that pushes each image's output towards ``target`` (Neural Cleanse's trigger search)."""
+        raise NotImplementedError
+
+    def hits(self, logits: torch.Tensor, target: int) -> torch.Tensor:  # pragma: no cover
+        """Per image, whether the output says ``target`` (bool)."""
+        raise NotImplementedError
+
     def infected(self, labels: np.ndarray, target: int, policy: str) -> np.ndarray:  # pragma: no cover
         """The label row(s) a poisoned sample gets under ``policy`` (one of :attr:`policies`)."""
         raise NotImplementedError
@@ -133,6 +146,21 @@ class MultiLabel(Task):
         from medbackdoor.metrics.multilabel import micro_auroc
 
         return micro_auroc(labels, scores)
+
+    def repair_quality(self, labels: np.ndarray, scores: np.ndarray) -> float | None:
+        """The micro AUROC over every known (image, finding) pair."""
+        from medbackdoor.metrics.multilabel import micro_auroc_or_none
+
+        return micro_auroc_or_none(labels, scores)
+
+    def target_loss(self, logits: torch.Tensor, target: int) -> torch.Tensor:
+        """BCE of the target's logit towards 1."""
+        logit = logits[:, target].float()
+        return F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
+
+    def hits(self, logits: torch.Tensor, target: int) -> torch.Tensor:
+        """The target's sigmoid above 0.5."""
+        return logits[:, target] > 0
 
     def check_labels(self, labels: np.ndarray, what: str = "labels") -> None:
         labels = np.asarray(labels, np.float32)
@@ -196,6 +224,21 @@ class SingleLabel(Task):
         from medbackdoor.metrics.singlelabel import auroc_macro
 
         return auroc_macro(labels, scores)
+
+    def repair_quality(self, labels: np.ndarray, scores: np.ndarray) -> float | None:
+        """The accuracy (the share of images whose argmax is their class)."""
+        from medbackdoor.metrics.singlelabel import accuracy
+
+        value = accuracy(labels, scores)
+        return None if np.isnan(value) else value
+
+    def target_loss(self, logits: torch.Tensor, target: int) -> torch.Tensor:
+        """Cross-entropy towards the target class."""
+        return F.cross_entropy(logits.float(), torch.full((len(logits),), int(target), device=logits.device))
+
+    def hits(self, logits: torch.Tensor, target: int) -> torch.Tensor:
+        """The argmax is the target."""
+        return logits.argmax(-1) == target
 
     def check_labels(self, labels: np.ndarray, what: str = "labels") -> None:
         labels = np.asarray(labels, np.float32)

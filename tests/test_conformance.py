@@ -89,6 +89,49 @@ def test_every_defense_answers_its_kinds_contract(tiny_run, answered, method):
     assert (out / "summary.json").stat().st_mtime_ns == mtime
 
 
+# --- every defense on a single-label run ------------------------------------------------------------------------
+
+SINGLE = ["dataset.name=nih-sample-single", "dataset.options.limit=48", "image_size=32", "train.epochs=3",
+          "train.batch_size=16", "trigger.mode=append", "trigger.fraction=0.2", "trigger.target=Infiltration"]
+
+
+@pytest.fixture(scope="module")
+def single_answered(tmp_path_factory, request):
+    """A tiny multi-class run on real pixels (``nih-sample-single``, 8 classes) and every defense asked of it."""
+    from conftest import plugins, registered
+
+    from medbackdoor.config import load_config
+    from medbackdoor.defenses.runner import DefenseRequest, defend_run
+    from medbackdoor.run import Run
+    from medbackdoor.train import run
+
+    folder = tmp_path_factory.mktemp("single")
+    methods = [*registered("defense"), *plugins(request.config, "defense")]
+    with image_cache_at(folder / "cache"):
+        run(load_config("quick-real", SINGLE), folder / "run", progress=False)
+        answers = defend_run(Run(folder / "run"), [DefenseRequest(m, holdout=HOLDOUT, options=QUICK.get(m, {}))
+                                                   for m in methods])
+    return folder / "run", dict(zip(methods, answers))
+
+
+@pytest.mark.slow  # a second tiny run and every defense again: about 3 min on 2 cores
+@pytest.mark.registry("defense", "method")
+def test_every_defense_runs_on_a_single_label_run(single_answered, method):
+    """The same contract on a multi-class run: the defense ran with the run's softmax scores and labels, and a
+    mitigation reports the single-label columns before and after."""
+    folder, answered = single_answered
+    summary = answered[method]
+    if isinstance(summary, BaseException):
+        raise summary
+    written = json.loads((folder / "defenses" / summary.name / "summary.json").read_text())
+    kind = DEFENSES.get(method).kind
+    if kind in ("data", "input"):
+        assert 0 <= written["detection"]["auroc"] <= 1
+    if kind == "mitigation":
+        assert set(written["after"]) == {"accuracy", "balanced_accuracy", "auroc_macro", "asr", "racc"}
+        assert all(_finite_or_none(v) for v in written["after"].values())
+
+
 # --- datasets ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.registry("dataset", "name")
@@ -103,6 +146,7 @@ def test_every_dataset_builds_from_its_example_and_keeps_the_contract(name, tmp_
     assert n > 0 and dataset.labels.shape == (n, width) and width == len(set(dataset.label_names))
     known = dataset.labels[~np.isnan(dataset.labels)]
     assert np.isin(known, (0.0, 1.0)).all()
+    dataset.task.check_labels(dataset.labels)  # one-hot rows for a single-label task
     assert set(dataset.splits) <= set(SPLITS) and all(len(dataset.split_indices(s)) for s in ("train", "test"))
     summary = dataset.summary()
     assert json.dumps(summary) and summary["images"] == n

@@ -1,10 +1,11 @@
-"""What the repair defenses share: the two halves of the clean holdout, scoring a model on them, its micro AUROC,
+"""What the repair defenses share: the two halves of the clean holdout, scoring a model on them, its quality
+(the task's :meth:`~medbackdoor.task.Task.repair_quality`: micro AUROC for multi-label, accuracy for single-label),
 and the model's BatchNorm layers.
 
 Every repair that learns from the holdout (fine-pruning, ANP, I-BAU, FT-SAM) splits it the same way: the first
-half is what the method learns from (it ranks, masks or fine-tunes on it); the second half judges (its micro
-AUROC over every finding is what a budget limits, and the before/after numbers in ``info``), so no budget is
-judged on the images that were used to choose or to fine-tune.
+half is what the method learns from (it ranks, masks or fine-tunes on it); the second half judges (its quality is
+what a budget limits, and the before/after numbers in ``info``), so no budget is judged on the images that were
+used to choose or to fine-tune.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from medbackdoor.defenses.base import Defender
 from medbackdoor.errors import UserError
 from medbackdoor.losses import label_nll  # noqa: F401 - the repairs' loss (shared with ABL's training)
+from medbackdoor.metrics.multilabel import micro_auroc_or_none  # noqa: F401 - the multi-label repair budget
 
 
 def halves(d: Defender, who: str, minimum: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -32,7 +33,7 @@ def halves(d: Defender, who: str, minimum: int = 4) -> tuple[np.ndarray, np.ndar
     half = n // 2
     learn_x, learn_y = np.asarray(d.holdout_images[0:half]), d.holdout_labels[:half]
     judge_x, judge_y = np.asarray(d.holdout_images[half:n]), d.holdout_labels[half:n]
-    if micro_auroc_or_none(judge_y, np.zeros_like(judge_y)) is None:
+    if d.task.repair_quality(judge_y, np.nan_to_num(judge_y)) is None:  # the labels as their own scores
         raise UserError(f"{who} needs positive and negative findings in the second half of the holdout")
     return learn_x, learn_y, judge_x, judge_y
 
@@ -44,21 +45,11 @@ def as_input(images: np.ndarray, d: Defender) -> torch.Tensor:
 
 
 def model_scores(model: nn.Module, images: np.ndarray, d: Defender) -> np.ndarray:
-    """Sigmoid scores N×C of ``model`` (as it is: eval or train mode is the caller's) on ``images``."""
+    """The task's scores N×C of ``model`` (as it is: eval or train mode is the caller's) on ``images``."""
     with torch.no_grad():
-        out = [torch.sigmoid(model(as_input(images[lo : lo + d.batch_size], d)).float()).cpu().numpy()
+        out = [d.task.activation(model(as_input(images[lo : lo + d.batch_size], d)).float()).cpu().numpy()
                for lo in range(0, len(images), d.batch_size)]
     return np.concatenate(out) if out else np.zeros((0, len(d.label_names)), np.float32)
-
-
-def micro_auroc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Micro AUROC over every known (label, score) pair; None when only one class is present."""
-    y, s = np.asarray(labels, np.float64).ravel(), np.asarray(scores, np.float64).ravel()
-    known = ~np.isnan(y)
-    y, s = y[known] > 0.5, s[known]
-    if y.all() or not y.any():
-        return None
-    return float(roc_auc_score(y, s))
 
 
 def label_tensor(labels: np.ndarray, d: Defender) -> torch.Tensor:

@@ -33,9 +33,7 @@ from torch import nn
 from medbackdoor.defenses._holdout import (
     as_input,
     halves,
-    label_nll,
     label_tensor,
-    micro_auroc_or_none,
     minibatches,
     model_scores,
     replace_module,
@@ -134,7 +132,7 @@ class ANP(Mitigation):
         masks = self.learn_masks(model, layers, learn_x, learn_y, d)
         values = torch.cat([m.detach().cpu() for m in masks]).numpy()
 
-        base = micro_auroc_or_none(judge_y, model_scores(model, judge_x, d))
+        base = d.task.repair_quality(judge_y, model_scores(model, judge_x, d))
         order = np.argsort(values, kind="stable")  # lowest mask first
         where = np.concatenate([np.full(len(m), i) for i, m in enumerate(masks)]), np.concatenate(
             [np.arange(len(m)) for m in masks])
@@ -145,7 +143,7 @@ class ANP(Mitigation):
         with torch.no_grad():
             for k in counts:
                 _prune(layers, originals, where, order[:k])
-                value = micro_auroc_or_none(judge_y, model_scores(model, judge_x, d))
+                value = d.task.repair_quality(judge_y, model_scores(model, judge_x, d))
                 tried.append({"pruned": k, "mask_below": float(values[order[k - 1]]), "auroc": value})
                 if base - value > self.budget:
                     break
@@ -201,7 +199,7 @@ class ANP(Mitigation):
                                 p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1).mul_(self.eps))
                         _set(wrapped, True)
                         for _ in range(self.perturb_steps):  # signed ascent, projected on [−eps, eps]
-                            grads = torch.autograd.grad(label_nll(model(x), y), noises)
+                            grads = torch.autograd.grad(d.task.loss(model(x), y), noises)
                             with torch.no_grad():
                                 for p, g in zip(noises, grads):
                                     p.add_(g.sign(), alpha=self.eps / self.perturb_steps).clamp_(-self.eps, self.eps)
@@ -209,9 +207,9 @@ class ANP(Mitigation):
                     loss = 0.0
                     if self.eps > 0 and self.alpha < 1:
                         _set(wrapped, True)
-                        loss = (1 - self.alpha) * label_nll(model(x), y)
+                        loss = (1 - self.alpha) * d.task.loss(model(x), y)
                     _set(wrapped, False)
-                    loss = loss + self.alpha * label_nll(model(x), y)
+                    loss = loss + self.alpha * d.task.loss(model(x), y)
                     loss.backward()
                     mask_opt.step()
                     with torch.no_grad():

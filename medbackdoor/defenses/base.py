@@ -85,11 +85,16 @@ class Defender:
             defense that trains a model anew; its ``seed`` is the defender's.
         new_model: builds a fresh, untrained model of the run's architecture (from the run's pretrained weights,
             if it started from any).
+        task: the run's task type (``multilabel``, ``multiclass`` or ``binary``, :mod:`medbackdoor.task`): how
+            the model's outputs become scores, and what a label row is.
     """
 
     def __init__(self, model: nn.Module, train_images: Images, train_labels: np.ndarray, holdout_images: Images,
                  holdout_labels: np.ndarray, label_names: list[str], device: torch.device | str = "cpu",
-                 batch_size: int = 128, seed: int = 0, dataset: str = "", training=None, new_model=None) -> None:
+                 batch_size: int = 128, seed: int = 0, dataset: str = "", training=None, new_model=None,
+                 task: str = "multilabel") -> None:
+        from medbackdoor.task import task_of
+
         for what, images in (("train_images", train_images), ("holdout_images", holdout_images)):
             if not (isinstance(images, Images) and images.holds_pixels_only):
                 raise TypeError(f"a Defender's {what} must be Images of a uint8 N×H×W array (pixels only, e.g. "
@@ -98,6 +103,7 @@ class Defender:
         self.train_images, self.train_labels = train_images, np.asarray(train_labels, np.float32)
         self.holdout_images, self.holdout_labels = holdout_images, np.asarray(holdout_labels, np.float32)
         self.label_names, self.dataset = list(label_names), str(dataset)
+        self.task = task_of(task, self.label_names)
         self.device = torch.device(device)
         self.batch_size, self.seed = batch_size, seed
         self.training, self.new_model = training, new_model
@@ -110,7 +116,8 @@ class Defender:
 
     @torch.no_grad()
     def outputs(self, images, features: bool = False) -> np.ndarray:
-        """Sigmoid scores (N×C) or pooled penultimate features (N×D, ``features=True``) of uint8 images."""
+        """The task's scores (N×C: sigmoid, or softmax for a single-label task) or pooled penultimate features
+        (N×D, ``features=True``) of uint8 images."""
         out = []
         for lo in range(0, len(images), self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[lo : lo + self.batch_size]))
@@ -127,7 +134,7 @@ class Defender:
             x = x.unsqueeze(1)
         if features:
             return feature_vector(self.model, x)
-        return torch.sigmoid(self.model(x).float())
+        return self.task.activation(self.model(x).float())
 
     def cached(self, key: str, compute) -> np.ndarray:
         if key not in self._cache:

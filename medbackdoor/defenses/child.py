@@ -148,6 +148,7 @@ def load_defender(folder: Path, request: dict):
         seed=int(request["seed"]), dataset=request.get("dataset", ""),
         training=None if training is None else from_dict(TrainConfig, training),
         new_model=lambda: build_model(recipe, None, pretrained=True).to(device),
+        task=request.get("task", "multilabel"),
     )
 
 

@@ -33,12 +33,10 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medbackdoor.defenses._holdout import as_input as _input
 from medbackdoor.defenses._holdout import halves, minibatches, replace_module, seeded
-from medbackdoor.defenses._holdout import micro_auroc_or_none as _auroc
 from medbackdoor.defenses._holdout import model_scores as _scores
 from medbackdoor.defenses.base import DEFENSES, Defender, Mitigation
 from medbackdoor.errors import UserError
@@ -117,13 +115,13 @@ class FinePruning(Mitigation):
             channels = len(activation)
             order = np.argsort(activation, kind="stable")
             score = self._scorer(model, layer, judge_x, d, axis)
-            base = _auroc(judge_y, score(None))
+            base = d.task.repair_quality(judge_y, score(None))
             kept, tried, level_auroc = 0, [], base
             step = 1 if score.fast else max(1, math.ceil(channels / SLOW_LEVELS))
             for k in range(step, channels, step):  # never all channels
                 mask = torch.ones(channels)
                 mask[torch.from_numpy(order[:k].copy())] = 0
-                value = _auroc(judge_y, score(mask))
+                value = d.task.repair_quality(judge_y, score(mask))
                 tried.append((k, value))
                 if base - value > self.budget:
                     break
@@ -134,7 +132,7 @@ class FinePruning(Mitigation):
         self._fine_tune(model, tune_x, tune_y, d)
         model.eval()
         with torch.no_grad():
-            after = _auroc(judge_y, _scores(model, judge_x, d))
+            after = d.task.repair_quality(judge_y, _scores(model, judge_x, d))
         self.info = {
             "layer": name, "channels": int(channels), "pruned": int(kept),
             "pruned_fraction": round(kept / channels, 4),
@@ -169,7 +167,7 @@ class FinePruning(Mitigation):
         return (total / max(count, 1)).cpu().numpy(), axis
 
     def _scorer(self, model: nn.Module, layer: nn.Module, images: np.ndarray, d: Defender, axis: int):
-        """A function mask → sigmoid scores of ``images`` with the layer's channels (dimension ``axis``) masked
+        """A function mask → the task's scores of ``images`` with the layer's channels (dimension ``axis``) masked
         (None: unmasked)."""
         feats, logits = [], []
         captured = {}
@@ -181,14 +179,15 @@ class FinePruning(Mitigation):
         finally:
             handle.remove()
         fast = hasattr(model, "forward_head") and all(_reproduces(model, f, z) for f, z in zip(feats, logits))
-        base = torch.sigmoid(torch.cat(logits)).cpu().numpy()
+        base = d.task.activation(torch.cat(logits)).cpu().numpy()
 
         def score(mask):
             if mask is None:
                 return base
             masker = ChannelMask(mask.to(feats[0].device), axis)
             if fast:
-                return torch.sigmoid(torch.cat([model.forward_head(masker(f)).float() for f in feats])).cpu().numpy()
+                return d.task.activation(torch.cat([model.forward_head(masker(f)).float() for f in feats])
+                                         ).cpu().numpy()
             hook = layer.register_forward_hook(lambda _m, _i, out: masker(out))
             try:
                 return _scores(model, images, d)
@@ -199,7 +198,8 @@ class FinePruning(Mitigation):
         return score
 
     def _fine_tune(self, model: nn.Module, images: np.ndarray, labels: np.ndarray, d: Defender) -> None:
-        """BCE on the clean images, BatchNorm statistics frozen (eval mode): the holdout is small."""
+        """The task's training loss (BCE, or cross-entropy) on the clean images, BatchNorm statistics frozen (eval
+        mode): the holdout is small."""
         if self.epochs == 0 or not len(images):
             return
         params = list(model.parameters())
@@ -214,9 +214,7 @@ class FinePruning(Mitigation):
             for _ in range(self.epochs):
                 for idx in minibatches(len(images), self.batch_size, gen):
                     y = y_all[idx].to(d.device)
-                    known = ~torch.isnan(y)
-                    logits = model(_input(images[idx], d)).float()
-                    loss = F.binary_cross_entropy_with_logits(logits[known], y[known])
+                    loss = d.task.train_loss(model(_input(images[idx], d)).float(), y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

@@ -37,7 +37,6 @@ from medbackdoor.defenses._holdout import (
     halves,
     label_nll,
     label_tensor,
-    micro_auroc_or_none,
     minibatches,
     model_scores,
     seeded,
@@ -83,7 +82,7 @@ class FTSAM(Mitigation):
     def repair(self, d: Defender) -> nn.Module:
         learn_x, learn_y, judge_x, judge_y = halves(d, "ft-sam")
         model = copy.deepcopy(d.model).eval()
-        before = micro_auroc_or_none(judge_y, model_scores(model, judge_x, d))
+        before = d.task.repair_quality(judge_y, model_scores(model, judge_x, d))
         params = [p for p in model.parameters()]
         for p in params:
             p.requires_grad_(True)
@@ -98,12 +97,12 @@ class FTSAM(Mitigation):
             for _ in range(self.epochs):
                 for idx in minibatches(len(learn_x), self.batch_size, gen):
                     x, y = as_input(learn_x[idx], d), y_all[idx]
-                    losses.append(float(sam_step(model, params, opt, x, y, self.rho, self.adaptive)))
+                    losses.append(float(sam_step(model, params, opt, x, y, self.rho, self.adaptive, d.task.loss)))
                     schedule.step()
         for p in params:
             p.requires_grad_(False)
         model.eval()
-        after = micro_auroc_or_none(judge_y, model_scores(model, judge_x, d))
+        after = d.task.repair_quality(judge_y, model_scores(model, judge_x, d))
         self.info = {"steps": steps, "holdout_split": {"fine_tune": len(learn_x), "judge": len(judge_x)},
                      "holdout_auroc_before": before, "holdout_auroc_after": after,
                      "loss_first_epoch": float(np.mean(losses[: max(1, steps // self.epochs)])),
@@ -112,10 +111,11 @@ class FTSAM(Mitigation):
 
 
 def sam_step(model: nn.Module, params: list[torch.Tensor], opt: torch.optim.Optimizer, x: torch.Tensor,
-             y: torch.Tensor, rho: float, adaptive: bool) -> torch.Tensor:
+             y: torch.Tensor, rho: float, adaptive: bool, loss_fn=label_nll) -> torch.Tensor:
     """One SAM (or ASAM) step: ascend to ``w + e`` within radius ``rho``, take the gradient there, step from ``w``.
-    Returns the loss at ``w``. In train mode, BatchNorm's running statistics move on the first pass only."""
-    loss = label_nll(model(x), y)
+    Returns the loss at ``w`` (``loss_fn``: the task's negative log-likelihood). In train mode, BatchNorm's running
+    statistics move on the first pass only."""
+    loss = loss_fn(model(x), y)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in norms]
     opt.zero_grad(set_to_none=True)
@@ -133,7 +133,7 @@ def sam_step(model: nn.Module, params: list[torch.Tensor], opt: torch.optim.Opti
     for m in norms:
         m.momentum = 0.0
     try:
-        label_nll(model(x), y).backward()
+        loss_fn(model(x), y).backward()
     finally:
         for m, momentum in zip(norms, saved):
             m.momentum = momentum

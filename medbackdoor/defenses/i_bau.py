@@ -40,7 +40,6 @@ from medbackdoor.defenses._holdout import (
     halves,
     label_nll,
     label_tensor,
-    micro_auroc_or_none,
     minibatches,
     model_scores,
     second_order,
@@ -98,8 +97,9 @@ class IBAU(Mitigation):
 
     def repair(self, d: Defender) -> nn.Module:
         learn_x, learn_y, judge_x, judge_y = halves(d, "i-bau")
+        self._task = d.task
         model = copy.deepcopy(d.model).eval()
-        before = micro_auroc_or_none(judge_y, model_scores(model, judge_x, d))
+        before = d.task.repair_quality(judge_y, model_scores(model, judge_x, d))
         params = list(model.parameters())
         for p in params:
             p.requires_grad_(True)
@@ -120,19 +120,28 @@ class IBAU(Mitigation):
                 rounds.append({"perturbation_l2": float(delta.norm()), "outer_loss": float(np.mean(outer_losses))})
         for p in params:
             p.requires_grad_(False)
-        after = micro_auroc_or_none(judge_y, model_scores(model, judge_x, d))
+        after = d.task.repair_quality(judge_y, model_scores(model, judge_x, d))
         self.info = {"rounds": rounds, "holdout_split": {"unlearn": len(learn_x), "judge": len(judge_x)},
                      "holdout_auroc_before": before, "holdout_auroc_after": after}
         return model
 
+    _task = None  # the repaired run's task (its loss and predictions); None: multi-label
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return label_nll(logits, y) if self._task is None else self._task.loss(logits, y)
+
     def perturbation(self, model: nn.Module, x_all: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """The round's universal perturbation: one SGD step per batch on ``−L(x + δ, prediction) + 0.001‖δ‖²``."""
         with torch.no_grad():
-            predicted = (torch.sigmoid(model(x_all).float()) >= 0.5).float()
+            if self._task is None:
+                predicted = (torch.sigmoid(model(x_all).float()) >= 0.5).float()
+            else:
+                scores = self._task.activation(model(x_all).float()).cpu().numpy()
+                predicted = torch.from_numpy(self._task.predicted(scores)).float().to(x_all.device)
         delta = torch.zeros((1,) + tuple(x_all.shape[1:]), device=x_all.device, requires_grad=True)
         opt = torch.optim.SGD([delta], lr=self.inner_lr)
         for idx in self._inner_batches(len(x_all), gen):
-            loss = -label_nll(model(x_all[idx] + delta), predicted[idx]) + PENALTY * delta.pow(2).sum()
+            loss = -self._loss(model(x_all[idx] + delta), predicted[idx]) + PENALTY * delta.pow(2).sum()
             opt.zero_grad(set_to_none=True)
             grad, = torch.autograd.grad(loss, delta)
             delta.grad = grad
@@ -161,7 +170,7 @@ class IBAU(Mitigation):
                      gen: torch.Generator) -> float:
         """One model update with the implicit hypergradient; returns the outer loss."""
         delta = delta.clone().requires_grad_(True)
-        inner = -label_nll(model(x0 + delta), y0) + PENALTY * delta.pow(2).sum()
+        inner = -self._loss(model(x0 + delta), y0) + PENALTY * delta.pow(2).sum()
         g_inner, = torch.autograd.grad(inner, delta, create_graph=True)
         phi = delta - FIXED_POINT_STEP * g_inner
         n = len(x)
@@ -169,7 +178,7 @@ class IBAU(Mitigation):
         carry = torch.zeros(n, 1, 1, 1, device=x.device)
         if len(chosen):
             carry[chosen.to(x.device)] = 1.0
-        outer = label_nll(model(x + carry * delta), y)
+        outer = self._loss(model(x + carry * delta), y)
         grads = torch.autograd.grad(outer, params + [delta], allow_unused=True)
         g_params, g_delta = list(grads[:-1]), grads[-1]
         if g_delta is not None and self.k:

@@ -89,7 +89,7 @@ class IBDPSC(InputDefense):
         with torch.no_grad():
             for lo in range(0, len(images), d.batch_size):
                 x = as_float(images[lo : lo + d.batch_size], d)[:, None]
-                out.append(torch.sigmoid(model(x).float()).cpu())
+                out.append(d.task.activation(model(x).float()).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(d.label_names))
 
     def depths(self, d: Defender) -> list[int]:

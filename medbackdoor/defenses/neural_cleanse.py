@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from medbackdoor.defenses.base import DEFENSES, Defender, ModelDefense, Scan
 from medbackdoor.errors import UserError
@@ -182,14 +181,14 @@ class NeuralCleanse(ModelDefense):
             pos += self.batch_size
             mask, pattern = torch.sigmoid(mask_raw), torch.sigmoid(pattern_raw)
             xb = (1 - mask) * x[idx] + mask * pattern
-            logit = d.model(xb)[:, c].float()
-            bce = F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
+            logits = d.model(xb).float()
+            attack = d.task.target_loss(logits, c)  # multi-label: BCE of finding c towards 1; else cross-entropy
             mean = mask.mean()
-            loss = bce + cost * mean
+            loss = attack + cost * mean
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            hit = float((logit.detach() > 0).float().mean()) >= self.success
+            hit = float(d.task.hits(logits.detach(), c).float().mean()) >= self.success
             l1 = float(mean.detach()) * h * w
             if best is not None:
                 since_best += 1

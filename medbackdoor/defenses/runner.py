@@ -292,7 +292,8 @@ def _child(run: Run, folder: Path, materials: Materials, requests: list[DefenseR
     labels, training recipe), and the seconds it took."""
     request = {"mode": "defend", "device": str(run.device(device)), "batch_size": run.config.eval.batch_size,
                "seed": materials.seed, "label_names": list(run.data.dataset.label_names),
-               "dataset": run.config.dataset.name, "training": _training_recipe(run),
+               "dataset": run.config.dataset.name, "task": run.data.dataset.task.kind,
+               "training": _training_recipe(run),
                "defenses": [{"name": r.name, "method": _portable(r.method), "options": r.options}
                             for r in requests]}
     start = time.perf_counter()
@@ -450,7 +451,8 @@ def _settle(run: Run, r: DefenseRequest, d: Described, key: dict, answer: dict, 
         name=r.name, method=r.method, kind=d.kind, run=str(run.path), epoch=epoch,
         holdout=materials.n_holdout, request=key, paper=d.paper,
         changes=d.changes, options=d.options,
-        metric_columns={c.name: c.label for c in metric_columns(config.eval, run.data.test.condition is not None)},
+        metric_columns={c.name: c.label for c in metric_columns(config.eval, run.data.test.condition is not None,
+                                                               run.data.dataset.task)},
         seconds=round(seconds, 3), ms_per_image=round(1000 * answer["seconds"] / max(extra.get("images_scored", 1), 1),
                                                       3),
         origin=d.origin, timings=timings, defender_seed=int(defender_seed), defaults_digest=defaults_digest(),
@@ -482,8 +484,9 @@ def retrain(run_dir: str | Path | Run, name: str, summary: DefenseSummary, progr
     new = run.dir.retrain_dir(name)
     train_run(config, new.path, resume=True, progress=progress)
     before, after = run.dir.metrics()[-1], new.metrics()[-1]
-    names = [c.name for c in metric_columns(config.eval) if c.name in before and c.name in after]
-    names += [c.name for c in metric_columns(config.eval, True)
+    task = run.data.dataset.task
+    names = [c.name for c in metric_columns(config.eval, task=task) if c.name in before and c.name in after]
+    names += [c.name for c in metric_columns(config.eval, True, task)
               if c.group == "off" and c.name in before and c.name in after]
     result = {"run": str(new.path), "dropped": len(flagged),
               "before": {k: float(before[k]) for k in names}, "after": {k: float(after[k]) for k in names}}
@@ -586,19 +589,23 @@ def _mitigation(run: Run, name: str, answer: dict, folder: Path, m: Materials, t
 
 
 def _metrics(run: Run, m: Materials, scores: np.ndarray) -> dict:
-    """The run's metric columns (:func:`~medbackdoor.metrics.metric_columns` of its ``eval`` settings: ASR at
-    each p, strict or not, AUROC-TT/NN/TN, mixed ε) of a model's scores of the mixed test inputs, and
-    ``auroc_nn_macro`` (AUROC-NN as the mean of the per-class AUROCs)."""
+    """The run's metric columns (:func:`~medbackdoor.metrics.metric_columns` of its ``eval`` settings and task:
+    ASR at each p, strict or not, AUROC-TT/NN/TN, mixed ε, or a single-label task's columns) of a model's scores
+    of the mixed test inputs; for multi-label also ``auroc_nn_macro`` (AUROC-NN as the mean of the per-class
+    AUROCs; a single-label task has ``auroc_macro`` among its columns)."""
     from medbackdoor.metrics.multilabel import mean_auroc
 
     config, data = run.config, run.data
     clean, triggered = m.unmix(scores)
     if not len(triggered):  # a label-only trigger: the triggered inputs are the clean ones
         triggered = clean
+    task = data.dataset.task
     values = score_columns(config.eval, data.test.labels, clean, triggered, data.target, config.attack_seed,
-                           config.trigger.label, data.test.carriers, data.test.condition)
-    return {**column_values(metric_columns(config.eval, data.test.condition is not None), values),
-            "auroc_nn_macro": mean_auroc(data.test.labels, clean)}
+                           config.trigger.label, data.test.carriers, data.test.condition, task)
+    columns = metric_columns(config.eval, data.test.condition is not None, task)
+    if task.single_label:
+        return column_values(columns, values)
+    return {**column_values(columns, values), "auroc_nn_macro": mean_auroc(data.test.labels, clean)}
 
 
 def _reversed(path: Path, masks, patterns, truth: Truth, names) -> dict:

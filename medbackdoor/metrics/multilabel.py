@@ -165,3 +165,13 @@ def backdoor_metrics(y_true: np.ndarray, score_clean: np.ndarray, score_triggere
         "mean_auroc_clean": mean_auroc(y_true, score_clean),
         "per_class_auroc_clean": per_class_auroc(y_true, score_clean).tolist(),
     }
+
+
+def micro_auroc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Micro AUROC over every known (label, score) pair; None when only one class is present."""
+    y, s = np.asarray(labels, np.float64).ravel(), np.asarray(scores, np.float64).ravel()
+    known = ~np.isnan(y)
+    y, s = y[known] > 0.5, s[known]
+    if y.all() or not y.any():
+        return None
+    return float(roc_auc_score(y, s))
