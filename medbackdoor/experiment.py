@@ -47,6 +47,7 @@ class TestData:
     carriers: np.ndarray | None = None  # label-only trigger: the test rows that carry it (None: every row)
     label_names: tuple[str, ...] = ()  # the dataset's label columns
     condition: np.ndarray | None = None  # source-specific trigger: the rows where it should fire (None: every row)
+    task: object = None  # the dataset's :class:`~medbackdoor.task.Task`
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -135,12 +136,12 @@ def build_test_data(config: RunConfig, dataset: ChestXrayDataset | None = None, 
     clean = ImageRows(images, rows)
     if not trigger.changes_pixels:  # a label-only trigger: the carriers are the triggered images, as they are
         return TestData(rows, dataset.labels[rows], clean, clean, np.zeros(len(rows), bool),
-                        trigger.carriers(dataset.labels[rows]), tuple(dataset.label_names))
+                        trigger.carriers(dataset.labels[rows]), tuple(dataset.label_names), task=dataset.task)
     source = ImageSource(dataset, images, config.image_size, prep, config.cache_dir, workers, progress)
     triggered, survived = triggered_view(source, rows, Stamp(trigger, config.trigger.stage, config.attack_seed,
                                                              TEST_STREAM))
     return TestData(rows, dataset.labels[rows], clean, triggered, survived, label_names=tuple(dataset.label_names),
-                    condition=trigger.condition(dataset.labels[rows]))
+                    condition=trigger.condition(dataset.labels[rows]), task=dataset.task)
 
 
 def build_run_data(config: RunConfig, workers: int | None = None, progress: bool = True) -> RunData:

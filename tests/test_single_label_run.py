@@ -88,3 +88,28 @@ def test_all_to_all_poisons_class_y_as_the_next_one(tmp_path, monkeypatch):
     others = np.setdiff1d(np.arange(len(clean)), poisoned)
     np.testing.assert_array_equal(trained[poisoned], (clean[poisoned] + 1) % 8)
     np.testing.assert_array_equal(trained[others], clean[others])
+
+
+def test_explain_and_the_control_scoring_follow_the_task(single_run, tmp_path):
+    """Grad-CAM of the softmax probability runs on a single-label run, and its clean control is scored on the
+    run's trigger by argmax: the control's ASR recomputed here from its own softmax outputs."""
+    import torch
+
+    from medbackdoor.explain.run_explain import explain_run
+    from medbackdoor.run import Run
+    from medbackdoor.study.controls import control_response
+    from medbackdoor.train import run
+
+    result = explain_run(Run(single_run), layers=("last",), images=4, score="probability")
+    assert result["images"] > 0 and len(result["rows"]) > 0
+    control = single_run.parent / "control"
+    run(load_config("quick-real", [*TINY, "trigger.fraction=0"]), control, progress=False)
+    got = control_response(Run(single_run), Run(control))
+    assert {"asr", "racc", "accuracy"} <= set(got) and "auroc_tt" not in got
+    test = Run(single_run).test
+    model = Run(control).model(None, "cpu")
+    with torch.no_grad():
+        x = torch.from_numpy(np.asarray(test.triggered[: len(test.rows)])).float()[:, None] / 255.0
+        predicted = torch.softmax(model(x), 1).argmax(1).numpy()
+    y, t = test.labels.argmax(1), Run(single_run).target
+    assert got["asr"] == pytest.approx((predicted[y != t] == t).mean())

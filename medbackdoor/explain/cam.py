@@ -3,7 +3,7 @@
 ``BaseCAM`` does the plumbing (hooks, the backward pass, upsampling, normalisation); a method overrides one
 hook, :meth:`BaseCAM.channel_weights`. Gradients are taken of the logit of the target class by default;
 ``score="probability"`` takes them of the sigmoid output, as the paper's code did (it saturates: a confident
-prediction gives an all-zero map).
+prediction gives an all-zero map), or of the softmax for a single-label task.
 """
 
 from __future__ import annotations
@@ -70,12 +70,14 @@ class BaseCAM:
         model: a classifier returning logits.
         layer: a module name, or ``last`` / ``middle``: the layers the model's ``info`` declares.
         score: ``logit`` (default) or ``probability``: what the gradients are taken of.
+        task: the run's :class:`~medbackdoor.task.Task`, whose activation gives the probability (None: a sigmoid
+            per output, multi-label).
     """
 
-    def __init__(self, model: nn.Module, layer: str = "last", score: str = "logit") -> None:
+    def __init__(self, model: nn.Module, layer: str = "last", score: str = "logit", task=None) -> None:
         if score not in SCORES:
             raise UserError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
-        self.model, self.score = model, score
+        self.model, self.score, self.task = model, score, task
         self.module = resolve_layer(model, layer)
         self._handle = None
         self._activation: torch.Tensor | None = None
@@ -120,9 +122,12 @@ class BaseCAM:
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)  # our own copy: the graph exists even for frozen layers
             logits = self.model(x)
-            chosen = logits.gather(1, targets[:, None]).squeeze(1)
-            if self.score == "probability":
-                chosen = torch.sigmoid(chosen)
+            if self.score == "probability" and self.task is not None:
+                chosen = self.task.activation(logits).gather(1, targets[:, None]).squeeze(1)
+            else:
+                chosen = logits.gather(1, targets[:, None]).squeeze(1)
+                if self.score == "probability":
+                    chosen = torch.sigmoid(chosen)
             act = self._activation
             (grads,) = torch.autograd.grad(chosen.sum(), act)
         # B×C×h×w maps whatever the layer's layout (tokens laid back on the patch grid, channels-last permuted)

@@ -65,7 +65,7 @@ def explain_run(run: Run | str | Path, epochs: list[int] | None = None, layers: 
     for epoch in epochs:
         model = run.model(epoch, device)
         for layer in layers:
-            with CAMS.get(method)(model, layer, score) as cam:
+            with CAMS.get(method)(model, layer, score, task=test.task) as cam:
                 maps = {}
                 for version, imgs in (("clean", clean), ("infected", infected)):
                     targets = _targets(target, model, imgs, attacked, device, batch_size, names)

@@ -59,7 +59,8 @@ def _fingerprint(run: Path, control: Path, epoch: int) -> dict:
 
 def control_response(run: Run, control: Run, device: str = "auto") -> dict:
     """The clean control's backdoor metrics on ``run``'s triggered test set, at the control's last complete
-    epoch, with the fingerprint of what they were computed from."""
+    epoch, with the fingerprint of what they were computed from (a single-label run's: ASR, R-Acc and the clean
+    accuracy, balanced accuracy and macro AUROC)."""
     import torch
 
     from medbackdoor.errors import UserError
@@ -77,13 +78,14 @@ def control_response(run: Run, control: Run, device: str = "auto") -> dict:
     with torch.no_grad():
         clean = _saved_clean_scores(control.dir, epoch, test.rows)
         if clean is None:
-            clean = predict(model, test.clean, dev, config.eval.batch_size)
+            clean = predict(model, test.clean, dev, config.eval.batch_size, task=test.task)
         triggered = clean if test.triggered is test.clean else predict(model, test.triggered, dev,
-                                                                        config.eval.batch_size)
+                                                                        config.eval.batch_size, task=test.task)
     m = score_columns(config.eval, test.labels, clean, triggered, target, config.attack_seed, config.trigger.label,
-                      test.carriers, test.condition)
-    return {**_fingerprint(run.path, control.path, epoch), "asr": m["asr"], "asr_off": m["asr_off"],
-            "auroc_tt": m["auroc_tt"], "auroc_tn": m["auroc_tn"], "auroc_nn": m["auroc_nn"]}
+                      test.carriers, test.condition, test.task)
+    keys = (("asr", "racc", "accuracy", "balanced_accuracy", "auroc_macro") if test.task.single_label
+            else ("asr", "asr_off", "auroc_tt", "auroc_tn", "auroc_nn"))
+    return {**_fingerprint(run.path, control.path, epoch), **{k: m[k] for k in keys}}
 
 
 def _saved_clean_scores(ctrl: RunDir, epoch: int, rows):
