@@ -97,3 +97,11 @@ def read_positions(path: str) -> np.ndarray:
         except ValueError:
             raise UserError(f"positions file {p} line {n} is not a sample position: {line!r}") from None
     return np.asarray(values, np.int64)
+
+
+def for_display(image):
+    """An image as matplotlib and Pillow show it: H×W stays (gray), a C×H×W colour image becomes H×W×C."""
+    import numpy as np
+
+    image = np.asarray(image)
+    return np.ascontiguousarray(image.transpose(1, 2, 0)) if image.ndim == 3 else image

@@ -56,7 +56,7 @@ class TriggerConfig:
     kind: str = "square"
     size: int | None = None
     location: str | None = None
-    value: float | None = None
+    value: float | list[float] | None = None
     target: str = "Atelectasis"
     fraction: float = 0.4
     mode: str = "replace"

@@ -221,7 +221,8 @@ def trigger_footprint(data: RunData, config: RunConfig) -> tuple[np.ndarray | No
     if mask is None:
         return None, reason
     k = min(len(data.test), 64)
-    changed = (np.asarray(data.test.clean[0:k]) != np.asarray(data.test.triggered[0:k])).any(0)
+    diff = np.asarray(data.test.clean[0:k]) != np.asarray(data.test.triggered[0:k])
+    changed = diff.any(axis=tuple(range(diff.ndim - 2)))  # over the images (and a colour image's channels)
     if not changed.any():
         return None, "the trigger changed no pixel of the first test images (it did not survive preprocessing)"
     return changed, ""

@@ -32,17 +32,22 @@ def is_channels_last(model: nn.Module) -> bool:
     return False
 
 
+def with_channels(x: torch.Tensor) -> torch.Tensor:
+    """A batch of images with a channel axis: B×H×W (gray) → B×1×H×W; B×C×H×W is returned as it is."""
+    return x.unsqueeze(1) if x.dim() == 3 else x
+
+
 def to_input(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """B×H×W uint8 → B×1×H×W float in [0, 1] on ``device``."""
-    x = images.to(device, non_blocking=True).float().div_(255.0).unsqueeze(1)
+    """B×H×W (gray) or B×C×H×W (colour) uint8 → B×C×H×W float in [0, 1] on ``device`` (C = 1 for gray)."""
+    x = with_channels(images.to(device, non_blocking=True).float().div_(255.0))
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 @torch.no_grad()
 def predict(model: nn.Module, images, device, batch_size: int = 128, dist=None,
             heartbeat=None, task=None) -> np.ndarray:
-    """Probabilities N×C, in float32, for N×H×W uint8 images: sigmoid scores, or ``task``'s activation (a
-    :class:`~medbackdoor.task.Task`: softmax for a single-label task).
+    """Probabilities N×C, in float32, for N×H×W (gray) or N×3×H×W (colour) uint8 images: sigmoid scores, or
+    ``task``'s activation (a :class:`~medbackdoor.task.Task`: softmax for a single-label task).
 
     ``images`` is anything sliceable (an array, a memmap, or a lazy view such as
     :class:`~medbackdoor.data.views.ImageRows`); it is read ``batch_size`` images at a time. Scoring never runs

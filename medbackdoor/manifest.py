@@ -24,8 +24,8 @@ class Manifest:
     status: ``new`` (no manifest yet), ``running``, ``complete``, ``failed`` or ``interrupted``.
     config: the run's config as a dict (also in ``config.yaml``; a failure record made before the folder had one
         keeps it here).
-    dataset: name, fingerprint and the split counts (``train``, ``train_samples``, ``val``, ``test``,
-        ``poisoned``, ...).
+    dataset: name, fingerprint, the split counts (``train``, ``train_samples``, ``val``, ``test``,
+        ``poisoned``, ...), the ``task`` type (``multilabel``, ``multiclass``, ``binary``) and the image ``channels``.
     target, labels: the infected finding's name and the run's label columns.
     trigger: the trigger's repr; seeds: ``train`` and ``attack``.
     trigger_survival: the share of poisoned training images (``train``) and triggered test images (``test``)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medbackdoor._io import atomic_path, save_figure, write_json
+from medbackdoor._io import atomic_path, for_display, save_figure, write_json
 from medbackdoor.errors import UserError
 from medbackdoor.metrics import image_psnr, image_ssim, stealth
 from medbackdoor.poison.wrapper import TEST_STREAM
@@ -105,7 +105,7 @@ def save_trigger_figure(folder: Path, clean: np.ndarray, per_trigger: dict[str, 
             ax.set_xticks([])
             ax.set_yticks([])
         x = clean[j % len(clean)]
-        col[0].imshow(x, cmap="gray", vmin=0, vmax=255)
+        col[0].imshow(for_display(x), cmap="gray", vmin=0, vmax=255)
         if "skipped" in entry:
             col[0].set_title(f"{name}\nskipped", fontsize=8)
             col[1].text(0.5, 0.5, "\n".join(_wrap(entry["skipped"], 28)), ha="center", va="center",
@@ -115,9 +115,11 @@ def save_trigger_figure(folder: Path, clean: np.ndarray, per_trigger: dict[str, 
             continue
         y = entry["triggered"][j % len(clean)]
         diff = np.abs(x.astype(np.int16) - y.astype(np.int16))
+        if diff.ndim == 3:  # colour: the largest change over the channels
+            diff = diff.max(0)
         peak = int(diff.max())
         col[0].set_title(f"{name}\nPSNR {image_psnr(x, y):.1f} dB  SSIM {image_ssim(x, y):.3f}", fontsize=8)
-        col[1].imshow(y, cmap="gray", vmin=0, vmax=255)
+        col[1].imshow(for_display(y), cmap="gray", vmin=0, vmax=255)
         col[2].imshow(diff / max(peak, 1), cmap="magma", vmin=0, vmax=1)
         col[2].set_xlabel(f"max |Δ| = {peak}", fontsize=7)
     for ax, label in zip(axes[:, 0], ("clean", "triggered", "|Δ| / max |Δ|")):
@@ -138,7 +140,8 @@ def _wrap(text: str, width: int) -> list[str]:
 
 def save_grid(path: Path, top: np.ndarray, bottom: np.ndarray, scale: int = 3) -> Path:
     """Two rows of images side by side, enlarged ``scale`` times with nearest neighbour, as a PNG."""
-    grid = np.concatenate([np.concatenate(list(top), 1), np.concatenate(list(bottom), 1)], 0)
+    top, bottom = [for_display(x) for x in top], [for_display(x) for x in bottom]
+    grid = np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)
     big = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
     with atomic_path(path, suffix=".png") as tmp:
         big.save(tmp, format="PNG")

@@ -57,6 +57,27 @@ def test_lga_pushes_a_batch_below_gamma_back_up():
     assert (up.grad < 0).all()
 
 
+def test_single_label_abl_uses_the_cross_entropy_of_the_class():
+    from medbackdoor.task import task_of
+
+    task = task_of("multiclass", ("a", "b", "c"))
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]])
+    labels = np.array([[1, 0, 0], [0, 1, 0], [np.nan] * 3], np.float32)
+    losses = sample_nll(p, labels, task)
+    assert losses[0] == pytest.approx(-math.log(0.7)) and losses[1] == pytest.approx(-math.log(0.1))
+    assert losses[2] == math.inf  # an unknown class is never isolated
+    y = torch.tensor([[1.0, 0.0, 0.0]] * 4)
+    learned = torch.tensor([[4.0, -4.0, -4.0]] * 4, requires_grad=True)  # cross-entropy ≈ 2·e^-8: below γ
+    lga_loss(0.5, task)(learned, y).backward()
+    assert (learned.grad[:, 0] > 0).all()  # descending it lowers the true logit: the loss goes back up
+    fresh = torch.zeros(4, 3, requires_grad=True)  # log 3 ≈ 1.10 > γ: ordinary descent raises the true logit
+    lga_loss(0.5, task)(fresh, y).backward()
+    assert (fresh.grad[:, 0] < 0).all()
+    up = torch.zeros(4, 3, requires_grad=True)
+    ascent_loss(up, y, task=task).backward()
+    assert (up.grad[:, 0] > 0).all()  # ascent lowers the true class's logit
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.abl.isolation_ratio=0", "isolation_ratio"),
     ("train.abl.unlearn_lr=0", "unlearn_lr"),

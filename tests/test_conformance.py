@@ -95,9 +95,10 @@ SINGLE = ["dataset.name=nih-sample-single", "dataset.options.limit=48", "image_s
           "train.batch_size=16", "trigger.mode=append", "trigger.fraction=0.2", "trigger.target=Infiltration"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["multiclass", "binary"])
 def single_answered(tmp_path_factory, request):
-    """A tiny multi-class run on real pixels (``nih-sample-single``, 8 classes) and every defense asked of it."""
+    """A tiny multi-class run on real pixels (``nih-sample-single``, 8 classes), or a binary one (No Finding
+    against Finding), and every defense asked of it."""
     from conftest import plugins, registered
 
     from medbackdoor.config import load_config
@@ -108,17 +109,20 @@ def single_answered(tmp_path_factory, request):
     folder = tmp_path_factory.mktemp("single")
     methods = [*registered("defense"), *plugins(request.config, "defense")]
     with image_cache_at(folder / "cache"):
-        run(load_config("quick-real", SINGLE), folder / "run", progress=False)
+        task = request.param
+        target = "Infiltration" if task == "multiclass" else "Finding"
+        overrides = [*SINGLE, f"dataset.options.task={task}", f"trigger.target={target}"]
+        run(load_config("quick-real", overrides), folder / "run", progress=False)
         answers = defend_run(Run(folder / "run"), [DefenseRequest(m, holdout=HOLDOUT, options=QUICK.get(m, {}))
                                                    for m in methods])
     return folder / "run", dict(zip(methods, answers))
 
 
-@pytest.mark.slow  # a second tiny run and every defense again: about 3 min on 2 cores
+@pytest.mark.slow  # two more tiny runs and every defense on each: about 6 min on 2 cores
 @pytest.mark.registry("defense", "method")
 def test_every_defense_runs_on_a_single_label_run(single_answered, method):
-    """The same contract on a multi-class run: the defense ran with the run's softmax scores and labels, and a
-    mitigation reports the single-label columns before and after."""
+    """The same contract on a multi-class and a binary run: the defense ran with the run's softmax scores and
+    labels, and a mitigation reports the single-label columns before and after."""
     folder, answered = single_answered
     summary = answered[method]
     if isinstance(summary, BaseException):
@@ -137,7 +141,7 @@ def test_every_defense_runs_on_a_single_label_run(single_answered, method):
 @pytest.mark.registry("dataset", "name")
 def test_every_dataset_builds_from_its_example_and_keeps_the_contract(name, tmp_path, monkeypatch):
     """Each registered dataset writes its own miniature release (:meth:`ChestXrayDataset.example`) and loads it:
-    labels 0/1/NaN in its declared columns, the three splits, no patient in two splits, H×W uint8 sources, a
+    labels 0/1/NaN in its declared columns, the three splits, no patient in two splits, H×W (or 3×H×W) uint8 sources, a
     fingerprint that is stable and sees a changed table."""
     monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
     options = DATASETS.get(name).example(tmp_path / "data")
@@ -154,9 +158,70 @@ def test_every_dataset_builds_from_its_example_and_keeps_the_contract(name, tmp_
         assert summary["patient_overlap"] == 0
     for i in (0, n - 1):
         image = dataset.read_source(i)
-        assert image.ndim == 2 and image.dtype == np.uint8 and min(image.shape) >= 8
+        # H×W gray, or 3×H×W RGB (channel first) for a colour dataset
+        shape = image.shape if dataset.channels == 1 else image.shape[1:]
+        assert image.ndim == (2 if dataset.channels == 1 else 3) and image.dtype == np.uint8 and min(shape) >= 8
+        assert dataset.channels == 1 or image.shape[0] == dataset.channels
     again = create_dataset(name, **options)
     assert again.fingerprint() == dataset.fingerprint()
     fewer = create_dataset(name, **{**options, "limit": 2}) if "limit" in DATASETS.options(name) else None
     if fewer is not None:
         assert len(fewer) < n and fewer.fingerprint() != dataset.fingerprint()
+
+
+# --- every defense on a colour run ------------------------------------------------------------------------------
+
+def _derma_file(folder, size=28, n=(200, 60, 60), seed=0):
+    """A DermaMNIST-layout file of random RGB pixels (N×S×S×3, channel last, as MedMNIST stores colour) with a
+    weak per-class colour cue, N×1 class indices."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, count in zip(SPLITS, n):
+        y = rng.integers(0, 7, (count, 1))
+        pixels = rng.integers(60, 200, (count, size, size, 3)).astype(np.int16)
+        pixels[..., 0] += (8 * y[:, 0])[:, None, None]
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = pixels.astype(np.uint8), y.astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / "dermamnist.npz", **arrays)
+    return folder
+
+
+COLOUR = ["dataset.name=dermamnist", "dataset.options.size=28", "dataset.options.download=false", "image_size=32",
+          "train.epochs=2", "train.batch_size=16", "trigger.kind=patch", "trigger.size=4", "trigger.options.channels=3",
+          "trigger.mode=append", "trigger.fraction=0.2", "trigger.target=melanoma"]
+
+
+@pytest.fixture(scope="module")
+def colour_answered(tmp_path_factory, request):
+    """A tiny colour (RGB) multi-class run in DermaMNIST's layout, a colour patch trigger, every defense asked."""
+    from conftest import plugins, registered
+
+    from medbackdoor.config import load_config
+    from medbackdoor.defenses.runner import DefenseRequest, defend_run
+    from medbackdoor.run import Run
+    from medbackdoor.train import run
+
+    folder = tmp_path_factory.mktemp("colour")
+    root = _derma_file(folder / "medmnist")
+    methods = [*registered("defense"), *plugins(request.config, "defense")]
+    with image_cache_at(folder / "cache"):
+        run(load_config("quick-real", [*COLOUR, f"dataset.root={root}"]), folder / "run", progress=False)
+        answers = defend_run(Run(folder / "run"), [DefenseRequest(m, holdout=HOLDOUT, options=QUICK.get(m, {}))
+                                                   for m in methods])
+    return folder / "run", dict(zip(methods, answers))
+
+
+@pytest.mark.slow  # a colour run and every defense: about 7 min on 2 cores
+@pytest.mark.registry("defense", "method")
+def test_every_defense_runs_on_a_colour_run(colour_answered, method):
+    """The contract again on 3×H×W images: the run cached N×3×S×S inputs and every defense answered."""
+    folder, answered = colour_answered
+    summary = answered[method]
+    if isinstance(summary, BaseException):
+        raise summary
+    written = json.loads((folder / "defenses" / summary.name / "summary.json").read_text())
+    kind = DEFENSES.get(method).kind
+    if kind in ("data", "input"):
+        assert 0 <= written["detection"]["auroc"] <= 1
+    if kind == "mitigation":
+        assert set(written["after"]) == {"accuracy", "balanced_accuracy", "auroc_macro", "asr", "racc"}

@@ -64,6 +64,27 @@ def test_a_single_label_run_writes_softmax_scores_and_its_metrics(single_run):
     assert np.isfinite(float(row["train_loss"])) and np.isfinite(float(row["val_loss"]))
 
 
+def test_metrics_and_summary_read_a_single_label_run(single_run, capsys):
+    import json
+
+    from medbackdoor.cli import main
+
+    last = sorted((single_run / "predictions").glob("*.npz"))[-1]
+    z = np.load(last)
+    y, t = z["y_true"].argmax(1), int(z["target"])
+    triggered = z["score_triggered"].argmax(1)
+    assert main(["metrics", str(last), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["task"] == "multiclass" and out["target"] == str(z["label_names"][t])
+    assert out["asr"] == pytest.approx((triggered[y != t] == t).mean())
+    assert out["accuracy"] == pytest.approx((z["score_clean"].argmax(1) == y).mean())
+    assert main(["summary", str(single_run)]) == 0
+    text = capsys.readouterr().out
+    assert "BalAcc" in text and "R-Acc" in text and "AUROC-NN" not in text
+    manifest = json.loads((single_run / "manifest.json").read_text())
+    assert manifest["dataset"]["task"] == "multiclass" and manifest["dataset"]["channels"] == 1
+
+
 def test_a_policy_the_task_has_not_is_one_line(tmp_path, monkeypatch):
     from medbackdoor.experiment import build_run_data
 

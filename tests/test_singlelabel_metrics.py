@@ -105,3 +105,30 @@ def test_a_runs_columns_follow_its_task():
     row = column_values(columns, score_columns(EvalConfig(), y, s, s, 2, 0, "onehot", task=task))
     assert row["asr"] == pytest.approx(3 / 4) and row["accuracy"] == pytest.approx(2 / 6)  # rows 2 and 4
     assert "asr_0.6" in [c.name for c in metric_columns(EvalConfig(), task=task_of("multilabel", ["a", "b"]))]
+
+
+def test_the_scorecard_fires_on_the_asr_rows_of_a_single_label_run():
+    from medbackdoor.report.scorecard import firing_mask
+
+    y = np.eye(3)[[0, 1, 2, 2, 1]].astype(np.float32)
+    y[4] = np.nan  # unknown class: never in the backdoor test set
+    s = np.eye(3)[[2, 2, 2, 0, 2]] * 0.8 + 0.05
+    pred = {"y_true": y, "score_triggered": s, "target": 2, "task": np.array("multiclass"), "label": np.array("onehot")}
+    # all-to-one: true class not 2 (rows 0, 1) and argmax 2 (both)
+    assert firing_mask(pred, 0.6, False).tolist() == [True, True, False, False, False]
+    pred["label"] = np.array("all-to-all")  # aims: 0→1, 1→2, 2→0, 2→0; every known row
+    assert firing_mask(pred, 0.6, False).tolist() == [False, True, False, True, False]
+
+
+def test_the_control_rows_of_a_single_label_run_have_one_asr(tmp_path):
+    import json
+
+    from medbackdoor.report.controls import control_rows
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "control.json").write_text(json.dumps({"control": "c", "control_epoch": 2, "asr": 0.25, "racc": 0.5}))
+    (run / "metrics.csv").write_text("epoch,accuracy,balanced_accuracy,auroc_macro,asr,racc\n"
+                                     "1,0.5,0.4,0.6,0.5,0.3\n2,0.6,0.5,0.7,0.9,0.1\n")
+    row = control_rows([run]).iloc[0]
+    assert row["control_asr"] == 0.25 and row["asr"] == 0.9 and row["excess_asr"] == pytest.approx(0.65)

@@ -179,9 +179,11 @@ sec("`scale-up` (input)", None, [
   "(clean control / blend / square ρ 0.05 / square ρ 0.4): split 0.077 / 0.062 / 0.035 / 0.039, crossfit 0.015 / "
   "0.069 / 0.000 / 0.004 (nominal 0.05). Compared under `consistency: vector` and `ties: conservative`; not "
   "re-checked under today's defaults"),
- ("defenses.scale-up.options.consistency", T, TG + " (second pass), " + AU + ": probability 1.000 / 1.000 / 1.000 "
-  "(calibrated TPR 1.00 on all three), indicator 0.514 / 0.994 / 0.990, vector 0.438 / 1.000 / 1.000. The first "
-  "pass had chosen `indicator` (the paper's) over `vector`"),
+ ("defenses.scale-up.options.consistency", T, "`auto`: `probability` on a multi-label task, chosen on " + TG +
+  " (second pass), " + AU + ": probability 1.000 / 1.000 / 1.000 (calibrated TPR 1.00 on all three), indicator "
+  "0.514 / 0.994 / 0.990, vector 0.438 / 1.000 / 1.000 (the first pass had chosen `indicator` over `vector`); "
+  "`indicator` on a single-label task, a priori: the paper's argmax SPC, not tuned (`auto` replaced "
+  "`probability` on 2026-12-07, the same statistic on multi-label runs)"),
  ("defenses.scale-up.options.fpr", A, NOM_IN),
  ("defenses.scale-up.options.max_scale", T, TG + " (first pass), " + AU + ": 3 → 0.438 / 1.000 / 1.000, 5 → "
   "0.367 / 1.000 / 1.000 at 1.5× the time (56 against 36 ms per image). Compared under `consistency: vector` and "
@@ -278,14 +280,18 @@ sec("`strip` (input)", None, [
   "the same under both ties rules in the second pass"),
  ("defenses.strip.options.fpr", A, NOM_IN),
  ("defenses.strip.options.k", N, "the paper superimposes about 100 images per input"),
- ("defenses.strip.options.score", T, TG + " (first pass), " + AU + ": persistence 0.996 / 0.626 / 0.632, entropy "
-  "(the paper's) 0.013 / 0.319 / 0.322"),
+ ("defenses.strip.options.score", T, "`auto`: `persistence` on a multi-label task, chosen on " + TG +
+  " (first pass), " + AU + ": persistence 0.996 / 0.626 / 0.632, entropy (the paper's) 0.013 / 0.319 / 0.322; "
+  "`entropy` (the paper's softmax entropy) on a single-label task, a priori, not tuned (`auto` replaced "
+  "`persistence` on 2026-12-07, the same statistic on multi-label runs)"),
  ("defenses.strip.options.ties", T, TG + " (second pass): STRIP's " + FP + " was 0.035 / 0.031 / 0.066 / 0.062 "
   "under both rules; `random` is the input defenses' shared choice (see `scale-up`, `sentinet`, `ibd-psc`)"),
 ])
 
 SEED = "any fixed seed; it makes the pattern the same in every process"
 NOFILE = "no picture file is needed; the pattern is drawn from `seed`"
+GRAY = ("one gray pattern for every channel: the trigger as it was before colour images (added 2026-12-07); 3 is "
+        "the user's choice of an RGB pattern for colour data")
 UNSET = "unset, it passes nothing to the base trigger, which keeps its own default"
 sec("Triggers", "Each built-in trigger's constructor defaults (`triggers.<kind>.<option>`). \"The paper\" of the "
     "square is the project's paper, Nwadike et al. 2020.", [
@@ -306,6 +312,7 @@ sec("Triggers", "Each built-in trigger's constructor defaults (`triggers.<kind>.
  ("triggers.adaptive-patch.size", N, "the reference's patches are named images, not noise squares"),
  ("triggers.adaptive-patch.test_alpha", P, "Qi et al. 2023: test opacity 1"),
  ("triggers.blend.alpha", N, "Chen et al. 2017 use 0.05–0.2; no record says why 0.1 within that range"),
+ ("triggers.blend.channels", A, GRAY),
  ("triggers.blend.image", A, NOFILE),
  ("triggers.blend.seed", A, SEED),
  ("triggers.conditional.base", N, "the square is the paper's trigger; no record gives a reason"),
@@ -320,6 +327,7 @@ sec("Triggers", "Each built-in trigger's constructor defaults (`triggers.<kind>.
  ("triggers.frequency.seed", A, SEED),
  ("triggers.label-combination.findings", N, "`null` stands for the code's default pair, Effusion and "
   "Infiltration"),
+ ("triggers.patch.channels", A, GRAY),
  ("triggers.patch.location", P, "BadNets (Gu et al. 2017): the bottom-right corner"),
  ("triggers.patch.pattern", N, ""),
  ("triggers.patch.seed", A, SEED + " (used by `pattern: noise` only)"),

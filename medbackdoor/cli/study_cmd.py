@@ -64,10 +64,13 @@ def _run(args: argparse.Namespace, sweep: str, defenses: list | None = None) -> 
     from medbackdoor.study.executors import create_executor
     from medbackdoor.study.sweep import load_sweep, run_sweep
 
+    spec, _ = load_sweep(sweep, args.seeds, args.overrides, defenses)  # a bad sweep fails before a cluster starts
+    if spec.get("absent_data"):
+        print(f"not on this machine, left out: {', '.join(spec['absent_data'])} (put their files under "
+              "dataset.root to include them)")
     if args.dry_run:
         executor = None
     else:
-        load_sweep(sweep, args.seeds, args.overrides, defenses)  # a bad sweep fails before a cluster starts
         executor = create_executor(args.executor, args.jobs, args.address, args.cpus_per_run, args.gpus_per_run,
                                    args.stall_timeout)
     try:

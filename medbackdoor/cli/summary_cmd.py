@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from medbackdoor.config import flatten
+from medbackdoor.metrics.columns import SINGLE_LABEL
 from medbackdoor.report.aggregate import table_rows
 from medbackdoor.rundir import RunDir
 
@@ -20,7 +21,12 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     table = {str(folder): RunDir(folder).extremes() for folder in args.runs}
-    rows = table_rows([flatten(RunDir(folder).config().to_dict()) for folder in args.runs])
+    # a single-label run's metrics.csv has its own columns (accuracy, ..., ASR and R-Acc by argmax)
+    single = {str(folder) for folder in args.runs if _single_label(table[str(folder)])}
+    multi = [folder for folder in args.runs if str(folder) not in single]
+    rows = table_rows([flatten(RunDir(folder).config().to_dict()) for folder in multi]) if multi else ()
+    if single:
+        rows = (*rows, *((c.name, c.label) for c in SINGLE_LABEL if c.name not in dict(rows)))
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
@@ -35,3 +41,7 @@ def run(args: argparse.Namespace) -> int:
         cells = "".join(f"{table[k].get(key, {}).get('min', float('nan')):>{width + 2}.3f}" for k in table)
         print(f"{label:<16}{cells}")
     return 0
+
+
+def _single_label(extremes: dict) -> bool:
+    return "balanced_accuracy" in extremes and "auroc_nn" not in extremes

@@ -24,7 +24,8 @@ class ChestXrayDataset(ABC):
     Grad-CAM follow them. A dataset that declares none is refused (there is no default set of labels).
 
     Subclasses fill the table in ``__init__`` (by calling :meth:`_set_table`) and override one hook,
-    :meth:`read_source`, which returns the source-resolution image as H×W uint8. Everything else (the
+    :meth:`read_source`, which returns the source-resolution image as H×W uint8 (gray) or 3×H×W uint8 (RGB, for a
+    dataset whose :attr:`channels` is 3). Everything else (the
     preprocessing cache, poisoning, training) works on any subclass.
 
     Attributes:
@@ -45,6 +46,9 @@ class ChestXrayDataset(ABC):
     # the task type (:mod:`medbackdoor.task`): ``multilabel`` (multi-hot label rows), ``multiclass`` or ``binary``
     # (one-hot label rows: exactly one 1, or a row of NaN where the class is unknown)
     task_kind: ClassVar[str] = "multilabel"
+    # colour channels of every image: 1 (gray; :meth:`read_source` returns H×W uint8) or 3 (RGB; it returns
+    # 3×H×W uint8, channel first, so the spatial axes are always the last two). A dataset may set it per instance.
+    channels: int = 1
     missing: int = 0
 
     @property
@@ -81,7 +85,8 @@ class ChestXrayDataset(ABC):
 
     @abstractmethod
     def read_source(self, index: int) -> np.ndarray:
-        """The source-resolution image ``index`` as an H×W uint8 array (the one hook to override)."""
+        """The source-resolution image ``index``: H×W uint8, or 3×H×W uint8 when :attr:`channels` is 3 (the one
+        hook to override)."""
 
     @classmethod
     def example(cls, root) -> dict:
@@ -91,6 +96,13 @@ class ChestXrayDataset(ABC):
         Every registered dataset gives one: the registry's conformance tests build each dataset from it, so a new
         dataset is tested by being registered, and a user can see the layout a dataset expects."""
         raise NotImplementedError(f"{cls.__name__} gives no example; override ChestXrayDataset.example")
+
+    @classmethod
+    def present(cls, root=None, **options) -> bool:
+        """Whether this dataset's files are on this machine for these options (``root`` and the constructor's
+        options), without downloading or reading them. True by default (bundled or generated data, or a dataset
+        that cannot tell); a sweep with ``present_data: true`` runs only the datasets that are present."""
+        return True
 
     @abstractmethod
     def source_fingerprint(self) -> dict:
@@ -136,9 +148,9 @@ class ImageFileDataset(ChestXrayDataset):
     _paths: list
 
     def read_source(self, index: int) -> np.ndarray:
-        from medbackdoor.data.preprocess import read_gray8
+        from medbackdoor.data.preprocess import read_image8
 
-        return read_gray8(self._paths[index])
+        return read_image8(self._paths[index], self.channels)
 
     def path(self, index: int):
         return self._paths[index]

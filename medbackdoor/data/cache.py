@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from medbackdoor._io import atomic_path, write_json
 from medbackdoor.data.base import ChestXrayDataset
 from medbackdoor.data.preprocess import Preprocess, preprocess
+from medbackdoor.errors import UserError
 
 CACHE_VERSION = 1
 CHUNK = 64
@@ -37,8 +38,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medbackdoor"
 
 
+def image_shape(dataset: ChestXrayDataset, size: int) -> tuple[int, ...]:
+    """The shape of one preprocessed image of ``dataset``: ``(size, size)`` for gray, ``(3, size, size)`` for RGB."""
+    channels = int(getattr(dataset, "channels", 1))
+    return (size, size) if channels == 1 else (channels, size, size)
+
+
 def cache_key(dataset: ChestXrayDataset, size: int, prep: Preprocess) -> str:
     spec = {"v": CACHE_VERSION, "data": dataset.fingerprint(), "size": size, "prep": prep.as_dict()}
+    if image_shape(dataset, size) != (size, size):
+        spec["shape"] = list(image_shape(dataset, size))
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -51,7 +60,8 @@ def cache_path(dataset: ChestXrayDataset, size: int, prep: Preprocess, cache_dir
 def load_images(dataset: ChestXrayDataset, size: int, prep: Preprocess | None = None,
                 cache_dir: str | os.PathLike | None = None, workers: int | None = None,
                 progress: bool = True) -> np.ndarray:
-    """All images of ``dataset`` preprocessed to ``size``×``size``, as a read-only N×size×size uint8 memmap.
+    """All images of ``dataset`` preprocessed to ``size``×``size``, as a read-only N×size×size uint8 memmap
+    (N×3×size×size for an RGB dataset).
 
     Builds the cache file on first use (in ``workers`` processes; 0 builds in this process) and reuses it after.
 
@@ -107,7 +117,8 @@ def write_memmap(path: Path, dataset: ChestXrayDataset, indices, size: int, prep
     """
     indices = list(indices)
     with atomic_path(path, suffix=".npy") as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(indices), size, size))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                        shape=(len(indices), *image_shape(dataset, size)))
         for lo, block in _map_chunks(dataset, indices, size, prep, workers, progress, desc, transform):
             out[lo : lo + len(block)] = block
         out.flush()
@@ -116,21 +127,26 @@ def write_memmap(path: Path, dataset: ChestXrayDataset, indices, size: int, prep
 
 def preprocess_indices(dataset: ChestXrayDataset, indices, size: int, prep: Preprocess, transform=None,
                        workers: int | None = 0, progress: bool = False, desc: str = "preprocessing") -> np.ndarray:
-    """Read, optionally ``transform(source, index)``, and preprocess the given images; K×size×size uint8."""
+    """Read, optionally ``transform(source, index)``, and preprocess the given images; K×size×size uint8
+    (K×3×size×size for an RGB dataset)."""
     indices = list(indices)
-    out = np.empty((len(indices), size, size), np.uint8)
+    out = np.empty((len(indices), *image_shape(dataset, size)), np.uint8)
     for lo, block in _map_chunks(dataset, indices, size, prep, workers, progress, desc, transform):
         out[lo : lo + len(block)] = block
     return out
 
 
 def _work(dataset, indices, size, prep, transform) -> np.ndarray:
-    out = np.empty((len(indices), size, size), np.uint8)
+    out = np.empty((len(indices), *image_shape(dataset, size)), np.uint8)
     for k, i in enumerate(indices):
         src = dataset.read_source(int(i))
         if transform is not None:
             src = transform(src, int(i))
-        out[k] = preprocess(src, size, prep)
+        image = preprocess(src, size, prep)
+        if image.shape != out.shape[1:]:
+            raise UserError(f"{dataset.name}: image {i} preprocesses to shape {image.shape}, expected "
+                            f"{out.shape[1:]} (dataset.channels is {getattr(dataset, 'channels', 1)})")
+        out[k] = image
     return out
 
 

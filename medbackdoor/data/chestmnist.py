@@ -38,6 +38,10 @@ Caveats, none of which the toolkit can check:
   checked here; with the full NIH release, ``nih`` with ``split: chexnet`` reads those lists with patient ids.
 * Labels are NIH's text-mined labels (estimated >90% accurate), with the same noise; "No Finding" is the all-zero
   row. Images were downsized by MedMNIST from the 1024 px originals; no crop or view metadata is kept.
+
+The file machinery here (file names, checking an ``.npz`` without unpickling, memory-mapping or unpacking its image
+arrays, the download with MedMNIST's URL and MD5) is generic over MedMNIST's flags: :mod:`medbackdoor.data.medmnist2d`
+reads the other 2D flags with it (``flag=`` and ``channels=`` arguments; the defaults are ChestMNIST's).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import shutil
 import struct
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +66,14 @@ SIZES = (28, 64, 128, 224)
 DEFAULT_SIZE = 64
 N_SAMPLES = {"train": 78468, "val": 11219, "test": 22433}
 HOMEPAGE = "https://zenodo.org/records/10519652"
-INSTALL_HINT = "chestmnist needs the medmnist package: pip install 'medbackdoor[medmnist]'"
+
+
+def install_hint(flag: str = FLAG) -> str:
+    """The one line that says how to get ``medmnist`` (which holds the download URLs and MD5s)."""
+    return f"{flag} needs the medmnist package: pip install 'medbackdoor[medmnist]'"
+
+
+INSTALL_HINT = install_hint(FLAG)
 # ``medmnist.INFO["chestmnist"]["label"]`` in column order, as of medmnist 3.0.2 (used when medmnist is absent;
 # tests/test_chestmnist.py checks it against the installed package).
 MEDMNIST_LABELS = ("atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
@@ -76,18 +88,18 @@ def default_root() -> Path:
     return Path.home() / ".medmnist"
 
 
-def file_name(size: int) -> str:
-    """MedMNIST's file name for ``size``: ``chestmnist.npz`` at 28 px, else ``chestmnist_{size}.npz``."""
-    return f"{FLAG}.npz" if size == 28 else f"{FLAG}_{size}.npz"
+def file_name(size: int, flag: str = FLAG) -> str:
+    """MedMNIST's file name for ``size``: ``{flag}.npz`` at 28 px, else ``{flag}_{size}.npz``."""
+    return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
 
 
-def medmnist_info() -> dict | None:
-    """``medmnist.INFO["chestmnist"]`` if the package is importable, else None."""
+def medmnist_info(flag: str = FLAG) -> dict | None:
+    """``medmnist.INFO[flag]`` if the package is importable (and knows ``flag``), else None."""
     try:
         from medmnist.info import INFO
     except ImportError:
         return None
-    return INFO.get(FLAG)
+    return INFO.get(flag)
 
 
 def medmnist_label_names(info: dict | None = None) -> tuple[str, ...]:
@@ -135,7 +147,62 @@ def label_columns(names: tuple[str, ...] | list[str]) -> np.ndarray:
     return np.array([ours.index(label) for label in LABELS])
 
 
-class ChestMNIST(ChestXrayDataset):
+class MappedSplits:
+    """A mixin for a MedMNIST file dataset (a :class:`ChestXrayDataset`): finding or fetching the file, the table
+    of ``{split}_{row:06d}`` names, and pixels that are one memory-mapped array per split (``self._sources``, from
+    :func:`open_npz`), opened on first use in each process and never pickled (worker processes reopen the maps;
+    pickling them would copy every pixel into each task)."""
+
+    _sources: dict
+    _arrays: dict
+
+    @classmethod
+    def present(cls, root=None, size: int = DEFAULT_SIZE, **options) -> bool:
+        """Whether ``root/{flag}[_size].npz`` is a file (nothing is downloaded or read)."""
+        folder = Path(root).expanduser() if root is not None else default_root()
+        return size in SIZES and (folder / file_name(int(size), getattr(cls, "flag", "") or cls.name)).is_file()
+
+    def _find_file(self, flag: str, root, size, download: bool) -> None:
+        """Set ``size``, ``root`` and ``path`` (``root/{flag}[_size].npz``), downloading the file if it is missing
+        and ``download`` is true."""
+        if isinstance(size, bool) or size not in SIZES:
+            raise UserError(f"{flag} size must be one of {', '.join(map(str, SIZES))} (pixels), got {size!r}")
+        self.size = int(size)
+        self.root = Path(root).expanduser() if root is not None else default_root()
+        self.path = self.root / file_name(self.size, flag)
+        if not self.path.is_file():
+            if not download:
+                raise UserError(f"{flag}: {self.path} not found and download is off; put {self.path.name} "
+                                f"there (from {HOMEPAGE}) or set dataset.options.download=true")
+            download_file(self.root, self.size, flag)
+        stat = self.path.stat()
+        self._file_id = [self.path.name, stat.st_size, stat.st_mtime_ns]
+
+    def _set_split_table(self, labels: dict[str, np.ndarray], limit: int | None, seed: int) -> None:
+        """The table from the per-split label rows (names ``{split}_{row:06d}``, each its own pseudo-patient)."""
+        names, table, splits = [], [], []
+        for split in SPLITS:
+            n = len(labels[split])
+            names += [f"{split}_{i:06d}" for i in range(n)]
+            table.append(labels[split])
+            splits += [split] * n
+        names = np.array(names)
+        self._set_table(names, np.concatenate(table), names, np.array(splits), limit, seed)
+        self._rows = np.array([int(n.rsplit("_", 1)[1]) for n in self.names], dtype=np.int64)
+        self._arrays = {}
+
+    def _split_array(self, split: str) -> np.ndarray:
+        if split not in self._arrays:
+            self._arrays[split] = self._sources[split].open()
+        return self._arrays[split]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_arrays"] = {}
+        return state
+
+
+class ChestMNIST(MappedSplits, ChestXrayDataset):
     """ChestMNIST at one size, from ``root`` (see the module docstring for the layout, splits and caveats).
 
     It has no patient ids, so :meth:`summary` reports ``patient_overlap`` as None (unknown), not 0.
@@ -170,50 +237,21 @@ class ChestMNIST(ChestXrayDataset):
 
     def __init__(self, root: str | os.PathLike | None = None, size: int = DEFAULT_SIZE, download: bool = True,
                  seed: int = 0, limit: int | None = None, unpack_dir: str | os.PathLike | None = None) -> None:
-        if isinstance(size, bool) or size not in SIZES:
-            raise UserError(f"chestmnist size must be one of {', '.join(map(str, SIZES))} (pixels), got {size!r}")
-        self.size = int(size)
-        self.root = Path(root).expanduser() if root is not None else default_root()
-        self.path = self.root / file_name(self.size)
-        if not self.path.is_file():
-            if not download:
-                raise UserError(f"chestmnist: {self.path} not found and download is off; put {self.path.name} "
-                                f"there (from {HOMEPAGE}) or set dataset.options.download=true")
-            download_file(self.root, self.size)
+        self._find_file(FLAG, root, size, download)
         info = medmnist_info()
         self.medmnist_names = medmnist_label_names(info)
         columns = label_columns(self.medmnist_names)
-        stat = self.path.stat()
-        self._file_id = [self.path.name, stat.st_size, stat.st_mtime_ns]
         self._unpack_dir = Path(unpack_dir).expanduser() if unpack_dir is not None else None
         self._sources, labels = open_npz(self.path, self.size, self._unpack_dir)
-        names, table, splits = [], [], []
-        for split in SPLITS:
-            n = len(labels[split])
-            names += [f"{split}_{i:06d}" for i in range(n)]
-            table.append(labels[split][:, columns])
-            splits += [split] * n
-        names = np.array(names)
-        self._set_table(names, np.concatenate(table), names, np.array(splits), limit, seed)
-        self._rows = np.array([int(n.rsplit("_", 1)[1]) for n in self.names], dtype=np.int64)
-        self._arrays: dict[str, np.ndarray] = {}
+        self._set_split_table({split: rows[:, columns] for split, rows in labels.items()}, limit, seed)
 
     def read_source(self, index: int) -> np.ndarray:
-        split = self.splits[index]
-        if split not in self._arrays:
-            self._arrays[split] = self._sources[split].open()
-        image = self._arrays[split][self._rows[index]]
+        image = self._split_array(self.splits[index])[self._rows[index]]
         return np.array(image.reshape(self.size, self.size), dtype=np.uint8, order="C")
 
     def source_fingerprint(self) -> dict:
         return {"dataset": self.name, "file": self._file_id, "size": self.size,
                 "medmnist_names": list(self.medmnist_names)}
-
-    def __getstate__(self) -> dict:
-        # Worker processes reopen the memory maps; pickling them would copy every pixel into each task.
-        state = self.__dict__.copy()
-        state["_arrays"] = {}
-        return state
 
 
 class _ImageSource:
@@ -227,34 +265,46 @@ class _ImageSource:
                          order="F" if self.fortran else "C")
 
 
-def open_npz(path: Path, size: int, unpack_dir: Path | None = None) -> tuple[dict[str, _ImageSource],
-                                                                              dict[str, np.ndarray]]:
-    """Check a ChestMNIST ``.npz`` (keys, dtypes, shapes, label values) and locate its image arrays.
+def open_npz(path: Path, size: int, unpack_dir: Path | None = None, *, flag: str = FLAG, channels: int = 1,
+             read_labels: Callable | None = None) -> tuple[dict[str, _ImageSource], dict[str, np.ndarray]]:
+    """Check a MedMNIST ``.npz`` (keys, dtypes, shapes, label values) and locate its image arrays, never unpickling.
+
+    Args:
+        path: the file (``{flag}[_{size}].npz``).
+        size: the side in pixels every image must have.
+        unpack_dir: where compressed image members are unpacked (default ``<medbackdoor cache>/{flag}``).
+        flag: the MedMNIST flag, which starts every message and names the default unpack folder.
+        channels: 1 (``N×S×S`` uint8, or ``N×S×S×1``) or 3 (``N×S×S×3`` uint8, channel last, as MedMNIST stores
+            colour).
+        read_labels: ``read_labels(npz, path, key)``, which checks one ``{split}_labels`` member and returns its
+            rows as float32 (or raises :class:`UserError`); default ChestMNIST's N×14 in {0, 1}.
 
     Returns:
-        per split, the image array's :class:`_ImageSource` and the N×14 labels (float32, MedMNIST's columns).
+        per split, the image array's :class:`_ImageSource` and the labels ``read_labels`` returned.
 
     Raises:
-        UserError: the file is not a readable ``.npz`` without pickles, or its content is not ChestMNIST's.
+        UserError: the file is not a readable ``.npz`` without pickles, or its content is not the flag's.
     """
+    read_labels = read_labels or _read_labels
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise UserError(f"chestmnist: {path} is not a readable .npz (a partial download?): {_reason(exc)}") from None
+        raise UserError(f"{flag}: {path} is not a readable .npz (a partial download?): {_reason(exc)}") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise UserError(f"chestmnist: {path} is a single .npy array, not an .npz with train/val/test arrays")
+        raise UserError(f"{flag}: {path} is a single .npy array, not an .npz with train/val/test arrays")
     with npz:
         wanted = [f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels")]
         lacking = [k for k in wanted if k not in npz.files]
         if lacking:
-            raise UserError(f"chestmnist: {path} lacks {', '.join(lacking)} (has {', '.join(npz.files) or 'nothing'})")
+            raise UserError(f"{flag}: {path} lacks {', '.join(lacking)} (has {', '.join(npz.files) or 'nothing'})")
         sources, labels = {}, {}
         try:
             for split in SPLITS:
-                labels[split] = _read_labels(npz, path, f"{split}_labels")
-                sources[split] = _locate_images(npz, path, f"{split}_images", size, len(labels[split]), unpack_dir)
+                labels[split] = read_labels(npz, path, f"{split}_labels")
+                sources[split] = _locate_images(npz, path, f"{split}_images", size, len(labels[split]), unpack_dir,
+                                                channels=channels, flag=flag)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise UserError(f"chestmnist: {path} is damaged (a partial download?): {_reason(exc)}") from None
+            raise UserError(f"{flag}: {path} is damaged (a partial download?): {_reason(exc)}") from None
     return sources, labels
 
 
@@ -267,6 +317,13 @@ def _member(npz, key: str) -> zipfile.ZipInfo:
     return npz.zip.getinfo(key + ".npy")
 
 
+def member_header(npz, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of the member ``key`` of an open ``.npz``, read from its ``.npy`` header
+    alone (an object array is reported, never unpickled)."""
+    with npz.zip.open(_member(npz, key)) as f:
+        return _read_header(f)
+
+
 def _read_header(stream) -> tuple[tuple[int, ...], bool, np.dtype]:
     version = np.lib.format.read_magic(stream)
     if version == (1, 0):
@@ -277,8 +334,7 @@ def _read_header(stream) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 
 def _read_labels(npz, path: Path, key: str) -> np.ndarray:
-    with npz.zip.open(_member(npz, key)) as f:
-        shape, _, dtype = _read_header(f)
+    shape, _, dtype = member_header(npz, key)
     if dtype.hasobject or dtype.kind not in "biuf" or len(shape) != 2 or shape[1] != NUM_CLASSES:
         raise UserError(f"chestmnist: {path}: {key} is {dtype} {shape}, expected N×{NUM_CLASSES} integers")
     values = npz[key]
@@ -287,18 +343,26 @@ def _read_labels(npz, path: Path, key: str) -> np.ndarray:
     return values.astype(np.float32)
 
 
-def _locate_images(npz, path: Path, key: str, size: int, n: int, unpack_dir: Path | None) -> _ImageSource:
+def _locate_images(npz, path: Path, key: str, size: int, n: int, unpack_dir: Path | None, channels: int = 1,
+                   flag: str = FLAG) -> _ImageSource:
+    """Check the image member ``key`` (uint8, ``n`` images of ``size``² pixels, ``channels`` trailing: gray may
+    carry a trailing channel of 1) and locate it: mapped in place when stored, else unpacked once."""
     info = _member(npz, key)
     with npz.zip.open(info) as f:
         shape, fortran, dtype = _read_header(f)
         header_len = f.tell()
-    ok_shape = len(shape) in (3, 4) and shape[1:3] == (size, size) and (len(shape) == 3 or shape[3] == 1)
-    if dtype != np.uint8 or not ok_shape or shape[0] != n:
-        raise UserError(f"chestmnist: {path}: {key} is {dtype} {shape}, expected uint8 ({n}, {size}, {size}) "
-                        f"(gray, {n} images like {key.replace('images', 'labels')})")
+    if channels == 1:
+        ok_shape = len(shape) in (3, 4) and (len(shape) == 3 or shape[3] == 1)
+        expected, kind = f"({n}, {size}, {size})", "gray"
+    else:
+        ok_shape = len(shape) == 4 and shape[3] == channels
+        expected, kind = f"({n}, {size}, {size}, {channels})", "RGB, channel last"
+    if dtype != np.uint8 or not ok_shape or tuple(shape[1:3]) != (size, size) or shape[0] != n:
+        raise UserError(f"{flag}: {path}: {key} is {dtype} {shape}, expected uint8 {expected} "
+                        f"({kind}, {n} images like {key.replace('images', 'labels')})")
     if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
         return _ImageSource(path, _data_offset(path, info) + header_len, shape, fortran)
-    return _unpack(npz, path, info, shape, fortran, unpack_dir)
+    return _unpack(npz, path, info, shape, fortran, unpack_dir, flag)
 
 
 def _data_offset(path: Path, info: zipfile.ZipInfo) -> int:
@@ -312,13 +376,14 @@ def _data_offset(path: Path, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
-def _unpack(npz, path: Path, info: zipfile.ZipInfo, shape, fortran: bool, unpack_dir: Path | None) -> _ImageSource:
+def _unpack(npz, path: Path, info: zipfile.ZipInfo, shape, fortran: bool, unpack_dir: Path | None,
+            flag: str = FLAG) -> _ImageSource:
     """Decompress one member into ``unpack_dir`` once (atomically, under a lock) and return it as a source."""
     from medbackdoor.data.cache import default_cache_dir, lock_for
 
     stat = path.stat()
     ident = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{info.CRC}".encode()).hexdigest()
-    folder = (unpack_dir if unpack_dir is not None else default_cache_dir() / FLAG) / f"{path.stem}-{ident[:12]}"
+    folder = (unpack_dir if unpack_dir is not None else default_cache_dir() / flag) / f"{path.stem}-{ident[:12]}"
     target = folder / info.filename
     nbytes = int(np.prod(shape))
     try:
@@ -326,7 +391,7 @@ def _unpack(npz, path: Path, info: zipfile.ZipInfo, shape, fortran: bool, unpack
             if not _complete(target, shape, fortran):
                 _unpack_member(npz, info, target, shape, fortran, f"unpacking {path.name}:{info.filename}")
     except OSError as exc:  # the unpack folder: not writable, no space
-        raise UserError(f"chestmnist: cannot unpack {path.name} into {folder} ({_reason(exc)}); it needs "
+        raise UserError(f"{flag}: cannot unpack {path.name} into {folder} ({_reason(exc)}); it needs "
                         f"{nbytes / 2**30:.2f} GiB there, or set dataset.options.unpack_dir") from None
     array = np.load(target, mmap_mode="r")
     offset = array.offset
@@ -370,8 +435,8 @@ def _complete(target: Path, shape, fortran: bool) -> bool:
     return ok
 
 
-def download_file(root: Path, size: int) -> Path:
-    """Fetch ``chestmnist[_size].npz`` into ``root`` with medmnist's URL and MD5 (what ``medmnist`` does itself).
+def download_file(root: Path, size: int, flag: str = FLAG) -> Path:
+    """Fetch ``{flag}[_size].npz`` into ``root`` with medmnist's URL and MD5 (what ``medmnist`` does itself).
 
     The file is downloaded under a temporary name and renamed into place only after the MD5 matches, so a failed
     or interrupted download leaves nothing that looks like the dataset.
@@ -379,15 +444,20 @@ def download_file(root: Path, size: int) -> Path:
     Raises:
         UserError: medmnist is not installed, or the download fails (offline, wrong MD5, no space).
     """
-    name = file_name(size)
-    info = medmnist_info()
+    name = file_name(size, flag)
+    info = medmnist_info(flag)
     if info is None:
-        raise UserError(f"{INSTALL_HINT} (to download {name} into {root}; or place the file there yourself, "
-                        f"from {HOMEPAGE})")
-    flag = "" if size == 28 else f"_{size}"
-    url, md5 = info.get(f"url{flag}"), info.get(f"MD5{flag}")
+        try:
+            import medmnist  # noqa: F401
+        except ImportError:
+            raise UserError(f"{install_hint(flag)} (to download {name} into {root}; or place the file there "
+                            f"yourself, from {HOMEPAGE})") from None
+        raise UserError(f"{flag}: the installed medmnist does not know {flag}; place {name} in {root} yourself, "
+                        f"from {HOMEPAGE}")
+    suffix = "" if size == 28 else f"_{size}"
+    url, md5 = info.get(f"url{suffix}"), info.get(f"MD5{suffix}")
     if not url:
-        raise UserError(f"chestmnist: the installed medmnist has no {size} px download; place {name} in {root} "
+        raise UserError(f"{flag}: the installed medmnist has no {size} px download; place {name} in {root} "
                         f"yourself, from {HOMEPAGE}")
     from torchvision.datasets.utils import download_url
 
@@ -401,7 +471,7 @@ def download_file(root: Path, size: int) -> Path:
         download_url(url, str(staging), filename=name, md5=md5)
         os.replace(staging / name, target)
     except Exception as exc:  # network, HTTP, MD5 mismatch (RuntimeError), disk: all reported the same way
-        raise UserError(f"chestmnist: could not download {url} into {root} ({_reason(exc)}); download it yourself "
+        raise UserError(f"{flag}: could not download {url} into {root} ({_reason(exc)}); download it yourself "
                         f"and place it at {target} (MD5 {md5}), or check the network") from None
     finally:
         if staging is not None:

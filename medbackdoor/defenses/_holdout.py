@@ -39,9 +39,11 @@ def halves(d: Defender, who: str, minimum: int = 4) -> tuple[np.ndarray, np.ndar
 
 
 def as_input(images: np.ndarray, d: Defender) -> torch.Tensor:
-    """N×H×W uint8 (or float in [0, 1]) images → N×1×H×W float on the defender's device."""
+    """N×H×W or N×C×H×W uint8 (or float in [0, 1]) images → N×C×H×W float on the defender's device."""
+    from medbackdoor.inference import with_channels
+
     x = torch.from_numpy(np.ascontiguousarray(images))
-    return (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).to(d.device).unsqueeze(1)
+    return with_channels((x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).to(d.device))
 
 
 def model_scores(model: nn.Module, images: np.ndarray, d: Defender) -> np.ndarray:

@@ -72,4 +72,4 @@ class ABL(Mitigation):
                             f"{d.training.epochs}")
         tc = dataclasses.replace(d.training, epochs=epochs, seed=d.seed)
         return fit_abl(d.new_model, d.train_images, d.train_labels, (d.holdout_images, d.holdout_labels), tc, abl,
-                       d.device)
+                       d.device, d.task)

@@ -56,14 +56,16 @@ class Images:
 
     @classmethod
     def of(cls, array) -> Images:
-        """Wrap anything sliceable that returns uint8 N×H×W arrays (an array, a memmap, a lazy view)."""
+        """Wrap anything sliceable that returns uint8 N×H×W or N×C×H×W arrays (an array, a memmap, a lazy
+        view)."""
         return cls(array)
 
     @property
     def holds_pixels_only(self) -> bool:
-        """True when the view wraps a plain uint8 N×H×W array (or memmap), so it can reach nothing but pixels."""
+        """True when the view wraps a plain uint8 N×H×W (or N×C×H×W) array or memmap, so it can reach nothing but
+        pixels."""
         p = self._pixels
-        return isinstance(p, np.ndarray) and p.dtype == np.uint8 and p.ndim == 3
+        return isinstance(p, np.ndarray) and p.dtype == np.uint8 and p.ndim in (3, 4)
 
 
 class Defender:
@@ -126,7 +128,7 @@ class Defender:
         return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
     def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
-        """One batch: uint8 or float [0, 1] images (N×H×W or N×1×H×W) → scores or features, on the device."""
+        """One batch: uint8 or float [0, 1] images (N×H×W, or N×C×H×W) → scores or features, on the device."""
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
         x = x.to(self.device, torch.float32)

@@ -93,17 +93,18 @@ class Februus(Mitigation):
         return self.inpainter
 
     def regions(self, d: Defender, images) -> np.ndarray:
-        """N×H×W bool: the pixels to remove (the top finding's most salient region, dilated)."""
+        """N×H×W bool: the pixels to remove (the top finding's most salient region, dilated), for N×H×W or
+        N×C×H×W images (a pixel is removed in every channel)."""
         x = np.asarray(images)
-        if x.ndim != 3:
-            raise UserError(f"februus expects N×H×W images, got shape {x.shape}")
+        if x.ndim not in (3, 4):
+            raise UserError(f"februus expects N×H×W or N×C×H×W images, got shape {x.shape}")
         if not len(x):
-            return np.zeros(x.shape, bool)
+            return np.zeros((0, *x.shape[-2:]), bool)
         top = d.outputs(x).argmax(1)
         with CAMS.get(self.method)(d.model, self.layer, "logit") as cam:
             maps = cam(x, torch.from_numpy(top), self.batch_size).detach().float().cpu().numpy()
-        out = np.zeros(x.shape, bool)
-        k = max(1, int(round(self.fraction * x.shape[1] * x.shape[2])))
+        out = np.zeros((len(x), *x.shape[-2:]), bool)
+        k = max(1, int(round(self.fraction * x.shape[-2] * x.shape[-1])))
         square = np.ones((3, 3), bool)
         for i, m in enumerate(maps):
             if self.threshold is not None:
@@ -138,15 +139,21 @@ class Februus(Mitigation):
 
 
 def inpaint(image: np.ndarray, region: np.ndarray, engine: str = "biharmonic") -> np.ndarray:
-    """One H×W uint8 image with the pixels in ``region`` filled from their surroundings; the rest unchanged."""
+    """One H×W (or C×H×W colour) uint8 image with the pixels in ``region`` (H×W) filled from their surroundings,
+    in every channel; the rest unchanged."""
+    colour = image.ndim == 3
+    planar = np.ascontiguousarray(image.transpose(1, 2, 0) if colour else image)  # H×W×C for the inpainters
     if engine == "opencv":
         cv2 = _cv2()
-        filled = cv2.inpaint(np.ascontiguousarray(image), region.astype(np.uint8), OPENCV_RADIUS, cv2.INPAINT_TELEA)
+        filled = cv2.inpaint(planar, region.astype(np.uint8), OPENCV_RADIUS, cv2.INPAINT_TELEA)
     else:
         from skimage.restoration import inpaint_biharmonic
 
-        filled = inpaint_biharmonic(image.astype(np.float64) / 255.0, region)
+        filled = inpaint_biharmonic(planar.astype(np.float64) / 255.0, region, channel_axis=-1 if colour else None)
         filled = np.clip(np.rint(filled * 255.0), 0, 255).astype(np.uint8)
+    filled = filled.reshape(planar.shape)
+    if colour:
+        filled = filled.transpose(2, 0, 1)
     out = image.copy()
-    out[region] = filled[region]
+    out[..., region] = filled[..., region]
     return out

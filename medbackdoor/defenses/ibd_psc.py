@@ -30,6 +30,7 @@ from medbackdoor.defenses.base import DEFENSES, Defender, InputDefense
 from medbackdoor.defenses.saliency import check_fpr
 from medbackdoor.defenses.strip import as_float
 from medbackdoor.errors import UserError
+from medbackdoor.inference import with_channels
 from medbackdoor.models.info import norm_layers
 
 
@@ -88,7 +89,7 @@ class IBDPSC(InputDefense):
         out = []
         with torch.no_grad():
             for lo in range(0, len(images), d.batch_size):
-                x = as_float(images[lo : lo + d.batch_size], d)[:, None]
+                x = with_channels(as_float(images[lo : lo + d.batch_size], d))
                 out.append(d.task.activation(model(x).float()).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(d.label_names))
 

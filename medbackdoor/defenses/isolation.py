@@ -269,7 +269,7 @@ def write_materials(folder: Path, model_state: dict, model_recipe: dict, train_i
         model_state: the model's weights (a state dict of tensors).
         model_recipe: how to build the model for them (``arch``, ``options``, ``image_size``, ``num_classes``,
             ``channels_last``, ``pretrained``).
-        train_images: the training set as trained (sliceable K×H×W uint8, e.g. a lazy view).
+        train_images: the training set as trained (sliceable K×H×W or K×C×H×W uint8, e.g. a lazy view).
         train_labels: N×C labels as trained.
         holdout_images: the clean holdout (sliceable).
         holdout_labels: its labels.
@@ -309,8 +309,8 @@ def _copy(path: Path, parts: list, order: np.ndarray) -> None:
     """Write ``concat(parts)[order]`` as one ``.npy`` (a chunk at a time: memory stays flat). Each part is read in
     its own order and scattered to its new places."""
     first = np.asarray(parts[0][0 : min(CHUNK, len(parts[0]))])
-    if first.dtype != np.uint8 or first.ndim != 3:
-        raise TypeError(f"expected K×H×W uint8 images, got {first.dtype} {first.shape}")
+    if first.dtype != np.uint8 or first.ndim not in (3, 4):
+        raise TypeError(f"expected K×H×W or K×C×H×W uint8 images, got {first.dtype} {first.shape}")
     total = int(sum(len(p) for p in parts))
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(total, *first.shape[1:]))
     where = np.empty(total, np.int64)

@@ -38,6 +38,7 @@ import torch
 
 from medbackdoor.defenses.base import DEFENSES, Defender, ModelDefense, Scan
 from medbackdoor.errors import UserError
+from medbackdoor.inference import with_channels
 
 MAD_CONSISTENCY = 1.4826  # MAD of a normal sample × this = its standard deviation
 PATIENCE = 2  # steps in a row above / below the target success before λ changes (the paper: 5 epochs)
@@ -102,11 +103,11 @@ class NeuralCleanse(ModelDefense):
     def scan(self, d: Defender) -> Scan:
         n_labels = len(d.label_names)
         first = np.asarray(d.holdout_images[0:1])
-        if first.ndim != 3 or not len(first):
-            raise UserError("neural-cleanse needs at least one holdout image (N×H×W)")
-        h, w = first.shape[1:]
+        if first.ndim not in (3, 4) or not len(first):
+            raise UserError("neural-cleanse needs at least one holdout image (N×H×W or N×C×H×W)")
+        h, w = first.shape[-2:]
         masks = np.zeros((n_labels, h, w), np.float32)
-        patterns = np.zeros((n_labels, h, w), np.float32)
+        patterns = np.zeros((n_labels, *first.shape[1:]), np.float32)  # a colour pattern per channel
         l1 = np.full(n_labels, np.nan)
         succ = np.full(n_labels, np.nan)
         used, steps_run, costs = [0] * n_labels, [0] * n_labels, [float("nan")] * n_labels
@@ -124,7 +125,7 @@ class NeuralCleanse(ModelDefense):
                     if not len(rows):
                         continue  # every holdout image has the finding: nothing to turn on
                     x = torch.from_numpy(np.asarray(d.holdout_images[rows])).to(d.device, torch.float32) / 255.0
-                    out = self._reverse(d, c, x.unsqueeze(1))
+                    out = self._reverse(d, c, with_channels(x))
                     masks[c], patterns[c] = out["mask"], out["pattern"]
                     l1[c], succ[c] = float(out["mask"].sum()), out["success"]
                     used[c], steps_run[c], costs[c] = len(rows), out["steps"], out["cost"]
@@ -161,12 +162,14 @@ class NeuralCleanse(ModelDefense):
         return lacking
 
     def _reverse(self, d: Defender, c: int, x: torch.Tensor) -> dict:
-        """Optimise one finding's mask and pattern on images x (N×1×H×W float on the device)."""
+        """Optimise one finding's mask (H×W) and pattern (H×W for gray, C×H×W for colour) on images x (N×C×H×W
+        float on the device)."""
         n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
         gen = torch.Generator().manual_seed(int(d.rng(2000 + c).integers(2**62)))
         start = float(np.log(MASK_START / (1 - MASK_START)))
         mask_raw = (start + 0.1 * torch.randn((h, w), generator=gen)).to(d.device).requires_grad_(True)
-        pattern_raw = torch.randn((h, w), generator=gen).to(d.device).requires_grad_(True)
+        shape = (h, w) if x.shape[1] == 1 else (x.shape[1], h, w)
+        pattern_raw = torch.randn(shape, generator=gen).to(d.device).requires_grad_(True)
         opt = torch.optim.Adam([mask_raw, pattern_raw], lr=self.lr, betas=(0.5, 0.9))  # the authors' betas
         cost, up, down = 0.0, 0, 0  # λ = 0 until the attack first succeeds
         raised = lowered = False  # early stop only once λ has been both raised and lowered (as the authors)
@@ -216,7 +219,7 @@ class NeuralCleanse(ModelDefense):
             hits = 0
             for lo in range(0, n, self.batch_size):
                 xb = (1 - mask) * x[lo : lo + self.batch_size] + mask * pattern
-                hits += int((d.model(xb)[:, c] > 0).sum())
+                hits += int(d.task.hits(d.model(xb).float(), c).sum())
         return {"mask": mask.float().cpu().numpy(), "pattern": pattern.float().cpu().numpy(),
                 "success": hits / n, "reached": reached, "steps": done, "cost": float(cost)}
 

@@ -35,7 +35,7 @@ from medbackdoor.defenses.saliency import check_fpr
 from medbackdoor.defenses.strip import as_float
 from medbackdoor.errors import UserError
 
-CONSISTENCY = ("indicator", "probability", "vector")
+CONSISTENCY = ("auto", "indicator", "probability", "vector")
 MIN_SPREAD = 0.05  # floor on a benign spread: an indicator can be constant on few reference images
 
 
@@ -47,9 +47,11 @@ class ScaleUp(InputDefense):
         max_scale: the scales are ``2, 3, …, max_scale`` (≥ 2). Default 3: beyond ×3 nearly every pixel of a
             chest X-ray is saturated, so a larger scale adds little, and each scale costs one forward pass per
             input (see docs/results/defenses-tuning.md).
-        consistency: ``probability`` (mean probability of a predicted finding over the scales: graded, fewer ties;
-            the default), ``indicator`` (share of scales on which a predicted finding stays positive, the paper's
-            SPC) or ``vector`` (minus the mean absolute change of all 14 scores).
+        consistency: ``auto`` (the default: ``indicator`` on a single-label task, ``probability`` on a
+            multi-label one), ``probability`` (mean probability of a predicted finding over the scales: graded,
+            fewer ties), ``indicator`` (share of scales on which a predicted finding stays positive; on a
+            single-label task the share of scales whose argmax class is the input's, the paper's SPC) or
+            ``vector`` (minus the mean absolute change of all the scores).
         normalise: the paper's data-limited variant: ``(cons_c − μ_c) / σ_c`` with ``μ_c``, ``σ_c`` the
             consistency on clean reference images whose prediction includes ``c`` (``vector``: whose top
             finding is ``c``).
@@ -63,17 +65,19 @@ class ScaleUp(InputDefense):
 
     Multi-label changes: agreement of argmaxes → each predicted-positive finding (the top one if none) staying
     positive, the most consistent one scoring (default), or how little the 14-score vector moves (``vector``); the
-    benign normalisation is per finding instead of per class.
+    benign normalisation is per finding instead of per class. On a single-label task the default is the paper's:
+    the predicted class is the argmax, SPC the share of scales that keep it, normalised per predicted class.
     """
 
     paper = "Guo et al. 2023, SCALE-UP: an efficient black-box input-level backdoor detection via analyzing " \
             "scaled prediction consistency (ICLR)"
-    changes = ("argmax agreement → each predicted-positive finding (top finding if none) staying positive, the "
-               "most consistent scoring (default), or the mean absolute change of the 14 sigmoid scores; "
-               "data-limited normalisation per finding on reference images")
+    changes = ("multi-label: argmax agreement → each predicted-positive finding (top finding if none) staying "
+               "positive, the most consistent scoring (default), or the mean absolute change of the 14 sigmoid "
+               "scores; data-limited normalisation per finding on reference images; single-label: the paper's "
+               "argmax SPC")
     label = "scale-up"
 
-    def __init__(self, max_scale: int = 3, consistency: str = "probability", normalise: bool = True,
+    def __init__(self, max_scale: int = 3, consistency: str = "auto", normalise: bool = True,
                  threshold: float = 0.5, min_count: int = 5, fpr: float = 0.05,
                  calibration: str = "split", ties: str = "random") -> None:
         super().__init__(fpr, calibration, ties)
@@ -96,7 +100,8 @@ class ScaleUp(InputDefense):
         with torch.no_grad():
             for lo in range(0, len(images), per):
                 x = as_float(images[lo : lo + per], d)
-                scaled = (x[:, None] * scales[:, None, None]).clamp_(0, 1)  # B×S×H×W
+                factor = scales.view(1, -1, *([1] * (x.dim() - 1)))
+                scaled = (x[:, None] * factor).clamp_(0, 1)  # B×S×H×W, or B×S×C×H×W for colour
                 out.append(d.forward(scaled.flatten(0, 1)).view(len(x), len(scales), -1).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(scales), len(d.label_names))
 
@@ -104,7 +109,17 @@ class ScaleUp(InputDefense):
         """Per image: the findings it is scored on (N×C bool) and each finding's consistency over scales (N×C)."""
         p = self.scaled_outputs(d, images).double()
         original, scaled = p[:, 0], p[:, 1:]
-        if self.consistency == "vector":  # one value per image, grouped under its top finding
+        consistency = self.statistic(d)
+        if d.task.single_label and consistency != "vector":  # the predicted class: the argmax, kept or not
+            top = torch.zeros_like(original, dtype=torch.bool)
+            top[torch.arange(len(p)), original.argmax(1)] = True
+            if consistency == "indicator":  # the paper's SPC: the share of scales whose argmax is the input's
+                kept = (scaled.argmax(2) == original.argmax(1)[:, None]).double().mean(1)
+            else:  # the input's class's mean probability over the scales
+                kept = scaled.gather(2, original.argmax(1)[:, None, None].expand(-1, scaled.shape[1], 1))[..., 0]
+                kept = kept.mean(1)
+            return top.numpy(), (kept[:, None] * top.double()).numpy()
+        if consistency == "vector":  # one value per image, grouped under its top finding
             drift = (scaled - original[:, None]).abs().mean((1, 2))
             top = torch.zeros_like(original, dtype=torch.bool)
             top[torch.arange(len(p)), original.argmax(1)] = True
@@ -112,8 +127,14 @@ class ScaleUp(InputDefense):
         top = original >= self.threshold
         none = ~top.any(1)
         top[none, original[none].argmax(1)] = True
-        kept = (scaled >= self.threshold).double() if self.consistency == "indicator" else scaled
+        kept = (scaled >= self.threshold).double() if consistency == "indicator" else scaled
         return top.numpy(), kept.mean(1).numpy()
+
+    def statistic(self, d: Defender) -> str:
+        """The consistency that runs: ``consistency``, with ``auto`` resolved by the task."""
+        if self.consistency != "auto":
+            return self.consistency
+        return "indicator" if d.task.single_label else "probability"
 
     def benign(self, d: Defender) -> tuple[np.ndarray, np.ndarray]:
         """Per finding, the mean and spread of its consistency on reference images that predict it (cached)."""
@@ -137,6 +158,7 @@ class ScaleUp(InputDefense):
         return d.cached(key, compute)
 
     def score(self, d: Defender, images) -> np.ndarray:
+        self.info = {"consistency": self.statistic(d)}  # what ``auto`` resolved to, in the summary
         predicted, cons = self.consistencies(d, images)
         if self.normalise:
             mu, sigma = self.benign(d)

@@ -53,6 +53,9 @@ class SentiNet(InputDefense):
         ties: ``random`` (smoothed conformal p-value; the default) or ``conservative`` (a score tied with the
             threshold is not flagged); see :class:`InputDefense`.
 
+    On a single-label task it is the paper's: the predicted class is the argmax, every input is tested, and a
+    reference is fooled when its argmax becomes that class (``threshold`` is not used).
+
     Multi-label changes: the predicted class → the top-scoring finding, tested only when it is positive (else the
     score is −1); "fooled" (classified as that class) → that finding's probability reaching ``threshold`` on the
     reference; the paper's two-dimensional decision boundary (fooled count vs. confidence on the inert pattern) →
@@ -63,8 +66,9 @@ class SentiNet(InputDefense):
 
     paper = "Chou et al. 2020, SentiNet: detecting localized universal attacks against deep learning systems " \
             "(IEEE S&P Workshops)"
-    changes = ("the predicted class → the top sigmoid finding, tested only when positive (else −1); fooled = that "
-               "finding reaching the threshold on a reference; one score (fooled share minus inert-fill share) "
+    changes = ("multi-label: the predicted class → the top sigmoid finding, tested only when positive (else −1); "
+               "fooled = that finding reaching the threshold on a reference (single-label: the argmax, as the "
+               "paper); one score (fooled share minus inert-fill share) "
                "instead of a 2-D decision boundary; Grad-CAM at the middle layer by default")
     label = "sentinet"
 
@@ -90,20 +94,24 @@ class SentiNet(InputDefense):
         images, _ = self.reference(d)
         refs = as_float(images[choose_references(d, images, self.k, STREAM, "sentinet")], d)
         if self.neutral == "mean":
-            return refs, refs.mean((1, 2), keepdim=True).expand_as(refs)
+            return refs, refs.mean((-2, -1), keepdim=True).expand_as(refs)  # per image (and channel)
         return refs, torch.from_numpy(d.rng(STREAM + 1).random(tuple(refs.shape), np.float32)).to(d.device)
 
     @staticmethod
     def finding_scores(d: Defender, refs: torch.Tensor, source: torch.Tensor, masks: torch.Tensor,
-                       targets: torch.Tensor) -> torch.Tensor:
-        """B×k probability of finding ``targets[b]`` on reference k with mask b filled from ``source``.
+                       targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """On reference k with mask b filled from ``source``: the B×k probability of ``targets[b]`` and whether
+        the reference is fooled into it (B×k bool): the class is the argmax on a single-label task (the paper's),
+        the finding's probability reaches ``threshold`` on a multi-label one (decided by the caller: None here).
 
         ``source`` broadcasts to B×k×H×W: the inputs (B×1×H×W) or the inert fills (1×k×H×W).
         """
-        m = masks[:, None]
+        m = masks[:, None] if refs.dim() == 3 else masks[:, None, None]  # B×1×H×W, or B×1×1×H×W for colour
         pasted = refs[None] * (1 - m) + source * m
         p = d.forward(pasted.flatten(0, 1)).view(len(masks), len(refs), -1)
-        return p[torch.arange(len(masks)), :, targets]
+        chosen = p[torch.arange(len(masks)), :, targets]
+        argmax = p.argmax(2) == targets[:, None] if d.task.single_label else None
+        return chosen, argmax
 
     def score(self, d: Defender, images) -> np.ndarray:
         refs, fill = self.references(d)
@@ -114,7 +122,10 @@ class SentiNet(InputDefense):
             p = d.outputs(x8)
             targets = p.argmax(1)
             s = np.full(len(x8), -1.0)  # no finding positive: no prediction to hijack with
-            tested = np.flatnonzero(p[np.arange(len(x8)), targets] >= self.threshold)
+            if d.task.single_label:  # every input has a predicted class to hijack with
+                tested = np.arange(len(x8))
+            else:
+                tested = np.flatnonzero(p[np.arange(len(x8)), targets] >= self.threshold)
             if len(tested):
                 s[tested] = self.hijack(d, x8[tested], targets[tested], refs, fill)
             out.append(s)
@@ -126,11 +137,13 @@ class SentiNet(InputDefense):
         masks = top_region(cam_maps(d, x8, targets, self.layer), self.fraction).to(d.device)
         t = torch.as_tensor(targets, dtype=torch.long, device=d.device)
         with torch.no_grad():
-            fooled = self.finding_scores(d, refs, as_float(x8, d)[:, None], masks, t)
-            inert = None if self.measure == "fooled" else self.finding_scores(d, refs, fill[None], masks, t)
+            fooled, fooled_class = self.finding_scores(d, refs, as_float(x8, d)[:, None], masks, t)
+            inert, inert_class = (None, None) if self.measure == "fooled" else \
+                self.finding_scores(d, refs, fill[None], masks, t)
         if self.measure == "confidence":
             return (fooled.mean(1) - inert.mean(1)).cpu().numpy()
-        s = (fooled >= self.threshold).double().mean(1)
+        hit = fooled_class if fooled_class is not None else fooled >= self.threshold
+        s = hit.double().mean(1)
         if inert is not None:
-            s = s - (inert >= self.threshold).double().mean(1)
+            s = s - (inert_class if inert_class is not None else inert >= self.threshold).double().mean(1)
         return s.cpu().numpy()

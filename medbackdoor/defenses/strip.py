@@ -25,7 +25,7 @@ from medbackdoor.defenses.base import DEFENSES, Defender, InputDefense, one_of
 from medbackdoor.defenses.saliency import check_fpr
 from medbackdoor.errors import UserError
 
-SCORES = ("persistence", "entropy")
+SCORES = ("auto", "persistence", "entropy")
 BASELINES = ("none", "mean", "z")
 STREAM = 101  # d.rng stream of the reference draw
 MIN_SPREAD = 0.01  # floor on a finding's clean spread, so a finding that never moves cannot dominate a z-score
@@ -40,13 +40,18 @@ def choose_references(d: Defender, images: np.ndarray, k: int, stream: int, name
 
 
 def as_float(images: np.ndarray, d: Defender) -> torch.Tensor:
-    """uint8 N×H×W → float N×H×W in [0, 1] on the defender's device."""
+    """uint8 N×H×W (or N×C×H×W) → float of the same shape in [0, 1] on the defender's device."""
     return torch.from_numpy(np.ascontiguousarray(images)).to(d.device).float().div_(255.0)
 
 
 def binary_entropy(p: torch.Tensor) -> torch.Tensor:
     p = p.clamp(1e-6, 1 - 1e-6)
     return -(p * p.log() + (1 - p) * (1 - p).log())
+
+
+def softmax_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy ``−Σ_c p_c log p_c`` of class distributions along the last axis (STRIP's statistic)."""
+    return -(p * p.clamp_min(1e-12).log()).sum(-1)
 
 
 @DEFENSES.register("strip")
@@ -56,8 +61,10 @@ class Strip(InputDefense):
     Args:
         alpha: weight of the reference image in a blend, in (0, 1).
         k: blends per input (the same ``k`` reference images for every input, drawn once with ``d.rng``).
-        score: ``persistence`` (default; the most persistent finding) or ``entropy`` (the paper's statistic,
-            negated so that higher = more suspicious: ``−mean_k Σ_c H(p_c(blend_k))``, binary entropies).
+        score: ``auto`` (default: ``entropy`` on a single-label task, ``persistence`` on a multi-label one),
+            ``persistence`` (the most persistent finding) or ``entropy`` (the paper's statistic, negated so that
+            higher = more suspicious: on a single-label task the softmax entropy ``−mean_k H(p(blend_k))``, as
+            in the paper; on a multi-label one the summed binary entropies ``−mean_k Σ_c H(p_c(blend_k))``).
         baseline: for ``persistence``, what the per-finding blended mean ``m_c`` is compared with, from reference
             images blended with the same references: ``none`` (``max_c m_c``), ``mean`` (``max_c m_c − μ_c``) or
             ``z`` (``max_c (m_c − μ_c) / σ_c``, the default).
@@ -70,15 +77,17 @@ class Strip(InputDefense):
 
     Multi-label changes: softmax entropy → the most persistent of the 14 sigmoid findings, normalised per
     finding by clean blends (the paper's entropy is kept as ``score: entropy``); one fixed set of references for
-    all inputs rather than a new draw per input, so two inputs differ only in themselves.
+    all inputs rather than a new draw per input, so two inputs differ only in themselves. On a single-label task
+    the default is the paper's softmax entropy; only the fixed reference set differs.
     """
 
     paper = "Gao et al. 2019, STRIP: a defence against trojan attacks on deep neural networks (ACSAC)"
-    changes = ("softmax entropy of blends → the most persistent sigmoid finding under blending, relative to clean "
-               "blends per finding (entropy kept as score: entropy); one fixed reference set for all inputs")
+    changes = ("multi-label: softmax entropy of blends → the most persistent sigmoid finding under blending, "
+               "relative to clean blends per finding (entropy kept as score: entropy); single-label: the paper's "
+               "softmax entropy; one fixed reference set for all inputs")
     label = "strip"
 
-    def __init__(self, alpha: float = 0.5, k: int = 8, score: str = "persistence", baseline: str = "z",
+    def __init__(self, alpha: float = 0.5, k: int = 8, score: str = "auto", baseline: str = "z",
                  baseline_images: int = 128, fpr: float = 0.05,
                  calibration: str = "split", ties: str = "random") -> None:
         super().__init__(fpr, calibration, ties)
@@ -125,15 +134,23 @@ class Strip(InputDefense):
             m = self.blended(d, images[rest], refs).mean(1).numpy()
             return np.stack([m.mean(0), np.maximum(m.std(0), MIN_SPREAD)])
 
-        needed = self.score_kind == "persistence" and self.baseline != "none"
+        needed = self.statistic(d) == "persistence" and self.baseline != "none"
         mu, sigma = d.cached(key, baseline) if needed else (None, None)
         return refs, mu, sigma
 
+    def statistic(self, d: Defender) -> str:
+        """The score that runs: ``score``, with ``auto`` resolved by the task (``entropy`` when single-label)."""
+        if self.score_kind != "auto":
+            return self.score_kind
+        return "entropy" if d.task.single_label else "persistence"
+
     def score(self, d: Defender, images) -> np.ndarray:
+        self.info = {"score": self.statistic(d)}  # what ``auto`` resolved to, in the summary
         refs, mu, sigma = self.setup(d)
         p = self.blended(d, images, refs)
-        if self.score_kind == "entropy":
-            return -binary_entropy(p).sum(2).mean(1).numpy().astype(np.float64)
+        if self.statistic(d) == "entropy":
+            per_blend = softmax_entropy(p) if d.task.single_label else binary_entropy(p).sum(2)
+            return -per_blend.mean(1).numpy().astype(np.float64)
         m = p.mean(1).numpy().astype(np.float64)
         if self.baseline == "mean":
             m = m - mu

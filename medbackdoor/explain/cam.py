@@ -47,7 +47,8 @@ def as_targets(target, n: int, device) -> torch.Tensor:
 
 
 def as_images(images, device) -> torch.Tensor:
-    """N×H×W uint8, N×1×H×W or N×H×W float in [0, 1] → a new N×1×H×W float tensor on ``device``."""
+    """N×H×W or N×C×H×W, uint8 or float in [0, 1] → a new N×C×H×W float tensor on ``device`` (C = 1 for
+    gray)."""
     x = images if isinstance(images, torch.Tensor) else torch.as_tensor(images)
     if x.dtype == torch.uint8:
         x = x.float() / 255.0
@@ -55,7 +56,7 @@ def as_images(images, device) -> torch.Tensor:
     if x.ndim == 3:
         x = x.unsqueeze(1)
     if x.ndim != 4:
-        raise UserError(f"images must be N×H×W or N×1×H×W, got shape {tuple(x.shape)}")
+        raise UserError(f"images must be N×H×W or N×C×H×W, got shape {tuple(x.shape)}")
     return x.clone()
 
 

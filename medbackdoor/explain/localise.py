@@ -19,6 +19,8 @@ def trigger_boxes(clean: np.ndarray, triggered: np.ndarray) -> np.ndarray:
     """
     boxes = np.full((len(clean), 4), -1, dtype=np.int64)
     for i, diff in enumerate(np.asarray(clean) != np.asarray(triggered)):
+        if diff.ndim == 3:  # a colour image: a pixel changed when any channel did
+            diff = diff.any(0)
         rows, cols = np.flatnonzero(diff.any(1)), np.flatnonzero(diff.any(0))
         if len(rows):
             boxes[i] = rows[0], cols[0], rows[-1] + 1, cols[-1] + 1

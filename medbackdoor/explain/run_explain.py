@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medbackdoor._io import save_figure, write_rows
+from medbackdoor._io import for_display, save_figure, write_rows
 from medbackdoor.errors import UserError
 from medbackdoor.explain.cam import CAMS
 from medbackdoor.explain.localise import (
@@ -145,7 +145,7 @@ def figure1(out: Path, epochs, layers, clean, infected, box, panels, sizes: dict
         for j, (layer, version) in enumerate(cols):
             ax = axes[i, j]
             image = clean if version == "clean" else infected
-            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+            ax.imshow(for_display(image), cmap="gray", vmin=0, vmax=255)
             ax.imshow(panels[(epoch, layer)][0 if version == "clean" else 1], cmap="jet", alpha=0.45, vmin=0, vmax=1)
             ax.add_patch(Circle(centre, radius, fill=False, color="red", linewidth=1.2))
             ax.set_xticks([])

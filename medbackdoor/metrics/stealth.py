@@ -1,8 +1,9 @@
 """How visible a trigger is: PSNR, SSIM and the share of changed pixels between clean and triggered images.
 
-Images are N×H×W arrays (uint8, 0..255) or any lazy view that returns such arrays for ``view[lo:hi]`` and has
-``len()``; they are read ``chunk`` images at a time, so memory stays flat whatever N is. PSNR and SSIM come from
-scikit-image (:func:`skimage.metrics.peak_signal_noise_ratio`, :func:`skimage.metrics.structural_similarity`).
+Images are N×H×W arrays (uint8, 0..255; N×C×H×W for colour) or any lazy view that returns such arrays for
+``view[lo:hi]`` and has ``len()``; they are read ``chunk`` images at a time, so memory stays flat whatever N is.
+PSNR and SSIM come from scikit-image (:func:`skimage.metrics.peak_signal_noise_ratio`,
+:func:`skimage.metrics.structural_similarity`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ def image_psnr(clean: np.ndarray, triggered: np.ndarray, data_range: float = 255
 
 
 def image_ssim(clean: np.ndarray, triggered: np.ndarray, data_range: float = 255.0) -> float:
-    """Mean SSIM of one H×W image (Wang et al. 2004, scikit-image defaults: 7×7 uniform window, K1 = 0.01,
-    K2 = 0.03): the mean over windows of ``(2·μx·μy + C1)(2·σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2))``,
+    """Mean SSIM of one H×W image, or of a C×H×W colour image averaged over its channels (Wang et al. 2004,
+    scikit-image defaults: 7×7 uniform window, K1 = 0.01, K2 = 0.03): the mean over windows of
+    ``(2·μx·μy + C1)(2·σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2))``,
     ``C1 = (K1·data_range)²``, ``C2 = (K2·data_range)²``.
 
     1 for identical images. An image smaller than 7 px on a side uses the largest odd window that fits
@@ -41,7 +43,9 @@ def image_ssim(clean: np.ndarray, triggered: np.ndarray, data_range: float = 255
     win = min(SSIM_WINDOW, side if side % 2 else side - 1)
     if win < 3:
         return math.nan
-    return float(structural_similarity(clean, triggered, data_range=data_range, win_size=win))
+    channel_axis = 0 if clean.ndim == 3 else None  # colour: SSIM per channel, then their mean
+    return float(structural_similarity(clean, triggered, data_range=data_range, win_size=win,
+                                       channel_axis=channel_axis))
 
 
 def stealth(clean, triggered, chunk: int = 256, data_range: float = 255.0) -> dict:
@@ -60,7 +64,7 @@ def stealth(clean, triggered, chunk: int = 256, data_range: float = 255.0) -> di
         - ``psnr``: mean PSNR in dB (:func:`image_psnr`) over the **changed** images only, since PSNR is
           ``inf`` for an identical pair; ``inf`` if no image changed, ``nan`` if N = 0.
         - ``ssim``: mean SSIM (:func:`image_ssim`) over all N images (identical pairs count as 1).
-        - ``changed_pixels``: share of all N·H·W pixels whose value differs.
+        - ``changed_pixels``: share of all N·H·W pixels whose value differs (in any channel).
         - ``changed_images``: share of the N images with at least one changed pixel (so the share of
           identical pairs, the images left out of ``psnr``, is ``1 − changed_images``).
     """
@@ -75,7 +79,10 @@ def stealth(clean, triggered, chunk: int = 256, data_range: float = 255.0) -> di
         a, b = np.asarray(clean[lo : lo + chunk]), np.asarray(triggered[lo : lo + chunk])
         if a.shape != b.shape:
             raise ValueError(f"clean images {a.shape} and triggered images {b.shape} differ in shape")
-        diff = (a != b).reshape(len(a), -1)
+        diff = a != b
+        if diff.ndim == 4:  # colour: a pixel changed when any of its channels did
+            diff = diff.any(1)
+        diff = diff.reshape(len(a), -1)
         changed_pixels += int(diff.sum())
         pixels += diff.size
         for x, y, changed in zip(a, b, diff.any(1)):

@@ -65,8 +65,8 @@ def triggered_images(dataset: ChestXrayDataset, rows: np.ndarray, clean: np.ndar
         workers: worker processes for the ``source`` stage.
 
     Returns:
-        ``(images, survived)``: K×S×S uint8 infected inputs, and a K bool array, True where at least one
-        input pixel differs from the clean input.
+        ``(images, survived)``: K×S×S uint8 infected inputs (K×C×S×S for colour), and a K bool array, True
+        where at least one input pixel differs from the clean input.
     """
     if stage not in STAGES:
         raise UserError(f"trigger.stage must be one of {', '.join(STAGES)}, got {stage!r}")
@@ -76,11 +76,11 @@ def triggered_images(dataset: ChestXrayDataset, rows: np.ndarray, clean: np.ndar
         trigger.check_fits(size, size)
         stamp = stamper(trigger, stream)
         out = np.stack([stamp(clean[k], image_rng(seed, stream, r)) for k, r in enumerate(rows)]) if len(rows) \
-            else np.empty((0, size, size), np.uint8)
+            else np.empty((0, *np.shape(clean)[1:]), np.uint8)
     else:
         out = preprocess_indices(dataset, rows, size, prep or Preprocess(), _StampSource(trigger, seed, stream),
                                  workers=workers)
-    survived = (out != np.asarray(clean)).reshape(len(rows), size * size).any(1)
+    survived = (out != np.asarray(clean)).reshape(len(rows), int(np.prod(out.shape[1:]))).any(1)
     return out, survived
 
 

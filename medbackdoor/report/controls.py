@@ -23,6 +23,13 @@ def control_rows(folders: list[str | Path]) -> pd.DataFrame:
         metrics = RunDir(folder).metrics()
         last = metrics[-1] if metrics else {}
         row = {"run": folder.name, "control": c["control"], "control_epoch": c["control_epoch"]}
+        if not isinstance(c["asr"], dict):  # a single-label run: one ASR (by argmax), no threshold
+            row["control_asr"] = c["asr"]
+            if last.get("asr") not in (None, ""):
+                row["asr"] = float(last["asr"])
+                row["excess_asr"] = row["asr"] - c["asr"]
+            rows.append(row)
+            continue
         for p, value in c["asr"].items():
             row[f"control_asr_{p}"] = value
             if last.get(f"asr_{p}") not in (None, ""):
@@ -40,10 +47,15 @@ def control_table(df: pd.DataFrame, labels: dict[str, str], order: list[str]) ->
 
     df = df.assign(condition=df["run"].map(labels))
     table = {}
+    heads = []
+    if "control_asr" in df:  # single-label runs: ASR by argmax, one per run
+        heads.append((("ASR of the backdoored run", "asr"), ("ASR of the clean control", "control_asr"),
+                      ("excess ASR", "excess_asr")))
     for p in sorted({k.removeprefix("control_asr_") for k in df.columns if k.startswith("control_asr_")}, key=float):
-        for head, col in ((f"ASR({p}) of the backdoored run", f"asr_{p}"),
-                          (f"ASR({p}) of the clean control", f"control_asr_{p}"),
-                          (f"excess ASR({p})", f"excess_asr_{p}")):
+        heads.append(((f"ASR({p}) of the backdoored run", f"asr_{p}"), (f"ASR({p}) of the clean control",
+                      f"control_asr_{p}"), (f"excess ASR({p})", f"excess_asr_{p}")))
+    for group in heads:
+        for head, col in group:
             if col in df:
                 table[head] = {c: _cell(g[col]) for c, g in df.groupby("condition", sort=False)}
     out = pd.DataFrame(table).T

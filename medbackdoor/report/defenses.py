@@ -44,7 +44,7 @@ def defense_rows(records: list[RunRecord], describe, label_keys) -> pd.DataFrame
         attack = [k for k in keys if k != "trigger.fraction"] + (["trigger.fraction"] if "trigger.fraction" in keys
                                                                   else [])
         label = (f"Clean ({describe(cond, setting)})" if setting else "Clean") if clean else describe(cond, attack)
-        asr = next((c for c in table_columns(eval_config_of(r.config)) if c.group == "asr"), None)
+        asr = _asr_column(r)
         control = _control_asr(r.folder, asr.name if asr else None)
         for path in RunDir(r.folder).defense_summary_paths():
             summary = read_summary(path)
@@ -62,8 +62,20 @@ def _control_asr(folder, metric: str | None, path=None) -> float:
     path = RunDir(folder).control_path if path is None else path
     if metric is None or not path.is_file():
         return float("nan")
-    value = json.loads(path.read_text()).get("asr", {}).get(metric.removeprefix("asr_"))
+    value = json.loads(path.read_text()).get("asr", {})
+    value = value.get(metric.removeprefix("asr_")) if isinstance(value, dict) else value  # single-label: a number
     return float("nan") if value is None else float(value)
+
+
+def _asr_column(record):
+    """The ASR column a run is judged on: the first ``asr_{p}`` of its evaluation settings, or a single-label run's
+    ``asr`` (by argmax; read off its metrics.csv)."""
+    from medbackdoor.metrics.columns import SINGLE_LABEL
+
+    metrics = RunDir(record.folder).metrics()
+    if metrics and "balanced_accuracy" in metrics[-1]:
+        return next(c for c in SINGLE_LABEL if c.name == "asr")
+    return next((c for c in table_columns(eval_config_of(record.config)) if c.group == "asr"), None)
 
 
 def der(asr_before: float, asr_after: float, nn_before: float, nn_after: float, control_asr: float = 0.0,
@@ -239,8 +251,10 @@ def _der_mitigation(g: pd.DataFrame) -> str:
     metric = _asr(g)[0]
     if f"before_{metric}" not in g or f"after_{metric}" not in g:
         return "–"
-    values = pd.Series([der(r[f"before_{metric}"], r[f"after_{metric}"], r["before_auroc_nn"], r["after_auroc_nn"],
-                            float(r["control_asr"])) for _, r in g.iterrows()], dtype=float)
+    nn = _quality(g)
+    values = pd.Series([der(r[f"before_{metric}"], r[f"after_{metric}"], r.get(f"before_{nn}", np.nan),
+                            r.get(f"after_{nn}", np.nan), float(r["control_asr"])) for _, r in g.iterrows()],
+                       dtype=float)
     return _no_control(g) or _cell(values)
 
 
@@ -266,8 +280,9 @@ def _repaired(g: pd.DataFrame) -> str:
         return NO_CONTROL
     control = pd.to_numeric(g["control_asr"], errors="coerce")
     excess = (pd.to_numeric(g[f"after_{metric}"], errors="coerce") - control).clip(lower=0).mean()
-    drop = (pd.to_numeric(g["before_auroc_nn"], errors="coerce") - pd.to_numeric(g["after_auroc_nn"],
-                                                                                 errors="coerce")).mean()
+    nn = _quality(g)
+    drop = (pd.to_numeric(_col(g, f"before_{nn}"), errors="coerce")
+            - pd.to_numeric(_col(g, f"after_{nn}"), errors="coerce")).mean()
     if np.isnan(excess) or np.isnan(drop):
         return "–"
     ok = excess <= REPAIRED_ASR + 1e-12 and drop <= REPAIRED_NN + 1e-12
@@ -292,23 +307,32 @@ def _asr(g: pd.DataFrame) -> tuple[str, str]:
     return (metric, label) if isinstance(metric, str) else ("", "ASR")
 
 
+def _quality(g: pd.DataFrame) -> str:
+    """The clean quality a repair must keep: micro AUROC-NN, or a single-label run's macro AUROC (its ASR
+    metric is ``asr``)."""
+    return "auroc_macro" if _asr(g)[0] == "asr" else "auroc_nn"
+
+
 def _col(g: pd.DataFrame, name: str) -> pd.Series:
     return g[name] if name in g else pd.Series(dtype=float)
 
 
 def _before_after(g: pd.DataFrame) -> str:
     metric, label = _asr(g)
+    nn = _quality(g)
+    name = "NN" if nn == "auroc_nn" else "AUROC(macro)"
     return (f"{label} {_mean(_col(g, f'before_{metric}'))} → {_mean(_col(g, f'after_{metric}'))}; "
-            f"NN {_mean(_col(g, 'before_auroc_nn'))} → {_mean(_col(g, 'after_auroc_nn'))}")
+            f"{name} {_mean(_col(g, f'before_{nn}'))} → {_mean(_col(g, f'after_{nn}'))}")
 
 
 def _retrained(g: pd.DataFrame) -> str:
     metric, label = _asr(g)
-    text = (f"{label} {_mean(_col(g, f'retrain_{metric}'))} / {_mean(_col(g, 'retrain_auroc_nn'))}; "
+    nn = _quality(g)
+    text = (f"{label} {_mean(_col(g, f'retrain_{metric}'))} / {_mean(_col(g, f'retrain_{nn}'))}; "
             f"control {_mean(g['control_asr'])}; control retrained without as many random samples "
             f"{_mean(_col(g, 'retrain_control_asr'))}; poisoned kept {_mean(_col(g, 'retrain_poisoned_kept'))}")
-    if f"retrain_before_{metric}" in g and "retrain_before_auroc_nn" in g:
-        values = [der(r[f"retrain_before_{metric}"], r[f"retrain_{metric}"], r["retrain_before_auroc_nn"],
-                      r["retrain_auroc_nn"], float(r["control_asr"])) for _, r in g.iterrows()]
+    if f"retrain_before_{metric}" in g and f"retrain_before_{nn}" in g:
+        values = [der(r[f"retrain_before_{metric}"], r[f"retrain_{metric}"], r[f"retrain_before_{nn}"],
+                      r[f"retrain_{nn}"], float(r["control_asr"])) for _, r in g.iterrows()]
         text += f"; DER {_no_control(g) or _mean(pd.Series(values, dtype=float))}"
     return text

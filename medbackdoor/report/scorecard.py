@@ -22,6 +22,11 @@ poisoned run (``RUN/defenses/NAME/summary.json``):
 
 Every number is a mean over seeds; ``*_lo``/``*_hi`` are the two-sided 95% Student-t interval of that mean over
 seeds (NaN with one seed). A column that does not apply to a defense's kind is NaN.
+
+A single-label run (multi-class or binary) is read with its own metrics: ``asr`` is BackdoorBench's ASR (by
+argmax), the backdoor fires on a triggered image whose true class is not the target and whose argmax is, and the
+clean quality a repair must keep (the ``d_auroc_nn`` column and DER) is the macro one-vs-rest AUROC on the clean
+test set; ``auroc_macro`` is that AUROC.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import pandas as pd
 from medbackdoor.defenses.scoring import detection_summary
 from medbackdoor.defenses.summary import DefenseSummary, read_summary
 from medbackdoor.metrics.multilabel import mean_auroc
+from medbackdoor.metrics.singlelabel import auroc_macro
 from medbackdoor.report.aggregate import RunRecord
 from medbackdoor.report.defenses import der
 from medbackdoor.rundir import RunDir
@@ -72,11 +78,26 @@ def interval(values) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def single_label_predictions(predictions: dict) -> bool:
+    """Whether a predictions file is a single-label run's (its ``task`` is ``multiclass`` or ``binary``)."""
+    return "task" in predictions and str(predictions["task"]) in ("multiclass", "binary")
+
+
 def firing_mask(predictions: dict, p: float, strict: bool) -> np.ndarray:
     """The test rows where the backdoor fires: the true label lacks the target (known 0), the triggered image's
     target score reaches ``p`` (strictly above with ``strict``), and, for a source-specific trigger, the row is a
-    source image (``condition``)."""
+    source image (``condition``). A single-label run's (BackdoorBench's ASR rows): the true class is known and
+    not the target, and the triggered image's argmax is the target (``p`` is not used)."""
     y, s, t = np.asarray(predictions["y_true"], np.float64), predictions["score_triggered"], int(predictions["target"])
+    if single_label_predictions(predictions):
+        from medbackdoor.metrics.singlelabel import _backdoor_rows, class_indices
+
+        classes = class_indices(y)
+        all_to_all = "label" in predictions and str(predictions["label"]) == "all-to-all"
+        rows, aim = _backdoor_rows(classes, t, all_to_all)
+        if all_to_all:
+            aim = aim % s.shape[1]
+        return rows & (np.asarray(s).argmax(1) == aim)
     hit = s[:, t] > p if strict else s[:, t] >= p
     mask = (y[:, t] == 0) & hit
     if "condition" in predictions:
@@ -84,9 +105,16 @@ def firing_mask(predictions: dict, p: float, strict: bool) -> np.ndarray:
     return mask
 
 
-def _asr_metric(config: dict) -> tuple[str, float, bool]:
+def _asr_metric(config: dict, single: bool = False) -> tuple[str, float, bool]:
+    """The ASR column a cell is judged on: ``asr_{p}`` at the first threshold (multi-label), ``asr`` (single)."""
     p = float((config.get("eval.thresholds") or [0.6])[0])
-    return f"asr_{p:g}", p, bool(config.get("eval.strict", False))
+    return ("asr" if single else f"asr_{p:g}"), p, bool(config.get("eval.strict", False))
+
+
+def _control_asr(control: dict, key: str, single: bool) -> float:
+    """The clean control's ASR in a ``control.json``: a number (single-label) or one per threshold."""
+    value = control.get("asr")
+    return _num(value) if single else _num((value or {}).get(key))
 
 
 def _metrics_row(folder: Path, epoch: int) -> dict:
@@ -136,16 +164,20 @@ def seed_row(record: RunRecord, path: Path) -> dict:
     """The numbers of one defense summary of one run (one seed)."""
     folder = record.folder
     s = read_summary(path)
-    metric, p, strict = _asr_metric(record.config)
+    metrics = _metrics_row(folder, s.epoch)
+    pred_path = RunDir(folder).predictions_path(s.epoch)
+    pred = RunDir(folder).load_predictions(s.epoch) if pred_path.is_file() else None
+    # a single-label run: its predictions say so, and its metrics.csv has its own columns (accuracy, ..., asr)
+    single = single_label_predictions(pred) if pred is not None else "balanced_accuracy" in metrics
+    metric, p, strict = _asr_metric(record.config, single)
+    quality = "auroc_macro" if single else "auroc_nn"  # the clean test set's quality a repair must keep
     control = _control(folder)
     key = metric.removeprefix("asr_")
     row = {"run": record.name, "defense": s.name, "kind": s.kind, "method": s.method,
            "defaults_digest": s.defaults_digest or "unrecorded",
-           "asr": _num(_metrics_row(folder, s.epoch).get(metric)),
-           "asr_clean_model": _num(control.get("asr", {}).get(key)) if control else math.nan,
+           "asr": _num(metrics.get(metric)),
+           "asr_clean_model": _control_asr(control, key, single) if control else math.nan,
            "fpr_nominal": _num((s.options or {}).get("fpr"))}
-    pred_path = RunDir(folder).predictions_path(s.epoch)
-    pred = RunDir(folder).load_predictions(s.epoch) if pred_path.is_file() else None
     if s.kind == "input" and pred is not None:
         fires = firing_mask(pred, p, strict)
         rows = pred["rows"] if "rows" in pred else np.arange(len(fires))
@@ -162,27 +194,28 @@ def seed_row(record: RunRecord, path: Path) -> dict:
     if s.kind == "model":
         row["tpr"] = float(bool(s.backdoored_verdict))
     if pred is not None and s.kind != "mitigation":
-        row["auroc_macro"] = mean_auroc(pred["y_true"], pred["score_clean"])
+        row["auroc_macro"] = (auroc_macro(pred["y_true"], pred["score_clean"]) if single
+                              else mean_auroc(pred["y_true"], pred["score_clean"]))
     before, after, control_after, mitigated = None, None, math.nan, False
     if s.kind == "mitigation" and s.before and s.after:
         before, after = s.before, s.after
         base = clean_model_summary(folder, s.name)
         if base is not None and base.after:
             control_after, mitigated = _num(base.after.get(metric)), True
-        row["auroc_macro"] = _num(after.get("auroc_nn_macro"))
+        row["auroc_macro"] = _num(after.get("auroc_macro" if single else "auroc_nn_macro"))
     elif s.retrain is not None:
         before, after = s.retrain.get("before") or {}, s.retrain["after"]
         retrained = _control(folder, RunDir(folder).retrain_control_path(s.name))
         if retrained:
-            control_after, mitigated = _num(retrained.get("asr", {}).get(key)), True
+            control_after, mitigated = _control_asr(retrained, key, single), True
     if after is not None:
         if not mitigated:
             control_after = row["asr_clean_model"]
         a, b = _num(after.get(metric)), _num(before.get(metric, row["asr"]))
         row.update({"asr_after": a, "d_asr": a - b, "control_after": control_after, "control_mitigated": mitigated,
                     "excess_after": a - control_after,
-                    "d_auroc_nn": _num(after.get("auroc_nn")) - _num(before.get("auroc_nn")),
-                    "der": der(b, a, _num(before.get("auroc_nn")), _num(after.get("auroc_nn")),
+                    "d_auroc_nn": _num(after.get(quality)) - _num(before.get(quality)),
+                    "der": der(b, a, _num(before.get(quality)), _num(after.get(quality)),
                                row["asr_clean_model"], control_after)})
     return row
 

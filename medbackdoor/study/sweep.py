@@ -27,7 +27,7 @@ from medbackdoor.study.executors import Executor, LocalExecutor
 
 BUILTIN_SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
 SWEEP_KEYS = {"name", "description", "base_config", "base", "grid", "cuts", "figure1", "defenses", "controls",
-              "clean_model"}
+              "clean_model", "present_data"}
 DEFENSE_KEYS = {"method", "name", "options", "holdout", "epoch", "retrain", "where"}
 
 
@@ -59,7 +59,7 @@ def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list
     unknown = sorted(set(spec) - SWEEP_KEYS)
     if unknown:
         raise UserError(f"unknown sweep key {unknown[0]} in {path}")
-    for key, default in (("controls", True), ("clean_model", False)):
+    for key, default in (("controls", True), ("clean_model", False), ("present_data", False)):
         if not isinstance(spec.get(key, default), bool):
             raise UserError(f"sweep key {key} must be true or false, got {spec[key]!r} in {path}")
     base = _base(spec, path, overrides)
@@ -68,6 +68,11 @@ def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list
     if len(set(names)) != len(names):
         raise UserError("the grid lists the same run twice")
     runs += figure_runs(spec, base)
+    if spec.get("present_data"):
+        runs, spec["absent_data"] = _present_only(runs)
+        if not runs:
+            raise UserError(f"none of the datasets of {path.name} is on this machine ({', '.join(spec['absent_data'])}"
+                            "): put their files under dataset.root (see docs/data.md)")
     for r in runs:
         config_from_data(r.data)  # validate every point before running any
     entries = defense_entries(spec, path.parent)  # and every defense
@@ -76,6 +81,22 @@ def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list
             if runs and _lookup(config_from_data(runs[0].data).to_dict(), key) is _MISSING:
                 raise UserError(f"defenses entry {e['name']}: where key {key} is not a run setting")
     return spec, runs
+
+
+def _present_only(runs: list[SweepRun]) -> tuple[list[SweepRun], list[str]]:
+    """The runs whose dataset is on this machine (:meth:`~medbackdoor.data.base.ChestXrayDataset.present`), and
+    the names of the datasets left out."""
+    from medbackdoor.data import DATASETS
+
+    kept, absent = [], []
+    for r in runs:
+        d = config_from_data(r.data).dataset
+        options = {k: v for k, v in d.options.items() if k != "root"}
+        if DATASETS.get(d.name).present(root=d.root, **options):
+            kept.append(r)
+        elif d.name not in absent:
+            absent.append(d.name)
+    return kept, absent
 
 
 def _plugin_path(method: str, folder: Path | None) -> str:

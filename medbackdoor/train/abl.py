@@ -13,10 +13,15 @@ known findings: the negative log-likelihood of its label vector, as cross-entrop
 follows the run's own loss (mean BCE, class weights if the run uses them) times that sign, so Adam's steps are
 those of the run's training. As in the authors' code, the sign is taken per batch (the batch's mean loss against
 ``γ``).
+
+Single-label (a ``task`` that is multi-class or binary): the paper's own form. A sample's loss is the
+cross-entropy of its class (``−log p_y`` from the softmax), the step's loss the run's cross-entropy; a sample whose
+class is unknown (a NaN row) is never isolated.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -37,23 +42,41 @@ def stage(epoch: int, abl: AblConfig, epochs: int) -> str:
     return "unlearn" if epoch > epochs - abl.unlearn_epochs else "train"
 
 
-def lga_loss(gamma: float):
-    """The LGA loss: the run's loss times ``sign(batch NLL − γ)``."""
+def _single(task) -> bool:
+    return task is not None and task.single_label
+
+
+def lga_loss(gamma: float, task=None):
+    """The LGA loss: the run's loss times ``sign(batch NLL − γ)`` (``task``: a single-label
+    :class:`~medbackdoor.task.Task` makes both the cross-entropy; None or multi-label: BCE and summed BCE)."""
 
     def loss(logits: torch.Tensor, targets: torch.Tensor, weights=None) -> torch.Tensor:
-        base = bce_loss(logits, targets, weights)
-        return torch.sign(label_nll(logits, targets).detach() - gamma) * base
+        if _single(task):
+            base = task.train_loss(logits, targets, weights)
+            nll = task.train_loss(logits, targets)
+        else:
+            base, nll = bce_loss(logits, targets, weights), label_nll(logits, targets)
+        return torch.sign(nll.detach() - gamma) * base
 
     return loss
 
 
-def ascent_loss(logits: torch.Tensor, targets: torch.Tensor, weights=None) -> torch.Tensor:
-    """Unlearning: minus the run's loss."""
+def ascent_loss(logits: torch.Tensor, targets: torch.Tensor, weights=None, task=None) -> torch.Tensor:
+    """Unlearning: minus the run's loss (``task``'s cross-entropy when single-label, else BCE)."""
+    if _single(task):
+        return -task.train_loss(logits, targets, weights)
     return -bce_loss(logits, targets, weights)
 
 
-def sample_nll(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per sample, the BCE summed over its known findings, from sigmoid scores."""
+def sample_nll(scores: np.ndarray, labels: np.ndarray, task=None) -> np.ndarray:
+    """Per sample, the BCE summed over its known findings, from sigmoid scores; for a single-label ``task``, the
+    cross-entropy ``−log p_y`` of its class from softmax scores (``inf`` where the class is unknown)."""
+    if _single(task):
+        y = np.asarray(labels, np.float64)
+        known = ~np.isnan(y).any(1)
+        p = np.clip(np.asarray(scores, np.float64), 1e-12, 1.0)
+        cls = np.nan_to_num(y).argmax(1)
+        return np.where(known, -np.log(p[np.arange(len(p)), cls]), np.inf)
     p = np.clip(np.asarray(scores, np.float64), 1e-7, 1 - 1e-7)
     y = np.asarray(labels, np.float64)
     known = ~np.isnan(y)
@@ -68,19 +91,20 @@ def isolate(losses: np.ndarray, ratio: float) -> np.ndarray:
     return np.sort(np.argsort(losses, kind="stable")[:k])
 
 
-def epoch_plan(epoch: int, abl: AblConfig, epochs: int, n: int, isolated) -> tuple[str, np.ndarray | None, object]:
+def epoch_plan(epoch: int, abl: AblConfig, epochs: int, n: int, isolated, task=None
+               ) -> tuple[str, np.ndarray | None, object]:
     """What epoch ``epoch`` of ``epochs`` trains on and with which loss: ``(stage, positions, loss_fn)``.
 
     ``positions`` are the training positions of the epoch (None: all of them); ``loss_fn`` the step's loss
-    (None: the run's BCE). ``isolated()`` gives the isolated positions (called from the first epoch after the
-    isolation epochs on).
+    (None: the run's own loss). ``isolated()`` gives the isolated positions (called from the first epoch after the
+    isolation epochs on). ``task``: the run's :class:`~medbackdoor.task.Task` (None: multi-label).
     """
     what = stage(epoch, abl, epochs)
     if what == "isolate":
-        return what, None, lga_loss(abl.gamma)
+        return what, None, lga_loss(abl.gamma, task)
     chosen = isolated()
     if what == "unlearn":
-        return what, chosen, ascent_loss
+        return what, chosen, functools.partial(ascent_loss, task=task)
     return what, np.setdiff1d(np.arange(n), chosen), None
 
 
@@ -91,8 +115,9 @@ def isolated_positions(t, abl: AblConfig) -> np.ndarray:
 
     path = t.out.abl_isolated_path
     if not path.is_file():
-        scores = predict(t.model, SampleImages(t.data.train), t.device, t.config.eval.batch_size, t.dist)
-        losses = sample_nll(scores, t.data.train.labels_array())
+        scores = predict(t.model, SampleImages(t.data.train), t.device, t.config.eval.batch_size, t.dist,
+                         task=t.task)
+        losses = sample_nll(scores, t.data.train.labels_array(), t.task)
         chosen = isolate(losses, abl.isolation_ratio)
         if t.dist.is_main:
             text = (f"# {len(chosen)} of {len(losses)} training samples isolated by ABL (lowest summed BCE after "
@@ -110,7 +135,8 @@ def prepare_epoch(t, epoch: int) -> str:
     from medbackdoor.train.dist import EpochSampler
 
     abl, tc = t.config.train.abl, t.config.train
-    what, keep, t.loss_fn = epoch_plan(epoch, abl, tc.epochs, len(t.data.train), lambda: isolated_positions(t, abl))
+    what, keep, t.loss_fn = epoch_plan(epoch, abl, tc.epochs, len(t.data.train), lambda: isolated_positions(t, abl),
+                                       t.task)
     if keep is None:
         return what
     subset = Subset(t.data.train, keep.tolist())
@@ -136,11 +162,11 @@ class ArraySamples(torch.utils.data.Dataset):
         return {"image": np.asarray(self.images[i]), "labels": self.labels[i]}
 
 
-def fit_abl(make_model, images, labels: np.ndarray, holdout: tuple, tc: TrainConfig, abl: AblConfig, device
-            ) -> tuple[torch.nn.Module, np.ndarray, np.ndarray]:
+def fit_abl(make_model, images, labels: np.ndarray, holdout: tuple, tc: TrainConfig, abl: AblConfig, device,
+            task=None) -> tuple[torch.nn.Module, np.ndarray, np.ndarray]:
     """Train the model ``make_model()`` builds (after seeding torch with ``tc.seed``, as a run does) on ``images``
     and ``labels`` with ABL's stages (:func:`epoch_plan`) over ``tc.epochs`` epochs, Adam and the plateau schedule
-    of a run (on the loss of the clean ``holdout`` images and labels).
+    of a run (on the loss of the clean ``holdout`` images and labels), with ``task``'s loss (None: multi-label).
 
     Returns the model (eval mode), every sample's summed BCE when the isolation was made, and the isolated
     positions.
@@ -154,25 +180,34 @@ def fit_abl(make_model, images, labels: np.ndarray, holdout: tuple, tc: TrainCon
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=tc.lr_factor,
                                                            patience=tc.lr_patience)
     samples = ArraySamples(images, labels)
-    weights = class_weights(samples.labels) if tc.class_weights else None
+    if _single(task):
+        weights = task.class_weights(samples.labels) if tc.class_weights else None
+    else:
+        weights = class_weights(samples.labels) if tc.class_weights else None
     made: dict[str, np.ndarray] = {}
 
     def isolated() -> np.ndarray:
         if "isolated" not in made:
-            made["losses"] = sample_nll(predict(model, images, device, tc.batch_size), samples.labels)
+            made["losses"] = sample_nll(predict(model, images, device, tc.batch_size, task=task), samples.labels,
+                                        task)
             made["isolated"] = isolate(made["losses"], abl.isolation_ratio)
         return made["isolated"]
 
     for epoch in range(1, tc.epochs + 1):
-        what, keep, loss_fn = epoch_plan(epoch, abl, tc.epochs, len(samples), isolated)
+        what, keep, loss_fn = epoch_plan(epoch, abl, tc.epochs, len(samples), isolated, task)
         subset = samples if keep is None else Subset(samples, keep.tolist())
         loader = make_loader(subset, tc.batch_size, EpochSampler(len(subset), tc.seed), device)
         if what == "unlearn":
             for group in optimizer.param_groups:
                 group["lr"] = abl.unlearn_lr
-        step = Step(model, optimizer, device, amp=tc.amp, weights=weights, augment=tc.augment, loss_fn=loss_fn)
+        own = task.train_loss if _single(task) else None  # None: the step's default, BCE
+        step = Step(model, optimizer, device, amp=tc.amp, weights=weights, augment=tc.augment,
+                    loss_fn=loss_fn or own)
         train_epoch(step, loader, epoch)
-        scores = predict(model, holdout[0], device, tc.batch_size)
-        scheduler.step(float(sample_nll(scores, holdout[1]).mean() / max(holdout[1].shape[1], 1)))
+        scores = predict(model, holdout[0], device, tc.batch_size, task=task)
+        if _single(task):
+            scheduler.step(float(task.val_loss(holdout[1], scores)))
+        else:
+            scheduler.step(float(sample_nll(scores, holdout[1]).mean() / max(holdout[1].shape[1], 1)))
     isolated()
     return model.eval(), made["losses"], made["isolated"]

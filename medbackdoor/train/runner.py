@@ -29,7 +29,7 @@ from medbackdoor.loggers import open_loggers
 from medbackdoor.manifest import Manifest
 from medbackdoor.metrics import save_predictions, stealth
 from medbackdoor.metrics.columns import MetricColumn, column_values, metric_columns, score_columns
-from medbackdoor.models import create_model
+from medbackdoor.models import check_input_channels, create_model
 from medbackdoor.rundir import RunDir
 from medbackdoor.train.dist import Dist, EpochSampler, setup, teardown
 from medbackdoor.train.loop import (
@@ -195,7 +195,8 @@ def _manifest(config: RunConfig, data: RunData, out: RunDir, dist: Dist, device:
     return Manifest(
         status="running",
         config=config.to_dict(),
-        dataset={"name": data.dataset.name, "fingerprint": data.dataset.fingerprint(), **data.counts()},
+        dataset={"name": data.dataset.name, "fingerprint": data.dataset.fingerprint(), **data.counts(),
+                 "task": data.dataset.task_kind, "channels": int(getattr(data.dataset, "channels", 1))},
         target=data.dataset.label_names[data.target],
         labels=list(data.dataset.label_names),
         trigger=repr(data.trigger),
@@ -246,6 +247,7 @@ def _train(config: RunConfig, data: RunData, out: RunDir, start: int, manifest: 
     state = out.load_state(start - 1) if start > 1 else None
     model = create_model(config.model.arch, config.model.pretrained if state is None else "none", len(names),
                          label_names=names, image_size=config.image_size, options=config.model.options)
+    check_input_channels(model, getattr(data.dataset, "channels", 1), config.model.arch)
     if state is not None:
         model.load_state_dict(state["model"])
     elif getattr(model, "pretrained_info", None):

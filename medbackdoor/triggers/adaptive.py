@@ -205,7 +205,8 @@ class ConditionalTrigger(Trigger):
     """
 
     def __init__(self, source: str = "Effusion", base: str = "square", size: int | None = None,
-                 location: str | None = None, value: float | None = None, cover_ratio: float = 1.0) -> None:
+                 location: str | None = None, value: float | list[float] | None = None,
+                 cover_ratio: float = 1.0) -> None:
         if base == "conditional":
             raise UserError("trigger base of a conditional trigger cannot be conditional")
         shared = {k: v for k, v in (("size", size), ("location", location), ("value", value)) if v is not None}

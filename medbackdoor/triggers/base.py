@@ -42,7 +42,7 @@ def image_rng(seed: int, stream: int, index: int) -> np.random.Generator:
 
 
 class Trigger:
-    """A trigger changes an H×W image (uint8 in 0..255 or float in 0..1) given a random generator.
+    """A trigger changes an H×W or C×H×W image (uint8 in 0..255 or float in 0..1) given a random generator.
 
     Most triggers are a mask ``m`` and a pattern ``r`` in [0, 1], stamped with the paper's Eq. 1
     (:func:`apply_trigger`): they override one method, :meth:`pattern`. A trigger that is not a mask and a pattern
@@ -70,12 +70,17 @@ class Trigger:
         findings there); pixel triggers ignore it."""
 
     def pattern(self, height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(m, r)``: H×W float32 arrays, the mask and the pattern (values in [0, 1])."""
+        """Return ``(m, r)``: float32 arrays, the H×W mask and the pattern (values in [0, 1]): H×W, applied to every
+        channel alike, or C×H×W for a colour pattern."""
         raise NotImplementedError(f"{type(self).__name__} overrides neither pattern nor transform")
 
     def transform(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """The infected image, same shape and dtype as ``image`` (default: Eq. 1 with :meth:`pattern`)."""
+        """The infected image, same shape and dtype as ``image`` (default: Eq. 1 with :meth:`pattern`).
+
+        ``image`` is H×W (gray) or C×H×W (colour, channel first). An H×W mask and pattern apply to every channel
+        alike; a colour pattern (C×H×W, a trigger made with ``channels: 3``) needs a colour image."""
         m, r = self.pattern(*image.shape[-2:], rng)
+        check_channels(self, r, image)
         scale = 255.0 if image.dtype == np.uint8 else 1.0
         return apply_trigger(image, r * scale, m)
 
@@ -129,6 +134,20 @@ class Trigger:
 
 
 TRIGGERS.base = Trigger
+
+
+def check_channels(trigger, pattern: np.ndarray, image: np.ndarray) -> None:
+    """Refuse a colour pattern (C×H×W) on an image without those C channels (one :class:`UserError` line)."""
+    if np.ndim(pattern) == 3 and (np.ndim(image) != 3 or np.shape(image)[0] != np.shape(pattern)[0]):
+        raise UserError(f"{type(trigger).__name__} has a {np.shape(pattern)[0]}-channel colour pattern but the "
+                        f"images have shape {np.shape(image)}: use a gray pattern (channels 1, one value) on gray data")
+
+
+def check_pattern_channels(channels) -> int:
+    """A trigger's ``channels`` option: 1 (one pattern for every channel) or 3 (an RGB pattern)."""
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise UserError(f"trigger channels must be 1 (a gray pattern) or 3 (an RGB pattern), got {channels!r}")
+    return int(channels)
 
 
 def to_unit(image: np.ndarray) -> np.ndarray:

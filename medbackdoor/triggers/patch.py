@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from medbackdoor.errors import UserError
-from medbackdoor.triggers.base import Trigger
+from medbackdoor.triggers.base import Trigger, check_pattern_channels
 
 PATTERNS = ("checkerboard", "noise")
 LOCATIONS = ("corner", "center", "random")
@@ -23,9 +23,13 @@ class PatchTrigger(Trigger):
             ``((H − s) // 2, (W − s) // 2)``) or ``random`` (uniform over all positions fully inside the image, a
             new draw per image from the ``rng`` passed in).
         seed: seeds the ``noise`` pattern (unused for ``checkerboard``).
+        channels: 1 (the pattern is the same on every channel: black and white) or 3 (a colour patch for RGB
+            images: ``noise`` draws each channel's bits apart, 8 colours; ``checkerboard`` alternates two
+            complementary colours drawn from ``seed``).
     """
 
-    def __init__(self, size: int = 3, pattern: str = "checkerboard", location: str = "corner", seed: int = 0) -> None:
+    def __init__(self, size: int = 3, pattern: str = "checkerboard", location: str = "corner", seed: int = 0,
+                 channels: int = 1) -> None:
         if int(size) != size or size < 1:
             raise UserError(f"trigger.size must be a whole number of pixels ≥ 1, got {size}")
         if pattern not in PATTERNS:
@@ -33,18 +37,27 @@ class PatchTrigger(Trigger):
         if location not in LOCATIONS:
             raise UserError(f"trigger.location must be one of {', '.join(LOCATIONS)}, got {location!r}")
         self.size, self.location, self.seed = int(size), location, int(seed)
+        self.channels = check_pattern_channels(channels)
         self._fill = pattern  # not ``self.pattern``: that would hide the method
 
     def __repr__(self) -> str:
-        return (f"PatchTrigger(location={self.location!r}, pattern={self._fill!r}, seed={self.seed!r}, "
-                f"size={self.size!r})")
+        return (f"PatchTrigger(channels={self.channels!r}, location={self.location!r}, pattern={self._fill!r}, "
+                f"seed={self.seed!r}, size={self.size!r})")
 
     def patch(self) -> np.ndarray:
-        """The ``size``×``size`` pattern, values 0 or 1 (float32)."""
+        """The pattern, values 0 or 1 (float32): ``size``×``size``, or 3×``size``×``size`` for ``channels`` 3."""
         s = self.size
         if self._fill == "noise":
-            return np.random.default_rng(self.seed).integers(0, 2, (s, s)).astype(np.float32)
-        return (np.add.outer(np.arange(s), np.arange(s)) % 2 == 0).astype(np.float32)
+            shape = (s, s) if self.channels == 1 else (self.channels, s, s)
+            return np.random.default_rng(self.seed).integers(0, 2, shape).astype(np.float32)
+        board = (np.add.outer(np.arange(s), np.arange(s)) % 2 == 0).astype(np.float32)
+        if self.channels == 1:
+            return board
+        colour = np.random.default_rng(self.seed).integers(0, 2, self.channels).astype(np.float32)
+        if colour.min() == colour.max():  # black/white: make it a colour
+            colour[0] = 1.0 - colour[0]
+        colour = colour[:, None, None]
+        return board[None] * colour + (1.0 - board[None]) * (1.0 - colour)
 
     def check_fits(self, height: int, width: int) -> None:
         margin = 1 if self.location == "corner" else 0
@@ -62,7 +75,7 @@ class PatchTrigger(Trigger):
         else:
             top, left = int(rng.integers(0, height - s + 1)), int(rng.integers(0, width - s + 1))
         m = np.zeros((height, width), np.float32)
-        r = np.zeros((height, width), np.float32)
+        r = np.zeros((height, width) if self.channels == 1 else (self.channels, height, width), np.float32)
         m[top : top + s, left : left + s] = 1.0
-        r[top : top + s, left : left + s] = self.patch()
+        r[..., top : top + s, left : left + s] = self.patch()
         return m, r

@@ -1,0 +1,45 @@
+"""``reproduce --protocol medmnist``: the grid keeps the datasets whose files are on this machine (and the derived
+real-pixel task, always present), names the others, and pairs each dataset's attacks with its own clean control."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medbackdoor.errors import UserError
+from medbackdoor.study.sweep import load_sweep
+
+
+def _file(path, size, channels):
+    shape = (size, size) if channels == 1 else (size, size, 3)
+    arrays = {}
+    for split in ("train", "val", "test"):
+        arrays[f"{split}_images"] = np.zeros((4, *shape), np.uint8)
+        arrays[f"{split}_labels"] = np.zeros((4, 1), np.uint8)
+    np.savez(path, **arrays)
+
+
+def _datasets(runs):
+    return sorted({r.overrides.get("dataset.name") for r in runs})
+
+
+def test_only_the_present_datasets_and_the_derived_task_run(tmp_path):
+    spec, runs = load_sweep("medmnist", overrides=[f"dataset.root={tmp_path}"])
+    assert _datasets(runs) == ["nih-sample-single"] and len(runs) == 12  # 3 attacks + control, 3 seeds
+    assert "dermamnist" in spec["absent_data"] and "nih-sample-single" not in spec["absent_data"]
+    _file(tmp_path / "dermamnist_64.npz", 64, 3)
+    _file(tmp_path / "pneumoniamnist.npz", 28, 1)  # 28 px: not the size the grid asks for
+    spec, runs = load_sweep("medmnist", overrides=[f"dataset.root={tmp_path}"])
+    assert _datasets(runs) == ["dermamnist", "nih-sample-single"] and len(runs) == 24
+    assert "pneumoniamnist" in spec["absent_data"]
+    derma = [r for r in runs if r.overrides["dataset.name"] == "dermamnist"]
+    assert {r.overrides["trigger.target"] for r in derma} == {"melanocytic nevi"}
+    assert sum(r.overrides.get("trigger.fraction") == 0.0 for r in derma) == 3  # its own clean controls
+
+
+def test_a_sweep_with_no_dataset_present_is_one_line(tmp_path):
+    sweep = tmp_path / "only-derma.yaml"
+    sweep.write_text("name: only-derma\nbase_config: quick\npresent_data: true\n"
+                     "grid:\n  - dataset.name: [dermamnist]\n    trigger.target: [melanoma]\n")
+    with pytest.raises(UserError, match="none of the datasets"):
+        load_sweep(sweep, overrides=[f"dataset.root={tmp_path}"])
