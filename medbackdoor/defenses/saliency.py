@@ -37,7 +37,7 @@ def top_findings(d: Defender, images: np.ndarray) -> np.ndarray:
 def cam_maps(d: Defender, images: np.ndarray, targets: np.ndarray, layer: str) -> np.ndarray:
     """Grad-CAM maps (N×H×W in [0, 1], numpy) of finding ``targets[i]`` on image ``i`` at ``layer``."""
     if not len(images):
-        return np.zeros((0, *np.shape(images)[1:]), np.float32)
+        return np.zeros((0, *np.shape(images)[-2:]), np.float32)  # spatial, for gray and colour images alike
     with CAMS.get("gradcam")(d.model, layer) as cam:
         return cam(images, torch.as_tensor(targets, dtype=torch.long), d.batch_size).cpu().numpy()
 
