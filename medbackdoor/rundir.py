@@ -226,6 +226,15 @@ class RunDir:
         with open(self.metrics_path, newline="") as f:
             return list(csv.DictReader(f))
 
+    def single_label(self) -> bool:
+        """Whether the run's task is single-label (multi-class or binary): its ``metrics.csv`` has the single-label
+        columns (``balanced_accuracy``, ..., :data:`~medbackdoor.metrics.columns.SINGLE_LABEL`), which a
+        multi-label run's never has. False before the first epoch."""
+        if not self.metrics_path.is_file():
+            return False
+        with open(self.metrics_path, newline="") as f:
+            return "balanced_accuracy" in next(csv.reader(f), [])
+
     def extremes(self) -> dict[str, dict[str, float]]:
         """``{metric: {"min": x, "max": y}}`` over the epochs (non-finite values ignored)."""
         if not self.metrics_path.is_file():

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
 import os
+import sys
+import threading
+import types
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +195,46 @@ def nih_layout_from_sample(shared: Path, root: Path):
     (root / "test_list.txt").write_text("\n".join(names[:3]) + "\n")
     (root / "train_val_list.txt").write_text("\n".join(names[3:]) + "\n")
     return NIHChestXray14(root, val_fraction=0.2)
+
+
+# --- MedMNIST files (tests/test_chestmnist.py, tests/test_medmnist2d.py) -----------------------------------------
+
+@pytest.fixture
+def medmnist_isolated(tmp_path, monkeypatch):
+    """No test touches the real home or cache, and none sees a real medmnist unless it asks for it."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def no_medmnist(monkeypatch):
+    monkeypatch.setitem(sys.modules, "medmnist", None)
+    monkeypatch.setitem(sys.modules, "medmnist.info", None)
+
+
+def install_medmnist(monkeypatch, info: dict) -> None:
+    """Install a stand-in ``medmnist`` package whose ``INFO`` is ``info`` (flag → entry)."""
+    pkg, sub = types.ModuleType("medmnist"), types.ModuleType("medmnist.info")
+    sub.INFO = info
+    pkg.info, pkg.INFO = sub, sub.INFO
+    monkeypatch.setitem(sys.modules, "medmnist", pkg)
+    monkeypatch.setitem(sys.modules, "medmnist.info", sub)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Serve ``tmp_path/zenodo`` over HTTP on localhost (a stand-in for Zenodo; no outside network)."""
+    folder = tmp_path / "zenodo"
+    folder.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import pickle
 import socket
-import sys
-import threading
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import install_medmnist
 
 from medbackdoor.cli import main
 from medbackdoor.data import ChestMNIST, create_dataset
@@ -54,26 +50,12 @@ def write_npz(root: Path, size: int = 28, counts: dict | None = None, compressed
     return arrays
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """No test touches the real home or cache, and none sees a real medmnist unless it asks for it."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def no_medmnist(monkeypatch):
-    monkeypatch.setitem(sys.modules, "medmnist", None)
-    monkeypatch.setitem(sys.modules, "medmnist.info", None)
+pytestmark = pytest.mark.usefixtures("medmnist_isolated")  # no real home, cache or medmnist
 
 
 def fake_medmnist(monkeypatch, info: dict) -> None:
     """Install a stand-in ``medmnist`` package whose ``INFO["chestmnist"]`` is ``info``."""
-    pkg, sub = types.ModuleType("medmnist"), types.ModuleType("medmnist.info")
-    sub.INFO = {"chestmnist": info}
-    pkg.info, pkg.INFO = sub, sub.INFO
-    monkeypatch.setitem(sys.modules, "medmnist", pkg)
-    monkeypatch.setitem(sys.modules, "medmnist.info", sub)
+    install_medmnist(monkeypatch, {"chestmnist": info})
 
 
 def label_dict(names) -> dict:
@@ -280,25 +262,6 @@ def test_no_medmnist_no_file(tmp_path, no_medmnist):
     # the labels still map without medmnist (the built-in copy of its names)
     write_npz(tmp_path, size=28)
     assert ChestMNIST(tmp_path, size=28).medmnist_names == cm.MEDMNIST_LABELS
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def serve(tmp_path):
-    """Serve ``tmp_path/zenodo`` over HTTP on localhost (a stand-in for Zenodo; no outside network)."""
-    folder = tmp_path / "zenodo"
-    folder.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_download_uses_medmnist_url_and_md5(tmp_path, monkeypatch, serve):

@@ -95,10 +95,9 @@ SINGLE = ["dataset.name=nih-sample-single", "dataset.options.limit=48", "image_s
           "train.batch_size=16", "trigger.mode=append", "trigger.fraction=0.2", "trigger.target=Infiltration"]
 
 
-@pytest.fixture(scope="module", params=["multiclass", "binary"])
-def single_answered(tmp_path_factory, request):
-    """A tiny multi-class run on real pixels (``nih-sample-single``, 8 classes), or a binary one (No Finding
-    against Finding), and every defense asked of it."""
+def _train_and_defend(folder, overrides: list[str], request) -> tuple:
+    """Train ``quick-real`` with ``overrides`` into ``folder/run`` and ask every defense of it (built-in and
+    ``--plugin``) in one request; the run folder and each method's answer."""
     from conftest import plugins, registered
 
     from medbackdoor.config import load_config
@@ -106,24 +105,16 @@ def single_answered(tmp_path_factory, request):
     from medbackdoor.run import Run
     from medbackdoor.train import run
 
-    folder = tmp_path_factory.mktemp("single")
     methods = [*registered("defense"), *plugins(request.config, "defense")]
     with image_cache_at(folder / "cache"):
-        task = request.param
-        target = "Infiltration" if task == "multiclass" else "Finding"
-        overrides = [*SINGLE, f"dataset.options.task={task}", f"trigger.target={target}"]
         run(load_config("quick-real", overrides), folder / "run", progress=False)
         answers = defend_run(Run(folder / "run"), [DefenseRequest(m, holdout=HOLDOUT, options=QUICK.get(m, {}))
                                                    for m in methods])
     return folder / "run", dict(zip(methods, answers))
 
 
-@pytest.mark.slow  # two more tiny runs and every defense on each: about 6 min on 2 cores
-@pytest.mark.registry("defense", "method")
-def test_every_defense_runs_on_a_single_label_run(single_answered, method):
-    """The same contract on a multi-class and a binary run: the defense ran with the run's softmax scores and
-    labels, and a mitigation reports the single-label columns before and after."""
-    folder, answered = single_answered
+def _check_single_label_answer(folder, answered: dict, method: str, finite_after: bool = True) -> None:
+    """The contract on a single-label run: a detection AUROC in [0, 1]; a mitigation's single-label columns."""
     summary = answered[method]
     if isinstance(summary, BaseException):
         raise summary
@@ -133,7 +124,26 @@ def test_every_defense_runs_on_a_single_label_run(single_answered, method):
         assert 0 <= written["detection"]["auroc"] <= 1
     if kind == "mitigation":
         assert set(written["after"]) == {"accuracy", "balanced_accuracy", "auroc_macro", "asr", "racc"}
-        assert all(_finite_or_none(v) for v in written["after"].values())
+        if finite_after:
+            assert all(_finite_or_none(v) for v in written["after"].values())
+
+
+@pytest.fixture(scope="module", params=["multiclass", "binary"])
+def single_answered(tmp_path_factory, request):
+    """A tiny multi-class run on real pixels (``nih-sample-single``, 8 classes), or a binary one (No Finding
+    against Finding), and every defense asked of it."""
+    task = request.param
+    target = "Infiltration" if task == "multiclass" else "Finding"
+    return _train_and_defend(tmp_path_factory.mktemp("single"),
+                             [*SINGLE, f"dataset.options.task={task}", f"trigger.target={target}"], request)
+
+
+@pytest.mark.slow  # two more tiny runs and every defense on each: about 6 min on 2 cores
+@pytest.mark.registry("defense", "method")
+def test_every_defense_runs_on_a_single_label_run(single_answered, method):
+    """The same contract on a multi-class and a binary run: the defense ran with the run's softmax scores and
+    labels, and a mitigation reports the single-label columns before and after."""
+    _check_single_label_answer(*single_answered, method)
 
 
 # --- datasets ----------------------------------------------------------------------------------------------------
@@ -194,34 +204,14 @@ COLOUR = ["dataset.name=dermamnist", "dataset.options.size=28", "dataset.options
 @pytest.fixture(scope="module")
 def colour_answered(tmp_path_factory, request):
     """A tiny colour (RGB) multi-class run in DermaMNIST's layout, a colour patch trigger, every defense asked."""
-    from conftest import plugins, registered
-
-    from medbackdoor.config import load_config
-    from medbackdoor.defenses.runner import DefenseRequest, defend_run
-    from medbackdoor.run import Run
-    from medbackdoor.train import run
-
     folder = tmp_path_factory.mktemp("colour")
     root = _derma_file(folder / "medmnist")
-    methods = [*registered("defense"), *plugins(request.config, "defense")]
-    with image_cache_at(folder / "cache"):
-        run(load_config("quick-real", [*COLOUR, f"dataset.root={root}"]), folder / "run", progress=False)
-        answers = defend_run(Run(folder / "run"), [DefenseRequest(m, holdout=HOLDOUT, options=QUICK.get(m, {}))
-                                                   for m in methods])
-    return folder / "run", dict(zip(methods, answers))
+    return _train_and_defend(folder, [*COLOUR, f"dataset.root={root}"], request)
 
 
 @pytest.mark.slow  # a colour run and every defense: about 7 min on 2 cores
 @pytest.mark.registry("defense", "method")
 def test_every_defense_runs_on_a_colour_run(colour_answered, method):
-    """The contract again on 3×H×W images: the run cached N×3×S×S inputs and every defense answered."""
-    folder, answered = colour_answered
-    summary = answered[method]
-    if isinstance(summary, BaseException):
-        raise summary
-    written = json.loads((folder / "defenses" / summary.name / "summary.json").read_text())
-    kind = DEFENSES.get(method).kind
-    if kind in ("data", "input"):
-        assert 0 <= written["detection"]["auroc"] <= 1
-    if kind == "mitigation":
-        assert set(written["after"]) == {"accuracy", "balanced_accuracy", "auroc_macro", "asr", "racc"}
+    """The contract again on 3×H×W images (the colour patch is refused on anything else): every defense
+    answered."""
+    _check_single_label_answer(*colour_answered, method, finite_after=False)

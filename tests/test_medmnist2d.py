@@ -3,18 +3,14 @@ network). Expected pixels and one-hot rows are computed here, from the arrays th
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import pickle
-import sys
-import threading
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import install_medmnist
 
 from medbackdoor.cli import main
 from medbackdoor.data import DATASETS, OCTMNIST, SPLITS, DermaMNIST, MedMNIST2D, RetinaMNIST, create_dataset
@@ -56,26 +52,10 @@ def write_flag(root: Path, flag: str, size: int = 28, counts: dict | None = None
     return arrays
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """No test touches the real home or cache, and none sees a real medmnist unless it asks for it."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MEDBACKDOOR_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("medmnist_isolated")  # no real home, cache or medmnist
 
 
-@pytest.fixture
-def no_medmnist(monkeypatch):
-    monkeypatch.setitem(sys.modules, "medmnist", None)
-    monkeypatch.setitem(sys.modules, "medmnist.info", None)
-
-
-def fake_medmnist(monkeypatch, info: dict) -> None:
-    """Install a stand-in ``medmnist`` package whose ``INFO`` is ``info`` (flag → entry)."""
-    pkg, sub = types.ModuleType("medmnist"), types.ModuleType("medmnist.info")
-    sub.INFO = info
-    pkg.info, pkg.INFO = sub, sub.INFO
-    monkeypatch.setitem(sys.modules, "medmnist", pkg)
-    monkeypatch.setitem(sys.modules, "medmnist.info", sub)
+fake_medmnist = install_medmnist
 
 
 def one_line(err) -> str:
@@ -337,25 +317,6 @@ def test_cli_data_check_gray(tmp_path, capsys, no_medmnist):
     report = json.loads(out)
     assert {s: report["splits"][s]["images"] for s in COUNTS} == COUNTS
     assert report["splits"]["train"]["positives"] == {"normal": 5, "pneumonia": 5}
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def serve(tmp_path):
-    """Serve ``tmp_path/zenodo`` over HTTP on localhost (a stand-in for Zenodo; no outside network)."""
-    folder = tmp_path / "zenodo"
-    folder.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_download_uses_medmnist_url_and_md5(tmp_path, monkeypatch, serve):

@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     table = {str(folder): RunDir(folder).extremes() for folder in args.runs}
     # a single-label run's metrics.csv has its own columns (accuracy, ..., ASR and R-Acc by argmax)
-    single = {str(folder) for folder in args.runs if _single_label(table[str(folder)])}
+    single = {str(folder) for folder in args.runs if RunDir(folder).single_label()}
     multi = [folder for folder in args.runs if str(folder) not in single]
     rows = table_rows([flatten(RunDir(folder).config().to_dict()) for folder in multi]) if multi else ()
     if single:
@@ -41,7 +41,3 @@ def run(args: argparse.Namespace) -> int:
         cells = "".join(f"{table[k].get(key, {}).get('min', float('nan')):>{width + 2}.3f}" for k in table)
         print(f"{label:<16}{cells}")
     return 0
-
-
-def _single_label(extremes: dict) -> bool:
-    return "balanced_accuracy" in extremes and "auroc_nn" not in extremes

@@ -62,17 +62,12 @@ def to_gray8(img: Image.Image) -> np.ndarray:
 
 
 def read_gray8(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file fully into H×W uint8.
+    """Decode an image file fully into H×W uint8 (:func:`read_image8` with one channel).
 
     Raises:
         UserError: the file is missing, corrupt or truncated; the message names the file.
     """
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return to_gray8(img)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise UserError(f"cannot decode image {os.fspath(path)}: {exc}") from None
+    return read_image8(path, 1)
 
 
 def to_rgb8(img: Image.Image) -> np.ndarray:
@@ -92,12 +87,10 @@ def read_image8(path: str | os.PathLike, channels: int = 1) -> np.ndarray:
     Raises:
         UserError: the file is missing, corrupt or truncated; the message names the file.
     """
-    if channels == 1:
-        return read_gray8(path)
     try:
         with Image.open(path) as img:
             img.load()
-            return to_rgb8(img)
+            return to_gray8(img) if channels == 1 else to_rgb8(img)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot decode image {os.fspath(path)}: {exc}") from None
 

@@ -72,8 +72,7 @@ def _asr_column(record):
     ``asr`` (by argmax; read off its metrics.csv)."""
     from medbackdoor.metrics.columns import SINGLE_LABEL
 
-    metrics = RunDir(record.folder).metrics()
-    if metrics and "balanced_accuracy" in metrics[-1]:
+    if RunDir(record.folder).single_label():
         return next(c for c in SINGLE_LABEL if c.name == "asr")
     return next((c for c in table_columns(eval_config_of(record.config)) if c.group == "asr"), None)
 

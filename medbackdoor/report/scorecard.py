@@ -167,8 +167,7 @@ def seed_row(record: RunRecord, path: Path) -> dict:
     metrics = _metrics_row(folder, s.epoch)
     pred_path = RunDir(folder).predictions_path(s.epoch)
     pred = RunDir(folder).load_predictions(s.epoch) if pred_path.is_file() else None
-    # a single-label run: its predictions say so, and its metrics.csv has its own columns (accuracy, ..., asr)
-    single = single_label_predictions(pred) if pred is not None else "balanced_accuracy" in metrics
+    single = RunDir(folder).single_label()
     metric, p, strict = _asr_metric(record.config, single)
     quality = "auroc_macro" if single else "auroc_nn"  # the clean test set's quality a repair must keep
     control = _control(folder)
