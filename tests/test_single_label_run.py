@@ -111,7 +111,18 @@ def test_all_to_all_poisons_class_y_as_the_next_one(tmp_path, monkeypatch):
     np.testing.assert_array_equal(trained[others], clean[others])
 
 
-def test_explain_and_the_control_scoring_follow_the_task(single_run, tmp_path):
+@pytest.fixture(scope="module")
+def single_control(single_run):
+    """The clean control of ``single_run`` (the same tiny config, ρ = 0), beside it."""
+    from medbackdoor.train import run
+
+    control = single_run.parent / "control"
+    with image_cache_at(single_run.parent / "cache"):
+        run(load_config("quick-real", [*TINY, "trigger.fraction=0"]), control, progress=False)
+    return control
+
+
+def test_explain_and_the_control_scoring_follow_the_task(single_run, single_control, tmp_path):
     """Grad-CAM of the softmax probability runs on a single-label run, and its clean control is scored on the
     run's trigger by argmax: the control's ASR recomputed here from its own softmax outputs."""
     import torch
@@ -119,12 +130,10 @@ def test_explain_and_the_control_scoring_follow_the_task(single_run, tmp_path):
     from medbackdoor.explain.run_explain import explain_run
     from medbackdoor.run import Run
     from medbackdoor.study.controls import control_response
-    from medbackdoor.train import run
 
     result = explain_run(Run(single_run), layers=("last",), images=4, score="probability")
     assert result["images"] > 0 and len(result["rows"]) > 0
-    control = single_run.parent / "control"
-    run(load_config("quick-real", [*TINY, "trigger.fraction=0"]), control, progress=False)
+    control = single_control
     got = control_response(Run(single_run), Run(control))
     assert {"asr", "racc", "accuracy"} <= set(got) and "auroc_tt" not in got
     test = Run(single_run).test
@@ -134,3 +143,32 @@ def test_explain_and_the_control_scoring_follow_the_task(single_run, tmp_path):
         predicted = torch.softmax(model(x), 1).argmax(1).numpy()
     y, t = test.labels.argmax(1), Run(single_run).target
     assert got["asr"] == pytest.approx((predicted[y != t] == t).mean())
+
+
+def test_the_report_and_scorecard_of_a_single_label_sweep(single_run, single_control, tmp_path):
+    """A sweep folder holding the run and its control, the control scored on the run's trigger and one defense:
+    the report builds, and the scorecard row carries the run's argmax ASR and the control's, from their files."""
+    import json
+
+    import pandas as pd
+
+    from medbackdoor.defenses.runner import defend
+    from medbackdoor.report.build import build_report
+    from medbackdoor.study.controls import score_control
+
+    sweep = tmp_path / "sweep"
+    (sweep / "runs").mkdir(parents=True)
+    for folder in (single_run, single_control):
+        (sweep / "runs" / folder.name).symlink_to(folder, target_is_directory=True)
+    with image_cache_at(single_run.parent / "cache"):
+        assert score_control(str(single_run), str(single_control), 1)["status"] == "complete"
+        defend(single_run, "spectral", holdout=16)
+    build_report(sweep)
+    row = pd.read_csv(sweep / "report" / "scorecard.csv").set_index("defense").loc["spectral"]
+    with open(single_run / "metrics.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    control = json.loads((single_run / "control.json").read_text())
+    assert row["asr"] == pytest.approx(float(last["asr"]))
+    assert row["asr_clean_model"] == pytest.approx(control["asr"])
+    assert bool(row["implanted"]) == (float(last["asr"]) - control["asr"] >= 0.5)
+    assert "ASR of the clean control" in (sweep / "report" / "report.md").read_text()
