@@ -39,7 +39,13 @@ def test_only_the_present_datasets_and_the_derived_task_run(tmp_path):
 
 def test_a_sweep_with_no_dataset_present_is_one_line(tmp_path):
     sweep = tmp_path / "only-derma.yaml"
-    sweep.write_text("name: only-derma\nbase_config: quick\npresent_data: true\n"
+    sweep.write_text("name: only-derma\nbase_config: quick-real\npresent_data: true\n"
                      "grid:\n  - dataset.name: [dermamnist]\n    trigger.target: [melanoma]\n")
     with pytest.raises(UserError, match="none of the datasets"):
         load_sweep(sweep, overrides=[f"dataset.root={tmp_path}"])
+
+
+def test_an_option_one_dataset_of_the_grid_lacks_is_one_line(tmp_path):
+    """``--set dataset.options.size=28`` reaches every block; nih-sample-single has no size: refused up front."""
+    with pytest.raises(UserError, match="nih-sample-single .* has no option 'size'"):
+        load_sweep("medmnist", overrides=[f"dataset.root={tmp_path}", "dataset.options.size=28"])

@@ -91,6 +91,8 @@ def _present_only(runs: list[SweepRun]) -> tuple[list[SweepRun], list[str]]:
     kept, absent = [], []
     for r in runs:
         d = config_from_data(r.data).dataset
+        # a bad option is one line now, not a failed run later
+        DATASETS.check_options(d.name, dict(d.options), f"dataset {d.name} (run {r.name})")
         options = {k: v for k, v in d.options.items() if k != "root"}
         if DATASETS.get(d.name).present(root=d.root, **options):
             kept.append(r)
