@@ -70,7 +70,9 @@ def check_components(config) -> None:
     """What building the run would check before reading any data: the dataset's options and the trigger."""
     DATASETS.check_options(config.dataset.name, dict(config.dataset.options), f"dataset {config.dataset.name}",
                            given={"root", "limit", "val_fraction", "seed", "split"})
-    build_trigger(config, DATASETS.get(config.dataset.name).label_names)
+    names = DATASETS.get(config.dataset.name).label_names
+    if names:  # a user's own folder or table declares its classes only once read
+        build_trigger(config, names)
 
 
 PAGE_COMMANDS = {page.relative_to(ROOT).as_posix(): dc.commands(page.read_text()) for page in PAGES}

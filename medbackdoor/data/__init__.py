@@ -6,6 +6,7 @@ from medbackdoor._registry import Registry
 from medbackdoor.data.base import SPLITS, ChestXrayDataset
 from medbackdoor.data.chestmnist import ChestMNIST
 from medbackdoor.data.chexpert import CheXpert
+from medbackdoor.data.files import CsvImages, ImageFolder
 from medbackdoor.data.medmnist2d import (
     OCTMNIST,
     BloodMNIST,
@@ -32,6 +33,8 @@ DATASETS.register("nih-sample")(NIHSample)
 DATASETS.register("nih-sample-single")(NIHSampleSingle)
 DATASETS.register("chestmnist")(ChestMNIST)
 DATASETS.register("chexpert")(CheXpert)
+DATASETS.register("folder")(ImageFolder)
+DATASETS.register("csv")(CsvImages)
 # the single-label MedMNIST 2D flags, each under its MedMNIST name
 DATASETS.register("pathmnist")(PathMNIST)
 DATASETS.register("dermamnist")(DermaMNIST)
@@ -55,6 +58,6 @@ def create_dataset(name: str, **options) -> ChestXrayDataset:
 
 
 __all__ = ["DATASETS", "OCTMNIST", "SPLITS", "BloodMNIST", "BreastMNIST", "ChestMNIST", "CheXpert", "ChestXrayDataset",
-           "DermaMNIST", "MedMNIST2D", "NIHChestXray14", "NIHSample", "NIHSampleSingle", "OrganAMNIST", "OrganCMNIST",
-           "OrganSMNIST", "PathMNIST", "PneumoniaMNIST", "Preprocess", "RetinaMNIST", "SyntheticChestXray",
-           "TissueMNIST", "create_dataset"]
+           "CsvImages", "DermaMNIST", "ImageFolder", "MedMNIST2D", "NIHChestXray14", "NIHSample", "NIHSampleSingle",
+           "OrganAMNIST", "OrganCMNIST", "OrganSMNIST", "PathMNIST", "PneumoniaMNIST", "Preprocess", "RetinaMNIST",
+           "SyntheticChestXray", "TissueMNIST", "create_dataset"]
