@@ -67,6 +67,8 @@ def test_folder_classes_option_orders_and_leaves_out(tmp_path):
     for cls in ("a", "b", "c"):
         for i in range(4):
             _write(tmp_path / cls / f"{cls}{i}.png", i)
+    ds = create_dataset("folder", root=tmp_path, classes=["c", "a"], test_fraction=0.25, limit=3)
+    assert [int((ds.splits == s).sum()) for s in ("train", "val", "test")] == [3, 1, 2]  # limit: 3 per split
     ds = create_dataset("folder", root=tmp_path, classes=["c", "a"], test_fraction=0.25)
     assert ds.label_names == ("c", "a") and ds.task_kind == "binary" and len(ds) == 8
     for name, row in zip(ds.names, ds.labels):
@@ -132,11 +134,63 @@ def test_folder_reads_colour_channel_first(tmp_path):
     (lambda r: (_write(r / "a/1.png", 1), _write(r / "b/2.png", 1)), {"task": "multilabel"}, "csv dataset"),
     (lambda r: (_write(r / "a/1.png", 1), _write(r / "b/2.png", 1)), {"channels": 2}, "channels must be 1"),
     (lambda r: _write(r / "val/a/1.png", 1), {}, "no train images"),
+    (lambda r: (_write(r / "train/a/1.png", 1), _write(r / "root.png", 1)), {}, "image root.png is not in a class"),
+    (lambda r: (_write(r / "train/a/1.png", 1), _write(r / "train/b/1.png", 1), _write(r / "test/c/1.png", 1)), {},
+     r"class\(es\) \['c'\] have no train image"),
+    (lambda r: (_write(r / "train/normal/1.png", 1), _write(r / "test/NORMAL/1.png", 1)), {}, "differ only in case"),
+    (lambda r: (_write(r / "a/1.png", 1), _write(r / "b/2.png", 1)), {"classes": []}, "distinct names"),
+    (lambda r: (_write(r / "a/1.png", 1), _write(r / "b/2.png", 1)), {"test_fraction": 0.0, "val_fraction": 0.0,
+                                                                       "task": "binary", "classes": ["a", "c"]},
+     r"classes \['c'\] have no image"),
 ])
 def test_folder_refuses_bad_layouts_in_one_line(tmp_path, make, options, message):
     make(tmp_path)
     with pytest.raises(UserError, match=message):
         create_dataset("folder", root=tmp_path, **options)
+
+
+def test_folder_patient_regex_takes_the_group_that_matched(tmp_path):
+    """Kaggle's pneumonia images: ``person12_bacteria_3.jpeg`` and ``IM-0115-0001.jpeg`` (two naming schemes, one
+    regex with an alternative each)."""
+    for name in ("person1_bacteria_1", "person1_virus_2", "person2_bacteria_3"):
+        _write(tmp_path / "PNEUMONIA" / f"{name}.jpeg", 1)
+    for name in ("IM-0115-0001", "IM-0115-0002", "IM-0117-0001"):
+        _write(tmp_path / "NORMAL" / f"{name}.jpeg", 1)
+    ds = create_dataset("folder", root=tmp_path, patient_regex=r"(person\d+)_|(IM-\d+)-", test_fraction=0.3)
+    assert sorted(set(ds.patients)) == ["IM-0115", "IM-0117", "person1", "person2"]
+    no_group = create_dataset("folder", root=tmp_path, patient_regex=r"person\d+|IM-\d+", test_fraction=0.3)
+    assert no_group.patients.tolist() == ds.patients.tolist()
+
+
+def test_folder_leaves_out_excluded_images_and_refuses_link_loops(tmp_path):
+    """BUSI keeps each mask beside its image (``benign (1)_mask.png``); a link back up would read images twice."""
+    for cls in ("benign", "malignant"):
+        for i in range(1, 4):
+            _write(tmp_path / cls / f"{cls} ({i}).png", i)
+            _write(tmp_path / cls / f"{cls} ({i})_mask.png", 255)
+    ds = create_dataset("folder", root=tmp_path, exclude="_mask", test_fraction=0.34)
+    assert len(ds) == 6 and not any("_mask" in n for n in ds.names)
+    assert len(create_dataset("folder", root=tmp_path, test_fraction=0.34)) == 12
+    (tmp_path / "benign" / "up").symlink_to(tmp_path)
+    with pytest.raises(UserError, match="link to a folder already read"):
+        create_dataset("folder", root=tmp_path, exclude="_mask")
+    (tmp_path / "benign" / "up").unlink()
+    (tmp_path / "benign" / "theirs").symlink_to(tmp_path / "malignant", target_is_directory=True)
+    with pytest.raises(UserError, match="link to a folder already read"):
+        create_dataset("folder", root=tmp_path, exclude="_mask")
+
+
+def test_present_and_a_binary_task_of_three_classes(tmp_path):
+    from medbackdoor.data import DATASETS
+
+    for cls in ("a", "b", "c"):
+        _write(tmp_path / cls / "1.png", 1)
+    assert DATASETS.get("folder").present(root=tmp_path) and not DATASETS.get("folder").present(root=None)
+    assert not DATASETS.get("csv").present(root=tmp_path)
+    _table(tmp_path, ["path,label", "a/1.png,a"], "t.csv")
+    assert DATASETS.get("csv").present(root=tmp_path, file="t.csv")
+    with pytest.raises(UserError, match="exactly two classes"):
+        create_dataset("folder", root=tmp_path, task="binary", test_fraction=0.0, val_fraction=0.0)
 
 
 def test_folder_needs_an_existing_root(tmp_path):
@@ -158,16 +212,17 @@ def test_csv_single_label_with_splits_patients_unknown_and_missing(tmp_path):
     counted), ``valid`` read as val."""
     rows = [("img/p1/a.png", "melanoma", "train", "p1"), ("img/p1/b.png", "nevus", "train", "p1"),
             ("img/p2/a.png", "nevus", "valid", "p2"), ("img/p3/a.png", "", "test", "p3"),
-            ("img/p4/a.png", "keratosis", "TEST", "p4"), ("img/p5/gone.png", "nevus", "train", "p5")]
+            ("img/p4/a.png", "keratosis", "TEST", "p4"), ("img/p6/a.png", "keratosis", "train", "p6"),
+            ("img/p5/gone.png", "nevus", "train", "p5")]
     for path, *_ in rows[:-1]:
         _write(tmp_path / path, 7)
     _table(tmp_path, ["path,label,split,patient"] + [",".join(r) for r in rows])
     ds = create_dataset("csv", root=tmp_path)
     assert ds.label_names == ("keratosis", "melanoma", "nevus") and ds.task_kind == "multiclass"
     assert ds.names.tolist() == [r[0] for r in rows[:-1]] and ds.missing == 1
-    assert ds.splits.tolist() == ["train", "train", "val", "test", "test"]
-    assert ds.patients.tolist() == ["p1", "p1", "p2", "p3", "p4"] and ds.has_patient_ids
-    expected = np.array([[0, 1, 0], [0, 0, 1], [0, 0, 1], [np.nan] * 3, [1, 0, 0]], np.float32)
+    assert ds.splits.tolist() == ["train", "train", "val", "test", "test", "train"]
+    assert ds.patients.tolist() == ["p1", "p1", "p2", "p3", "p4", "p6"] and ds.has_patient_ids
+    expected = np.array([[0, 1, 0], [0, 0, 1], [0, 0, 1], [np.nan] * 3, [1, 0, 0], [1, 0, 0]], np.float32)
     np.testing.assert_array_equal(ds.labels, expected)
     assert ds.summary()["splits"]["test"]["unknown"] == {"keratosis": 1, "melanoma": 1, "nevus": 1}
 
@@ -212,7 +267,7 @@ def test_csv_names_images_by_id_through_a_template_with_lesions_as_patients(tmp_
 
 
 @pytest.mark.parametrize("path", ["../outside.png", "/etc/outside.png", "a\\b.png", "C:/x.png", "img/./a.png",
-                                  "img//a.png", "img/../../a.png", ""])
+                                  "img//a.png", "img/../../a.png", "./../a.png"])
 def test_csv_never_follows_a_path_out_of_the_root(tmp_path, path):
     _write(tmp_path / "root" / "ok.png", 1)
     _write(tmp_path / "outside.png", 1)
@@ -230,12 +285,67 @@ def test_csv_never_follows_a_path_out_of_the_root(tmp_path, path):
     (["path,label", "a.png,", "b.png,"], {}, "names no class"),
     (["path,label", "a.png,x", "b.png,y"], {"file": "other.csv"}, "no table"),
     (["path,label", "gone.png,x", "b.png,y"], {}, "none of the 2 listed images"),
+    (["path,label", "a.png,x", ",y"], {}, "line 3: the path cell is empty"),
+    (["path,label", "a.png,x", "", "", "a.png,y"], {}, "line 5: image a.png is listed again .first on line 2"),
+    (["path,label,split", "a.png,x,train", "b.png,y,test"], {}, r"class\(es\) \['y'\] have no train image"),
+    (["path,label", "a.png,x"], {"val_fraction": 0.5, "test_fraction": 0.5}, "leave some images to train"),
+    (["path,A,B", "a.png,1,0", "b.png,0,2"], {"label_columns": ["A", "B"]}, "line 3: column B holds '2'"),
+    (["path,A,B", "a.png,1,1", "b.png,0,1"], {"label_columns": "A,B", "task": "multiclass"}, "line 2: several"),
+    (["path,label", "a.png,x"], {"label_columns": ["x"], "classes": ["x"]}, "not both"),
+    (["id,label", "a,x"], {"path_column": "id", "path_template": "**/sub/{}.png"}, "only a file name"),
 ])
 def test_csv_refuses_bad_tables_in_one_line(tmp_path, lines, options, message):
     _write(tmp_path / "a.png", 1)
     _table(tmp_path, lines)
     with pytest.raises(UserError, match=message):
         create_dataset("csv", root=tmp_path, **options)
+
+
+def test_csv_reads_a_bom_crlf_table_with_dot_slash_paths_numeric_classes_and_empty_patients(tmp_path):
+    for i in range(6):
+        _write(tmp_path / "x" / f"{i}.png", i)
+    rows = ["path,label,patient"] + [f"./x/{i}.png,{(2, 10, 9)[i % 3]}," for i in range(6)]
+    (tmp_path / "labels.csv").write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode("utf-8"))
+    ds = create_dataset("csv", root=tmp_path, val_fraction=0.0, test_fraction=0.34)
+    assert ds.label_names == ("2", "9", "10") and ds.names[0] == "x/0.png"  # by number, not as text
+    assert ds.labels[0].tolist() == [1, 0, 0] and ds.labels[1].tolist() == [0, 0, 1]
+    assert not ds.has_patient_ids and ds.summary()["patient_overlap"] is None  # an empty patient column: unknown
+
+
+def test_csv_one_column_per_class_as_isic_ground_truth(tmp_path):
+    """ISIC's layout: ``image,MEL,NV,...`` with 1.0/0.0 cells, the images found by name anywhere under the root."""
+    lines = ["image,MEL,NV,BCC"]
+    for i in range(9):
+        _write(tmp_path / "ISIC_Training_Input" / ("part1" if i < 5 else "part2") / f"ISIC_{i:07d}.jpg", i)
+        lines.append(f"ISIC_{i:07d}," + ",".join("1.0" if j == i % 3 else "0.0" for j in range(3)))
+    lines.append("ISIC_0000099,0.0,1.0,0.0")  # listed, not downloaded
+    _table(tmp_path, lines, "GroundTruth.csv")
+    ds = create_dataset("csv", root=tmp_path, file="GroundTruth.csv", path_column="image", label_columns="MEL,NV,BCC",
+                        path_template="**/{}.jpg", test_fraction=0.34)
+    assert ds.label_names == ("MEL", "NV", "BCC") and ds.task_kind == "multiclass" and ds.missing == 1
+    assert "ISIC_Training_Input/part2/ISIC_0000007.jpg" in ds.names.tolist()
+    for name, row in zip(ds.names, ds.labels):
+        assert row.argmax() == int(name[-5]) % 3 and row.sum() == 1
+    multi = ["path,a,b"] + [f"ISIC_Training_Input/part1/ISIC_{i:07d}.jpg,1,{i % 2}" for i in range(4)]
+    _table(tmp_path, multi, "multi.csv")
+    ds = create_dataset("csv", root=tmp_path, file="multi.csv", label_columns=["a", "b"], test_fraction=0.25)
+    assert ds.task_kind == "multilabel" and ds.labels.sum(0).tolist() == [4, 2]
+    _write(tmp_path / "elsewhere" / "ISIC_0000001.jpg", 1)
+    with pytest.raises(UserError, match="line 3: ISIC_0000001.jpg is under the root 2 times"):
+        create_dataset("csv", root=tmp_path, file="GroundTruth.csv", path_column="image", label_columns="MEL,NV,BCC",
+                       path_template="**/{}.jpg")
+
+
+def test_csv_drops_missing_images_before_drawing_the_splits(tmp_path):
+    """The draw sees only the images present: round(0.2 * 10) each to val and test, whatever is listed beside."""
+    lines = ["path,label"]
+    for i in range(20):
+        if i % 2 == 0:
+            _write(tmp_path / f"{i}.png", i)
+        lines.append(f"{i}.png,{'ab'[i % 4 // 2]}")
+    _table(tmp_path, lines)
+    ds = create_dataset("csv", root=tmp_path, val_fraction=0.2, test_fraction=0.2)
+    assert ds.missing == 10 and [int((ds.splits == s).sum()) for s in ("train", "val", "test")] == [6, 2, 2]
 
 
 # --- through the CLI ---------------------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ def create_dataset(name: str, **options) -> ChestXrayDataset:
     """Build a registered dataset by name (``synthetic``, ``nih``, ``nih-sample``, ``nih-sample-single``,
     ``chestmnist``, ``chexpert``, and the single-label MedMNIST 2D flags ``pathmnist``, ``dermamnist``,
     ``octmnist``, ``pneumoniamnist``, ``retinamnist``, ``breastmnist``, ``bloodmnist``, ``tissuemnist``,
-    ``organamnist``, ``organcmnist``, ``organsmnist``); options go to its constructor."""
+    ``organamnist``, ``organcmnist``, ``organsmnist``, and a user's own images, ``folder`` and ``csv``); options go
+    to its constructor."""
     return DATASETS.create(name, **options)
 
 
