@@ -350,20 +350,31 @@ def test_csv_drops_missing_images_before_drawing_the_splits(tmp_path):
 
 # --- through the CLI ---------------------------------------------------------------------------------------------
 
-def test_a_run_on_a_folder_of_colour_images_end_to_end(tmp_path, capsys):
-    """``data check`` counts the folder, a run trains on it (softmax, the single-label metrics), and a missing
-    folder is one line with exit code 2."""
+def _colour_folder(root):
     rng = np.random.default_rng(0)
     for split, count in (("train", 24), ("val", 8), ("test", 8)):
         for i in range(count):
             cls = ("nevus", "melanoma", "keratosis")[i % 3]
-            _write(tmp_path / "data" / split / cls / f"{i}.png", 0, size=20, rgb=rng.integers(0, 255, 3))
-    sets = ["--set", "dataset.name=folder", "--set", f"dataset.root={tmp_path / 'data'}",
-            "--set", "dataset.options.channels=3"]
+            _write(root / split / cls / f"{i}.png", 0, size=20, rgb=rng.integers(0, 255, 3))
+    return ["--set", "dataset.name=folder", "--set", f"dataset.root={root}", "--set", "dataset.options.channels=3"]
+
+
+def test_data_check_counts_a_folder_and_a_missing_one_is_one_line(tmp_path, capsys):
+    sets = _colour_folder(tmp_path / "data")
     assert main(["data", "check", *sets, "--json", "--workers", "0"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["labels"] == ["keratosis", "melanoma", "nevus"]
     assert [report["splits"][s]["images"] for s in ("train", "val", "test")] == [24, 8, 8]
+    missing = ["--set", "dataset.name=folder", "--set", f"dataset.root={tmp_path / 'nowhere'}"]
+    assert main(["run", "--config", "quick", *missing, "--quiet", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not exist" in err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow  # a training: about 20 s on 2 cores
+def test_a_run_on_a_folder_of_colour_images_end_to_end(tmp_path, capsys):
+    """A run trains on a folder of colour images: softmax, the single-label metrics, the target by class name."""
+    sets = _colour_folder(tmp_path / "data")
     run = tmp_path / "run"
     args = [*sets, "--set", "image_size=32", "--set", "train.epochs=1", "--set", "train.batch_size=8",
             "--set", "trigger.target=melanoma", "--set", "trigger.size=3", "--set", "eval.epsilons=[0.5]",
@@ -373,8 +384,3 @@ def test_a_run_on_a_folder_of_colour_images_end_to_end(tmp_path, capsys):
     assert {"accuracy", "balanced_accuracy", "auroc_macro", "asr", "racc"} <= set(header)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["target"] == "melanoma" and manifest["dataset"]["channels"] == 3
-    capsys.readouterr()
-    missing = ["--set", "dataset.name=folder", "--set", f"dataset.root={tmp_path / 'nowhere'}"]
-    assert main(["run", "--config", "quick", *missing, "--quiet", "--out", str(tmp_path / "bad")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "does not exist" in err and not (tmp_path / "bad").exists()
