@@ -49,3 +49,22 @@ def test_an_option_one_dataset_of_the_grid_lacks_is_one_line(tmp_path):
     """``--set dataset.options.size=28`` reaches every block; nih-sample-single has no size: refused up front."""
     with pytest.raises(UserError, match="nih-sample-single .* has no option 'size'"):
         load_sweep("medmnist", overrides=[f"dataset.root={tmp_path}", "dataset.options.size=28"])
+
+
+def test_only_keeps_the_runs_with_every_setting_given(tmp_path):
+    """``--only dataset.name=dermamnist``: one dataset of the study, its attacks and its own clean controls."""
+    _file(tmp_path / "dermamnist_64.npz", 64, 3)
+    root = [f"dataset.root={tmp_path}"]
+    _, runs = load_sweep("medmnist", overrides=root, only=["dataset.name=dermamnist"])
+    assert _datasets(runs) == ["dermamnist"] and len(runs) == 12
+    assert sum(r.overrides.get("trigger.fraction") == 0.0 for r in runs) == 3
+    _, runs = load_sweep("medmnist", overrides=root, only=["dataset.name=dermamnist", "train.seed=1"])
+    assert len(runs) == 4 and {r.overrides["train.seed"] for r in runs} == {1}
+    _, runs = load_sweep("medmnist", overrides=root, only=["trigger.fraction=0.0"])
+    assert len(runs) == 6 and _datasets(runs) == ["dermamnist", "nih-sample-single"]
+    with pytest.raises(UserError, match="--only dataset.nam: not a run setting"):
+        load_sweep("medmnist", overrides=root, only=["dataset.nam=dermamnist"])
+    with pytest.raises(UserError, match="no run of the sweep has dataset.name=chexpert"):
+        load_sweep("medmnist", overrides=root, only=["dataset.name=chexpert"])
+    with pytest.raises(UserError, match="none of the datasets of medmnist.yaml is on this machine .pathmnist"):
+        load_sweep("medmnist", overrides=root, only=["dataset.name=pathmnist"])

@@ -57,6 +57,9 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="replace the grid's seeds")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of every run, e.g. dataset.root=/data/nih")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                   help="run only the grid's runs with this setting, e.g. dataset.name=dermamnist (repeat: all must "
+                   "hold)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
 
 
@@ -64,7 +67,8 @@ def _run(args: argparse.Namespace, sweep: str, defenses: list | None = None) -> 
     from medbackdoor.study.executors import create_executor
     from medbackdoor.study.sweep import load_sweep, run_sweep
 
-    spec, _ = load_sweep(sweep, args.seeds, args.overrides, defenses)  # a bad sweep fails before a cluster starts
+    # a bad sweep fails here, before a cluster starts
+    spec, _ = load_sweep(sweep, args.seeds, args.overrides, defenses, args.only)
     if spec.get("absent_data"):
         print(f"not on this machine, left out: {', '.join(spec['absent_data'])} (put their files under "
               "dataset.root to include them)")
@@ -75,7 +79,7 @@ def _run(args: argparse.Namespace, sweep: str, defenses: list | None = None) -> 
                                    args.stall_timeout)
     try:
         results = run_sweep(sweep, args.out, args.jobs, args.dry_run, args.seeds, overrides=args.overrides,
-                            executor=executor, defenses=defenses)
+                            executor=executor, defenses=defenses, only=args.only)
     finally:
         if executor is not None:
             executor.close()

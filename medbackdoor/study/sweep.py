@@ -43,7 +43,7 @@ class SweepRun:
 
 
 def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list[str] | tuple[str, ...] = (),
-               defenses: list | None = None) -> tuple[dict, list[SweepRun]]:
+               defenses: list | None = None, only: list[str] | tuple[str, ...] = ()) -> tuple[dict, list[SweepRun]]:
     """Read a sweep file (or built-in sweep name) and expand it.
 
     Args:
@@ -51,6 +51,8 @@ def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list
         seeds: replaces every ``train.seed`` list of the grid.
         overrides: ``dotted.key=value`` applied to the base of every run.
         defenses: entries appended to the sweep's ``defenses`` list.
+        only: ``dotted.key=value`` filters: the runs whose setting equals every value are kept (see
+            :func:`select_runs`).
     """
     path = resolve_sweep_path(path)
     spec = read_yaml(path)
@@ -68,6 +70,8 @@ def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list
     if len(set(names)) != len(names):
         raise UserError("the grid lists the same run twice")
     runs += figure_runs(spec, base)
+    if only:
+        runs = select_runs(runs, only)
     if spec.get("present_data"):
         runs, spec["absent_data"] = _present_only(runs)
         if not runs:
@@ -81,6 +85,30 @@ def load_sweep(path: str | Path, seeds: list[int] | None = None, overrides: list
             if runs and _lookup(config_from_data(runs[0].data).to_dict(), key) is _MISSING:
                 raise UserError(f"defenses entry {e['name']}: where key {key} is not a run setting")
     return spec, runs
+
+
+def select_runs(runs: list[SweepRun], only: list[str] | tuple[str, ...]) -> list[SweepRun]:
+    """The runs whose config has every ``dotted.key=value`` of ``only`` (values read as YAML, as ``--set`` reads
+    them; a scalar matches by equality, with numbers compared as numbers and text case-sensitively).
+
+    Raises:
+        UserError: a key that is not a run setting, or no run left (one line).
+    """
+    from medbackdoor.config import parse_assignment
+
+    wanted = [parse_assignment(text, "--only") for text in only]
+    kept = []
+    for r in runs:
+        config = config_from_data(r.data).to_dict()
+        values = [_lookup(config, key) for key, _ in wanted]
+        for (key, _), value in zip(wanted, values):
+            if value is _MISSING:
+                raise UserError(f"--only {key}: not a run setting")
+        if all(value == want for (_, want), value in zip(wanted, values)):
+            kept.append(r)
+    if not kept:
+        raise UserError(f"no run of the sweep has {' and '.join(only)}")
+    return kept
 
 
 def _present_only(runs: list[SweepRun]) -> tuple[list[SweepRun], list[str]]:
@@ -267,19 +295,21 @@ def run_state(folder: Path) -> str:
 
 def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, dry_run: bool = False,
               seeds: list[int] | None = None, progress: bool = True, overrides: list[str] | tuple[str, ...] = (),
-              executor: Executor | None = None, defenses: list | None = None) -> list[dict]:
+              executor: Executor | None = None, defenses: list | None = None,
+              only: list[str] | tuple[str, ...] = ()) -> list[dict]:
     """Run every grid point into ``out/runs/<name>`` (and a ``figure1`` pair into ``out/figure1/``); returns one
     status dict per run, with its ``folder``.
 
     ``defenses``: entries added to the sweep's ``defenses`` list (a user's own defense beside the built-ins).
-    With sweep key ``clean_model: true``, every input defense and repair also runs on each poisoned run's clean
+    ``only``: run the part of the grid whose settings match (:func:`select_runs`). With sweep key
+    ``clean_model: true``, every input defense and repair also runs on each poisoned run's clean
     control model (:func:`run_clean_model_defenses`).
 
     ``executor`` runs the tasks (default: a local pool of ``jobs`` processes; see
     :mod:`medbackdoor.study.executors` for Ray); whichever runs them, the folders and results are the same.
     """
     out = Path(out)
-    spec, runs = load_sweep(path, seeds, overrides, defenses)
+    spec, runs = load_sweep(path, seeds, overrides, defenses, only)
     if dry_run:
         return [{"name": r.name, "state": run_state(out / r.folder), "overrides": r.overrides} for r in runs]
     own = executor is None
