@@ -365,6 +365,11 @@ def test_data_check_counts_a_folder_and_a_missing_one_is_one_line(tmp_path, caps
     report = json.loads(capsys.readouterr().out)
     assert report["labels"] == ["keratosis", "melanoma", "nevus"]
     assert [report["splits"][s]["images"] for s in ("train", "val", "test")] == [24, 8, 8]
+    assert report["task"] == "multiclass" and report["channels"] == 3
+    assert main(["data", "check", *sets, "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "40 images (multiclass, RGB)" in out and "images per class (train / val / test):" in out
+    assert "  melanoma            8 / 3 / 3" in out  # i % 3 == 1 of 0..23, 0..7, 0..7
     missing = ["--set", "dataset.name=folder", "--set", f"dataset.root={tmp_path / 'nowhere'}"]
     assert main(["run", "--config", "quick", *missing, "--quiet", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()

@@ -56,14 +56,16 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def format_report(report: dict) -> str:
-    lines = [f"dataset {report['dataset']}: {report['images']} images, {report['missing']} listed but missing, "
-             "patient overlap between splits: " + ("unknown (no patient ids in this dataset)"
+    kind = f"{report.get('task', 'multilabel')}, {'RGB' if report.get('channels') == 3 else 'gray'}"
+    lines = [f"dataset {report['dataset']}: {report['images']} images ({kind}), {report['missing']} listed but "
+             "missing, patient overlap between splits: " + ("unknown (no patient ids in this dataset)"
                                                    if report["patient_overlap"] is None
                                                    else str(report["patient_overlap"]))]
     lines.append(f"{'split':<6} {'images':>8} {'patients':>9}")
     for split, row in report["splits"].items():
         lines.append(f"{split:<6} {row['images']:>8} {row['patients']:>9}")
-    lines.append("positives per finding (train / val / test):")
+    single = report.get("task", "multilabel") != "multilabel"
+    lines.append(f"{'images per class' if single else 'positives per finding'} (train / val / test):")
     for label in report.get("labels", LABELS):
         counts = " / ".join(str(report["splits"][s]["positives"][label]) for s in report["splits"])
         lines.append(f"  {label:<19} {counts}")

@@ -122,7 +122,8 @@ class ChestXrayDataset(ABC):
         return np.flatnonzero(self.splits == split)
 
     def summary(self) -> dict:
-        """Counts per split, patient overlap between splits and label prevalence, as plain JSON types."""
+        """Counts per split, patient overlap between splits and label prevalence (images per class for a
+        single-label task), the task type and the channels, as plain JSON types."""
         splits = {}
         for split in SPLITS:
             idx = self.split_indices(split)
@@ -138,6 +139,8 @@ class ChestXrayDataset(ABC):
             "splits": splits,
             "missing": int(self.missing),
             "labels": list(self.label_names),
+            "task": self.task_kind,
+            "channels": int(self.channels),
             "patient_overlap": patient_overlap(self.patients, self.splits) if self.has_patient_ids else None,
         }
 
