@@ -274,6 +274,11 @@ def test_bench_runs_the_clean_model_baseline_and_adds_a_users_defense(tmp_path, 
 
     frozen = hashlib.sha256(FROZEN.read_bytes()).hexdigest()[:12]
     assert set(table["defaults_digest"]) == {frozen}
+    # the time of every training and defense, the clean-model step's included, in the report
+    tasks = pd.read_csv(out / "report" / "time_by_task.csv")
+    assert set(tasks[tasks["step"] == "training"]["run"]) == {run.path.name, control.path.name}
+    assert {"strip", "fine-pruning", "Brightness"} <= set(tasks[tasks["step"] == "clean-model"]["name"])
+    assert "## Time" in (out / "report" / "report.md").read_text()
 
 
 def test_report_writes_the_scorecard_into_a_page_between_its_markers(sweep, tmp_path, capsys):

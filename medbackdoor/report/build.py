@@ -484,6 +484,24 @@ def controls_section(records: list[RunRecord], folder: Path) -> list[str]:
             "run.", "", to_markdown(table)]
 
 
+def time_report_section(records: list[RunRecord], folder: Path) -> list[str]:
+    """Where the sweep's time went (:mod:`medbackdoor.report.timing`): ``report/time_by_task.csv`` holds every
+    training, defense and retrain with its seconds, ``report/time.csv`` the table."""
+    from medbackdoor.report.timing import time_rows, time_section, time_table
+
+    rows = time_rows([r.folder for r in records])
+    if rows.empty:
+        return []
+    with atomic_path(folder / "time_by_task.csv", suffix=".csv") as tmp:
+        rows.to_csv(tmp, index=False, float_format="%.3f")
+    with atomic_path(folder / "time.csv", suffix=".csv") as tmp:
+        time_table(rows).to_csv(tmp, index=False, float_format="%.4g")
+    return ["", "## Time", "",
+            "Seconds of work recorded in the run folders: each training's epochs and data preparation, each "
+            "defense's own time in its process, and the process around it (overhead). `report/time_by_task.csv` "
+            "holds every piece.", "", *time_section(rows)]
+
+
 def build_report(sweep_dir: str | Path, cuts: str | None = None) -> Path:
     """Write ``sweep_dir/report/`` from the run folders; returns the path of ``report.md``."""
     sweep_dir = Path(sweep_dir)
@@ -536,6 +554,7 @@ def build_report(sweep_dir: str | Path, cuts: str | None = None) -> Path:
     parts += controls_section(records, folder)
     parts += defense_section(records, folder)
     parts += scorecard_section(records, folder, sweep_dir)
+    parts += time_report_section(records, folder)
     parts += runs_section(records)
     parts += explain_section(records, sweep_dir)
     if notes:
