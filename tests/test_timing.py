@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import pytest
 
+from medbackdoor.defenses.summary import DefenseSummary, write_summary
 from medbackdoor.report.timing import time_rows, time_section, time_table, training_seconds
 
 
@@ -21,7 +22,9 @@ def _summary(folder, name, own, child, materials, sharing=None):
                "defense_seconds": own, "run_defenses": 2}
     if sharing:
         timings["runs_sharing"] = sharing
-    (folder / "summary.json").write_text(json.dumps({"name": name, "seconds": child + 99, "timings": timings}))
+    write_summary(folder / "summary.json", DefenseSummary(name=name, method="strip", kind="input", run=str(folder),
+                                                          epoch=1, holdout=10, request={}, seconds=child + 99,
+                                                          timings=timings))
 
 
 @pytest.fixture

@@ -17,12 +17,12 @@ sittings); with ``--jobs J`` workers kept busy, it is about the total over J.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from medbackdoor.defenses.summary import DefenseSummary, read_summary
 from medbackdoor.rundir import RunDir
 
 STEPS = ("training", "defense", "defense overhead", "clean-model", "clean-model overhead", "cleanse retrain",
@@ -33,29 +33,24 @@ ROW_COLUMNS = ["step", "run", "name", "seconds"]
 def training_seconds(folder: str | Path) -> float | None:
     """A run folder's training time: ``data_seconds`` plus every recorded epoch's ``seconds``; None without a
     manifest or an epoch."""
-    path = RunDir(folder).manifest_path
-    if not path.is_file():
-        return None
-    timings = json.loads(path.read_text()).get("timings") or {}
+    timings = RunDir(folder).manifest().timings or {}
     epochs = [float(e.get("seconds", np.nan)) for e in (timings.get("epochs") or {}).values()]
     if not epochs:
         return None
     return float(timings.get("data_seconds", 0.0)) + float(np.nansum(epochs))
 
 
-def _defense_rows(run: Path, summaries: list[Path], step: str) -> list[dict]:
+def _defense_rows(run: Path, summaries: list[DefenseSummary], step: str) -> list[dict]:
     """One row per summary (its own seconds) and one overhead row per defense process; a process is known by its
     recorded ``child_seconds`` and ``materials_seconds``, which every summary it wrote repeats."""
     rows, processes = [], {}
-    for path in summaries:
-        summary = json.loads(path.read_text())
-        timings = summary.get("timings") or {}
-        name = summary.get("name") or path.parent.name
+    for summary in summaries:
+        timings = summary.timings or {}
         share = max(int(timings.get("runs_sharing", 1) or 1), 1)
-        own = timings.get("defense_seconds", summary.get("seconds"))
+        own = timings.get("defense_seconds", summary.seconds)
         if own is None:
             continue
-        rows.append({"step": step, "run": run.name, "name": name, "seconds": float(own) / share})
+        rows.append({"step": step, "run": run.name, "name": summary.name, "seconds": float(own) / share})
         if "child_seconds" in timings:
             key = (timings["child_seconds"], timings.get("materials_seconds", 0.0))
             whole = float(timings["child_seconds"]) + float(timings.get("materials_seconds", 0.0))
@@ -74,17 +69,18 @@ def time_rows(folders: list[str | Path]) -> pd.DataFrame:
         seconds = training_seconds(folder)
         if seconds is not None:
             rows.append({"step": "training", "run": folder.name, "name": "", "seconds": seconds})
-        defenses = run.defenses_dir
-        if not defenses.is_dir():
+        if not run.defenses_dir.is_dir():
             continue
-        rows += _defense_rows(folder, run.defense_summary_paths(), "defense")
-        rows += _defense_rows(folder, sorted(defenses.glob("*/clean-model/summary.json")), "clean-model")
-        for summary in run.defense_summary_paths():
-            name = summary.parent.name
-            seconds = training_seconds(run.retrain_dir(name).path)
+        summaries = run.defense_summary_paths()
+        rows += _defense_rows(folder, [read_summary(p) for p in summaries], "defense")
+        baselines = sorted(run.defenses_dir.glob("*/clean-model/summary.json"))
+        rows += _defense_rows(folder, [read_summary(p) for p in baselines], "clean-model")
+        for path in summaries:
+            seconds = training_seconds(run.retrain_dir(path.parent.name).path)
             if seconds is not None:
-                rows.append({"step": "cleanse retrain", "run": folder.name, "name": name, "seconds": seconds})
-        for drop in sorted(defenses.glob("random-drop-*/retrain")):
+                rows.append({"step": "cleanse retrain", "run": folder.name, "name": path.parent.name,
+                             "seconds": seconds})
+        for drop in sorted(run.defenses_dir.glob("random-drop-*/retrain")):
             seconds = training_seconds(drop)
             if seconds is not None:
                 rows.append({"step": "random-drop retrain", "run": folder.name, "name": drop.parent.name,
