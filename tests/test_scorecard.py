@@ -322,3 +322,11 @@ def test_a_cells_trigger_setting_names_what_it_changed():
     assert trigger_setting({"trigger.options.cover_ratio": 0.5, "trigger.options.alpha": 0.2}) == \
         "alpha=0.2 cover_ratio=0.5"
     assert trigger_setting({"trigger.kind": "square"}) == ""
+
+
+def test_a_corrupt_defense_summary_is_one_line(sweep, capsys):
+    (sweep / "runs" / "attack_0" / "defenses" / "strip" / "summary.json").write_text("{bad")
+    assert main(["report", str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a defense summary" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (sweep / "report" / "report.md").exists()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medbackdoor._io import atomic_path, plain
+from medbackdoor.errors import UserError
 
 
 @dataclass
@@ -94,7 +95,12 @@ def write_summary(path: Path, summary: DefenseSummary) -> None:
 
 def read_summary(path: Path) -> DefenseSummary:
     """The summary at ``path`` (keys no field has, from other versions, are ignored)."""
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise UserError(f"{path} is not a defense summary (not valid JSON: {exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a defense summary (not a JSON object)")
     names = {f.name for f in dataclasses.fields(DefenseSummary)}
     data.setdefault("name", Path(path).parent.name)
     return DefenseSummary(**{k: v for k, v in data.items() if k in names})
