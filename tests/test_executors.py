@@ -250,3 +250,14 @@ def test_ray_sweep_equals_local_sweep(tmp_path, local_ray):
     assert a["asr"] == b["asr"] and a["control"] == b["control"] == "fraction-0.0_seed-0"
     status = json.loads((tmp_path / "ray" / "sweep_status.json").read_text())
     assert len(status) == 4  # two runs, the failed one, and the poisoned run scored on its clean control
+
+
+def test_a_defense_task_splits_its_seconds_by_each_defenses_own_time():
+    from types import SimpleNamespace
+
+    answers = [SimpleNamespace(timings={"defense_seconds": 10.0}), SimpleNamespace(timings={"defense_seconds": 30.0}),
+               ValueError("did not apply")]
+    # 70 s in all: 40 s are the two defenses' own, the other 30 s (loading, the process) are shared by 3
+    assert sweep._seconds_each(70.0, answers) == pytest.approx([20.0, 40.0, 10.0])
+    # summaries reused from an earlier call record more than this call took: an equal share each
+    assert sweep._seconds_each(6.0, answers) == pytest.approx([2.0, 2.0, 2.0])

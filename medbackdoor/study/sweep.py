@@ -465,7 +465,7 @@ def _defend_clean_model(control: str, jobs: list[tuple[str, list[dict]]], thread
     except Exception as exc:  # noqa: BLE001 - recorded per run, the sweep goes on
         answers = [[exc] * len(entries) for _, entries in jobs]
     seconds = (time.perf_counter() - start) / max(sum(len(entries) for _, entries in jobs), 1)
-    return [_statuses(folder, entries, run_answers, seconds, clean_model=True)
+    return [_statuses(folder, entries, run_answers, [seconds] * len(entries), clean_model=True)
             for (folder, entries), run_answers in zip(jobs, answers)]
 
 
@@ -518,8 +518,19 @@ def _defend_run(folder: str, entries: list[dict], threads: int) -> list[dict]:
         answers = defend_run(run, _requests(entries))
     except Exception as exc:  # noqa: BLE001 - every defense of this run failed; recorded, the sweep goes on
         answers = [exc] * len(entries)
-    seconds = (time.perf_counter() - start) / max(len(entries), 1)
-    return _statuses(folder, entries, answers, seconds, run=run)
+    return _statuses(folder, entries, answers, _seconds_each(time.perf_counter() - start, answers), run=run)
+
+
+def _seconds_each(total: float, answers: list) -> list[float]:
+    """``total`` seconds split between the answers of one task: each summary's own defense seconds
+    (``timings["defense_seconds"]``), plus an equal share of the rest (loading the run, starting the process,
+    writing the materials). Where the recorded seconds exceed ``total`` (summaries reused from an earlier call), an
+    equal share each."""
+    own = [float((getattr(a, "timings", None) or {}).get("defense_seconds") or 0.0) for a in answers]
+    if sum(own) > total:
+        own = [0.0] * len(answers)
+    rest = (total - sum(own)) / max(len(answers), 1)
+    return [o + rest for o in own]
 
 
 def _requests(entries: list[dict]) -> list:
@@ -529,14 +540,15 @@ def _requests(entries: list[dict]) -> list:
             for e in entries]
 
 
-def _statuses(folder: str, entries: list[dict], answers: list, seconds: float, run=None,
+def _statuses(folder: str, entries: list[dict], answers: list, seconds: list[float], run=None,
               clean_model: bool = False) -> list[dict]:
-    """One status per entry of a run's defense answers (then its retrains asked for, unless ``clean_model``). A
-    failure is recorded where :meth:`RunDir.step_failure_path` says, never raised."""
+    """One status per entry of a run's defense answers (then its retrains asked for, unless ``clean_model``), with
+    the entry's ``seconds`` (its retrain's added). A failure is recorded where :meth:`RunDir.step_failure_path`
+    says, never raised."""
     from medbackdoor.defenses.runner import DefenseFailed
 
     out = []
-    for entry, answer in zip(entries, answers):
+    for entry, answer, entry_seconds in zip(entries, answers, seconds):
         t0 = time.perf_counter()
         status, error = "complete", None
         if isinstance(answer, UserError):  # the defense does not apply to this run (e.g. nothing to detect)
@@ -549,7 +561,7 @@ def _statuses(folder: str, entries: list[dict], answers: list, seconds: float, r
             write_text(RunDir(folder).step_failure_path(step), trace)
         elif not clean_model and entry.get("retrain") and answer.retrain is None:
             status, error = _retrain(run, entry["name"], answer)
-        out.append({"status": status, "error": error, "seconds": seconds + time.perf_counter() - t0})
+        out.append({"status": status, "error": error, "seconds": entry_seconds + time.perf_counter() - t0})
     return out
 
 
