@@ -214,3 +214,33 @@ def test_metrics_cli_uses_the_saved_label_policy_and_carriers(tmp_path, capsys):
     assert want["auroc_tt"] != pytest.approx(onehot["auroc_tt"])  # the policy matters for this case
     assert main(["metrics", str(path), "--json", "--label", "onehot"]) == 0
     assert _json.loads(capsys.readouterr().out)["auroc_tt"] != pytest.approx(want["auroc_tt"])
+
+
+def test_a_single_label_sweeps_tables_show_its_own_metrics(tmp_path):
+    import csv
+    import json
+
+    from medbackdoor.config import dump_config
+    from medbackdoor.report.build import build_report
+
+    # a single-label run's metrics.csv (accuracy ... racc), two epochs; the table shows the maximum over epochs
+    names = ("accuracy", "balanced_accuracy", "auroc_macro", "asr", "racc")
+    for name, overrides, last in (("square-0", ["trigger.kind=square", "train.seed=0"], (0.6, 0.3, 0.7, 0.9, 0.1)),
+                                  ("square-1", ["trigger.kind=square", "train.seed=1"], (0.8, 0.5, 0.9, 1.0, 0.3)),
+                                  ("clean-0", ["trigger.fraction=0"], (0.7, 0.4, 0.8, 0.05, 0.6))):
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(dump_config(load_config(
+            overrides=["dataset.name=nih-sample-single", *overrides])))
+        first = [v / 2 for v in last]
+        (folder / "metrics.csv").write_text("epoch," + ",".join(names) + "\n1," + ",".join(map(str, first))
+                                            + "\n2," + ",".join(map(str, last)) + "\n")
+        (folder / "manifest.json").write_text(json.dumps({"status": "complete"}))
+    build_report(tmp_path)
+    with open(tmp_path / "report" / "table1.csv") as f:
+        table = {r[""]: r for r in csv.DictReader(f)}
+    assert set(table) == {"Acc", "BalAcc", "AUROC(macro)", "ASR", "R-Acc"}  # no multi-label row
+    square = next(c for c in table["ASR"] if c not in ("", "Clean"))
+    assert table["Acc"][square] == f"{0.7:.3f} ± {np.std([0.6, 0.8], ddof=1):.3f}"
+    assert table["R-Acc"][square] == f"{0.2:.3f} ± {np.std([0.1, 0.3], ddof=1):.3f}"
+    assert table["ASR"]["Clean"].split(" ")[0] == "0.050"  # one seed: no spread

@@ -16,6 +16,7 @@ import pandas as pd
 
 from medbackdoor._io import atomic_path, save_figure, write_text
 from medbackdoor.errors import UserError
+from medbackdoor.metrics.columns import SINGLE_LABEL
 from medbackdoor.report import paper_values as paper
 from medbackdoor.report.aggregate import (
     TABLE_ROWS,
@@ -154,8 +155,14 @@ def _frame(cond: pd.DataFrame, columns: list[Column]) -> pd.DataFrame:
 
 
 def _rows(cond: pd.DataFrame) -> tuple[tuple[str, str], ...]:
-    """The metric rows of the conditions in ``cond``: their evaluation settings' table columns."""
-    return table_rows(list(_conditions(cond).values()))
+    """The metric rows of the conditions in ``cond``: the multi-label conditions' evaluation settings' table
+    columns (ASR at each p, AUROC-TT/NN/TN), then, where a condition's runs are single-label (they record
+    ``racc``), the single-label columns (:data:`~medbackdoor.metrics.columns.SINGLE_LABEL`)."""
+    conds = _conditions(cond)
+    single = set(cond.loc[cond["metric"] == "racc", "condition"])
+    multi = [v for cid, v in conds.items() if cid not in single]
+    rows = table_rows(multi) if multi or not single else ()
+    return (*rows, *((c.name, c.label) for c in SINGLE_LABEL)) if single else rows
 
 
 def _poisoned(conds: dict[str, dict], location: str = "center") -> dict[str, dict]:
@@ -324,7 +331,11 @@ def figure3(cond: pd.DataFrame, folder: Path) -> bool:
     sizes = sorted({s for line in series.values() for s in line})
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharex=True)
     rows = _rows(cond)
-    groups = tuple(r for r in rows if r[0].startswith("asr_")), tuple(r for r in rows if not r[0].startswith("asr_"))
+    backdoor = ("asr", "racc")  # a single-label run's backdoor rows: the left panels, with the ASR at each p
+    groups = (tuple(r for r in rows if r[0].startswith("asr_") or r[0] in backdoor),
+              tuple(r for r in rows if not (r[0].startswith("asr_") or r[0] in backdoor)))
+    titles = ("ASR, R-Acc" if any(r[0] == "racc" for r in rows) else "ASR",
+              "AUROC, accuracy" if any(r[0] == "accuracy" for r in rows) else "AUROC")
     styles = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
     for r, (stat, title) in enumerate((("min", "minimum over epochs"), ("max", "maximum over epochs"))):
         for c, group in enumerate(groups):
@@ -339,7 +350,7 @@ def figure3(cond: pd.DataFrame, folder: Path) -> bool:
                     ax.plot(xs, mean, marker=marker, color=f"C{i}", linestyle=linestyle,
                             label=f"{label}, {suffix}" if suffix else label)
                     ax.fill_between(xs, mean - std, mean + std, color=f"C{i}", alpha=0.2)
-            ax.set_title(f"({'ab'[c]}) {'ASR' if c == 0 else 'AUROC'}, {title}", fontsize=10)
+            ax.set_title(f"({'ab'[c]}) {titles[c]}, {title}", fontsize=10)
             ax.set_ylim(-0.02 if c == 0 else None, 1.02)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8 if len(series) == 1 else 6)
