@@ -331,11 +331,12 @@ def figure3(cond: pd.DataFrame, folder: Path) -> bool:
     sizes = sorted({s for line in series.values() for s in line})
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharex=True)
     rows = _rows(cond)
-    backdoor = ("asr", "racc")  # a single-label run's backdoor rows: the left panels, with the ASR at each p
+    # left the backdoor rows (ASR at each p; a single-label run's ASR and R-Acc), right the clean task's and AUROCs
+    backdoor = {c.name for c in SINGLE_LABEL if c.group != "clean"}
     groups = (tuple(r for r in rows if r[0].startswith("asr_") or r[0] in backdoor),
               tuple(r for r in rows if not (r[0].startswith("asr_") or r[0] in backdoor)))
-    titles = ("ASR, R-Acc" if any(r[0] == "racc" for r in rows) else "ASR",
-              "AUROC, accuracy" if any(r[0] == "accuracy" for r in rows) else "AUROC")
+    single = any(r[0] in backdoor for r in rows)
+    titles = ("ASR, R-Acc", "AUROC, accuracy") if single else ("ASR", "AUROC")
     styles = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
     for r, (stat, title) in enumerate((("min", "minimum over epochs"), ("max", "maximum over epochs"))):
         for c, group in enumerate(groups):
